@@ -1,0 +1,41 @@
+"""sleep_consolidation: offline recurrent consolidation ("sleep") for hybrid
+attention + fast-weight sequence models, in JAX.
+
+Everything a notebook needs is importable from here.
+"""
+
+from sleep_consolidation.config import ModelConfig, Schedule
+from sleep_consolidation.model import Params, init_params
+from sleep_consolidation.rules import (
+    Rule,
+    apply_rule,
+    available_rules,
+    get_rule,
+    register_rule,
+    scan_rule,
+)
+from sleep_consolidation.sequence import forward
+from sleep_consolidation.state import MemoryState, init_state
+from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
+
+__all__ = [
+    "MemoryState",
+    "ModelConfig",
+    "Params",
+    "Rule",
+    "Schedule",
+    "apply_rule",
+    "available_rules",
+    "evict",
+    "forward",
+    "get_rule",
+    "init_params",
+    "init_state",
+    "register_rule",
+    "scan_rule",
+    "sleep_step",
+    "wake_step",
+    "window_full",
+]
+
+__version__ = "0.1.0"

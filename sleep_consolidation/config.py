@@ -1,0 +1,169 @@
+"""Static configuration: the model's shape (`ModelConfig`) and the consolidation schedule.
+
+Both are frozen, hashable dataclasses so they can ride along as static metadata under
+`jax.jit`. They validate themselves on construction, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+BLOCK_KINDS = ("attn", "ssm")
+EVICTIONS = ("hard", "sliding")
+IMPLS = ("scan", "chunked")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the hybrid model.
+
+    Attributes:
+      vocab_size: number of token ids.
+      d_model: width of the residual stream.
+      num_heads: heads of both attention and fast-weight blocks.
+      layout: sequence of block kinds, each "attn" or "ssm", in order (attention first in
+        the paper).
+      rule: name of the local plasticity rule of the "ssm" blocks (see `rules.py`).
+      head_dim: per-head width (d_k = d_v); defaults to d_model // num_heads.
+      mlp_ratio: hidden width of each block's MLP, as a multiple of d_model.
+      conv_size: width of the short causal depthwise convolution on q, k, v.
+      rope_base: RoPE frequency base of the attention blocks.
+      impl: "scan" (per-token reference) or "chunked" (chunkwise-parallel fast path, falls
+        back to the scan for rules that have no chunked form).
+      chunk_size: chunk length of the chunked form.
+    """
+
+    vocab_size: int
+    d_model: int
+    num_heads: int
+    layout: tuple[str, ...] = ("attn", "ssm", "attn", "ssm")
+    rule: str = "gated_delta"
+    head_dim: int | None = None
+    mlp_ratio: int = 4
+    conv_size: int = 4
+    rope_base: float = 10000.0
+    impl: str = "scan"
+    chunk_size: int = 32
+
+    def __post_init__(self):
+        if isinstance(self.layout, str):
+            raise ValueError(f"layout must be a sequence of {BLOCK_KINDS}, got the string {self.layout!r}")
+        object.__setattr__(self, "layout", tuple(self.layout))
+        _check_int("vocab_size", self.vocab_size, 1)
+        _check_int("d_model", self.d_model, 1)
+        _check_int("num_heads", self.num_heads, 1)
+        _check_int("mlp_ratio", self.mlp_ratio, 1)
+        _check_int("conv_size", self.conv_size, 1)
+        _check_int("chunk_size", self.chunk_size, 1)
+        if not self.layout:
+            raise ValueError(f"layout must not be empty; allowed block kinds: {BLOCK_KINDS}")
+        for kind in self.layout:
+            if kind not in BLOCK_KINDS:
+                raise ValueError(f"layout has unknown block kind {kind!r}; allowed: {BLOCK_KINDS}")
+        if self.head_dim is None:
+            if self.d_model % self.num_heads:
+                raise ValueError(
+                    f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}) "
+                    "when head_dim is not given"
+                )
+        else:
+            _check_int("head_dim", self.head_dim, 1)
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        from sleep_consolidation import rules  # late import: rules may be registered later
+
+        rules.get_rule(self.rule)  # raises ValueError listing the known rules
+
+    @property
+    def dh(self) -> int:
+        """Per-head width of q, k, v (d_k = d_v)."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+    @property
+    def ssm_blocks(self) -> tuple[int, ...]:
+        return tuple(i for i, k in enumerate(self.layout) if k == "ssm")
+
+    @property
+    def attn_blocks(self) -> tuple[int, ...]:
+        return tuple(i for i, k in enumerate(self.layout) if k == "attn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How a window is consolidated and evicted. Defaults are the paper's.
+
+    Attributes:
+      eviction: "hard" drops the whole KV window at each boundary; "sliding" keeps the most
+        recent L-1 tokens' keys/values (from the last pass) as a prefix for the next window.
+      reset_between_passes: if True, every sleep pass starts from the fast weights the window
+        started with (so only the last pass's writes survive) instead of where the previous
+        pass ended.
+      reinject_embedding: if True, each sleep pass reads h + e (the looped range's wake input)
+        instead of h alone.
+      loop_blocks: (start, stop) contiguous block range that sleep re-runs; blocks before it are
+        a prelude and after it a coda, both run once per token at wake. None = all blocks.
+    """
+
+    eviction: str = "hard"
+    reset_between_passes: bool = False
+    reinject_embedding: bool = False
+    loop_blocks: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {EVICTIONS}, got {self.eviction!r}")
+        for name in ("reset_between_passes", "reinject_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.loop_blocks is not None:
+            lb = tuple(self.loop_blocks)
+            if len(lb) != 2 or not all(isinstance(x, int) for x in lb):
+                raise ValueError(f"loop_blocks must be (start, stop) ints or None, got {self.loop_blocks!r}")
+            object.__setattr__(self, "loop_blocks", lb)
+
+    def loop_range(self, cfg: ModelConfig) -> tuple[int, int]:
+        """The looped block range [start, stop) for `cfg`, validated against its layout."""
+        n = len(cfg.layout)
+        if self.loop_blocks is None:
+            return (0, n)
+        start, stop = self.loop_blocks
+        if not 0 <= start < stop <= n:
+            raise ValueError(
+                f"loop_blocks={self.loop_blocks} is outside the layout of {n} blocks; "
+                f"need 0 <= start < stop <= {n}"
+            )
+        return (start, stop)
+
+
+def check_window_and_passes(window, passes) -> None:
+    """Validates the two schedule integers shared by `forward` and the streaming API."""
+    _check_int("window", window, 1)
+    _check_int("passes", passes, 1)
+
+
+def check_tokens(tokens, vocab_size: int, rank: int, name: str = "tokens") -> None:
+    """Host-side checks of a token array: rank and integer dtype always; the id range only
+    when the values are concrete (inside jit they are not: out-of-range ids then embed as
+    NaN, so the logits turn NaN instead of silently reading a clamped row)."""
+    import jax
+    import numpy as np
+
+    shape = getattr(tokens, "shape", None)
+    dtype = getattr(tokens, "dtype", None)
+    if shape is None or len(shape) != rank:
+        want = "[batch, time]" if rank == 2 else "[batch]"
+        raise ValueError(f"{name} must have rank {rank} ({want}), got shape {shape}")
+    if dtype is None or not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{name} must have an integer dtype, got {dtype}")
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    arr = np.asarray(tokens)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise ValueError(
+            f"{name} ids must lie in [0, {vocab_size}), got min {arr.min()} and max {arr.max()}"
+        )

@@ -1,0 +1,124 @@
+"""The hybrid stack: parameters, blocks (pre-norm mixer + residual + MLP) and passes.
+
+`Params` is a pytree of slow weights that carries its `ModelConfig` as static metadata,
+so `jax.jit`, `jax.grad` and optax act on it directly and step functions need no separate
+config argument. Two evaluation forms share every block:
+  * `window_pass`: a block range over a whole window at once (training form, sleep);
+  * `token_step`: all blocks for one token (wake form), with explicit caches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sleep_consolidation import attention, fast_weights
+from sleep_consolidation.config import ModelConfig
+from sleep_consolidation.fast_weights import rms_norm
+
+
+@flax.struct.dataclass
+class Params:
+    """Slow weights. `blocks[i]` is the dict of block i (its mixer depends on layout[i])."""
+
+    embed: jax.Array  # [V, D]
+    blocks: tuple[dict[str, Any], ...]
+    final_norm: jax.Array  # [D]
+    unembed: jax.Array  # [D, V]
+    config: ModelConfig = flax.struct.field(pytree_node=False)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
+    """Initialises the slow weights of `cfg` (float32)."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    k_embed, k_out, k_blocks = jax.random.split(key, 3)
+    d, f = cfg.d_model, cfg.d_model * cfg.mlp_ratio
+    normal = jax.nn.initializers.normal
+    # Residual-branch outputs are scaled down with depth so the stream stays O(1) at init.
+    out_scale = (2 * len(cfg.layout)) ** -0.5
+    blocks = []
+    for i, kind in enumerate(cfg.layout):
+        k_mix, k1, k2 = jax.random.split(jax.random.fold_in(k_blocks, i), 3)
+        if kind == "attn":
+            mixer = attention.init_attention(k_mix, cfg)
+        else:
+            mixer = fast_weights.init_fast_weight_mixer(k_mix, cfg)
+        mixer["wo"] = mixer["wo"] * out_scale
+        blocks.append(
+            {
+                "norm1": jnp.ones((d,)),
+                "mixer": mixer,
+                "norm2": jnp.ones((d,)),
+                "w1": normal(d**-0.5)(k1, (d, f)),
+                "w2": normal(f**-0.5 * out_scale)(k2, (f, d)),
+            }
+        )
+    return Params(
+        embed=normal(1.0)(k_embed, (cfg.vocab_size, d)),
+        blocks=tuple(blocks),
+        final_norm=jnp.ones((d,)),
+        unembed=normal(d**-0.5)(k_out, (d, cfg.vocab_size)),
+        config=cfg,
+    )
+
+
+def embed(params: Params, tokens):
+    """Token embeddings; out-of-range ids give NaN (visible) rather than a silent clamp."""
+    return jnp.take(params.embed, tokens, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def logits(params: Params, h):
+    return rms_norm(h, params.final_norm) @ params.unembed
+
+
+def _mlp(block, h):
+    x = rms_norm(h, block["norm2"])
+    return h + jax.nn.gelu(x @ block["w1"]) @ block["w2"]
+
+
+def window_pass(params: Params, blocks: range, h, fast: dict, prefix: dict, valid=None):
+    """Runs the blocks in `blocks` once over a window.
+
+    Args:
+      h: [B, T, D] inputs at window positions 0..T-1.
+      fast: {block index: S [B, H, dh, dh]} for the ssm blocks (others ignored).
+      prefix: {block index: (k, v, valid)} kept attention prefix per attn block.
+      valid: optional bool [T]; positions past the filled part do not write fast weights.
+
+    Returns:
+      (h_out [B, T, D], fast (updated copy), kv {attn block index: (k, v)} of this pass).
+    """
+    cfg = params.config
+    fast = dict(fast)
+    kv = {}
+    for i in blocks:
+        block = params.blocks[i]
+        x = rms_norm(h, block["norm1"])
+        if cfg.layout[i] == "attn":
+            pk, pv, pvalid = prefix[i]
+            y, k, v = attention.attention_window(block["mixer"], cfg, x, pk, pv, pvalid)
+            kv[i] = (k, v)
+        else:
+            y, fast[i] = fast_weights.fast_weight_window(block["mixer"], cfg, x, fast[i], valid)
+        h = _mlp(block, h + y)
+    return h, fast, kv
+
+
+def block_step(params: Params, i: int, h, pos, fast, kv_cache, prefix, conv):
+    """Block `i` for one token. Returns (h, fast_i, kv_cache_i, conv_i) (unused ones passed through)."""
+    cfg = params.config
+    block = params.blocks[i]
+    x = rms_norm(h, block["norm1"])
+    if cfg.layout[i] == "attn":
+        pk, pv, pvalid = prefix
+        y, k_cache, v_cache = attention.attention_step(
+            block["mixer"], cfg, x, pos, kv_cache[0], kv_cache[1], pk, pv, pvalid
+        )
+        kv_cache = (k_cache, v_cache)
+    else:
+        y, fast, conv = fast_weights.fast_weight_step(block["mixer"], cfg, x, fast, conv)
+    return _mlp(block, h + y), fast, kv_cache, conv

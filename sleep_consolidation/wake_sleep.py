@@ -1,0 +1,134 @@
+"""The streaming form: `wake_step`, `sleep_step`, `evict`, `window_full`.
+
+    state, logits_t = wake_step(params, state, tokens[:, t])      # one pass per token
+    if window_full(state):
+        for _ in range(N - 1):
+            state = sleep_step(params, state)                     # offline pass, no tokens
+        state = evict(state)                                      # keep only fast weights
+
+All functions are pure and jit-able; the schedule rides in `state.schedule` (static).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sleep_consolidation import attention, model
+from sleep_consolidation.config import check_tokens
+from sleep_consolidation.model import Params
+from sleep_consolidation.state import MemoryState
+
+
+def _prefixes(cfg, state: MemoryState) -> dict:
+    return {
+        b: (state.prefix_keys[j], state.prefix_values[j], state.prefix_valid)
+        for j, b in enumerate(cfg.attn_blocks)
+    }
+
+
+def window_full(state: MemoryState) -> jax.Array:
+    """Scalar bool: the window holds L tokens and must sleep and be evicted before the next."""
+    return state.pos >= state.window
+
+
+def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, jax.Array]:
+    """Reads one token per stream (one pass through every block) and predicts the next.
+
+    Args:
+      params: slow weights.
+      state: streaming state whose window is not full.
+      tokens: int [B] token ids at this position.
+
+    Returns:
+      (new state, logits [B, V]).
+    """
+    cfg = params.config
+    check_tokens(tokens, cfg.vocab_size, rank=1)
+    if tokens.shape[0] != state.features.shape[0]:
+        raise ValueError(f"tokens has batch {tokens.shape[0]} but the state has {state.features.shape[0]}")
+    if not isinstance(state.pos, jax.core.Tracer) and int(state.pos) >= state.window:
+        raise ValueError("wake_step on a full window: call sleep_step (optional) and evict first")
+    start, stop = state.schedule.loop_range(cfg)
+    i = state.pos
+    ssm_idx = {b: j for j, b in enumerate(cfg.ssm_blocks)}
+    attn_idx = {b: j for j, b in enumerate(cfg.attn_blocks)}
+    fast, conv = list(state.fast), list(state.conv)
+    keys, values = list(state.keys), list(state.values)
+    prefixes = _prefixes(cfg, state)
+    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], i, axis=1)
+
+    h = model.embed(params, tokens)
+    loop_input, features = state.loop_input, state.features
+    for b in range(len(cfg.layout)):
+        if b == start:
+            loop_input = put(loop_input, h)
+        if b in ssm_idx:
+            j = ssm_idx[b]
+            h, fast[j], _, conv[j] = model.block_step(params, b, h, i, fast[j], None, None, conv[j])
+        else:
+            j = attn_idx[b]
+            h, _, (keys[j], values[j]), _ = model.block_step(
+                params, b, h, i, None, (keys[j], values[j]), prefixes[b], None
+            )
+        if b == stop - 1:
+            features = put(features, h)
+    new_state = state.replace(
+        fast=tuple(fast),
+        conv=tuple(conv),
+        keys=tuple(keys),
+        values=tuple(values),
+        features=features,
+        loop_input=loop_input,
+        pos=i + 1,
+    )
+    return new_state, model.logits(params, h)
+
+
+def sleep_step(params: Params, state: MemoryState) -> MemoryState:
+    """One offline pass of the looped blocks over the filled part of the window, no tokens.
+
+    Reads the features of the previous pass (plus the wake input if re-injection is on),
+    starts from the current fast weights (or the window's initial ones if
+    reset_between_passes), rewrites the fast weights and refreshes features and KV.
+    """
+    cfg = params.config
+    sched = state.schedule
+    start, stop = sched.loop_range(cfg)
+    looped = range(start, stop)
+    valid = jnp.arange(state.window) < state.pos
+    source = state.fast_at_window_start if sched.reset_between_passes else state.fast
+    fast_in = {b: source[j] for j, b in enumerate(cfg.ssm_blocks) if b in looped}
+    x = state.features + state.loop_input if sched.reinject_embedding else state.features
+    h, fast_out, kv = model.window_pass(params, looped, x, fast_in, _prefixes(cfg, state), valid)
+    fast = tuple(fast_out.get(b, state.fast[j]) for j, b in enumerate(cfg.ssm_blocks))
+    keys = tuple(kv[b][0] if b in kv else state.keys[j] for j, b in enumerate(cfg.attn_blocks))
+    values = tuple(kv[b][1] if b in kv else state.values[j] for j, b in enumerate(cfg.attn_blocks))
+    return state.replace(
+        fast=fast,
+        keys=keys,
+        values=values,
+        features=jnp.where(valid[None, :, None], h, 0.0),
+    )
+
+
+def evict(state: MemoryState) -> MemoryState:
+    """Ends the window: drops KV, features and conv buffers; only the fast weights stay.
+
+    Under sliding eviction the most recent L-1 tokens' keys/values are kept as the next
+    window's prefix, re-rotated so that positions stay relative to the new window.
+    """
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state)
+    new = zeros.replace(fast=state.fast, fast_at_window_start=state.fast)
+    if state.schedule.eviction == "sliding":
+        slid = [
+            attention.slide_prefix(pk, pv, state.prefix_valid, k, v, state.pos, state.rope_base)
+            for pk, pv, k, v in zip(state.prefix_keys, state.prefix_values, state.keys, state.values)
+        ]
+        if slid:
+            new = new.replace(
+                prefix_keys=tuple(s[0] for s in slid),
+                prefix_values=tuple(s[1] for s in slid),
+                prefix_valid=slid[0][2],
+            )
+    return new
