@@ -81,7 +81,9 @@ def attention_window(p, cfg: ModelConfig, x, prefix_k, prefix_v, prefix_valid):
     mask = pos[None, :] <= pos[:, None]
     if prefix_k.shape[1]:
         mask = jnp.concatenate([_prefix_mask(pos, prefix_valid), mask], axis=1)
-        y = _attend(p, q, jnp.concatenate([prefix_k, k], 1), jnp.concatenate([prefix_v, v], 1), mask)
+        y = _attend(
+            p, q, jnp.concatenate([prefix_k, k], 1), jnp.concatenate([prefix_v, v], 1), mask
+        )
     else:
         y = _attend(p, q, k, v, mask)
     return y, k, v

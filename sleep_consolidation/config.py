@@ -52,7 +52,9 @@ class ModelConfig:
 
     def __post_init__(self):
         if isinstance(self.layout, str):
-            raise ValueError(f"layout must be a sequence of {BLOCK_KINDS}, got the string {self.layout!r}")
+            raise ValueError(
+                f"layout must be a sequence of {BLOCK_KINDS}, got the string {self.layout!r}"
+            )
         object.__setattr__(self, "layout", tuple(self.layout))
         _check_int("vocab_size", self.vocab_size, 1)
         _check_int("d_model", self.d_model, 1)
@@ -123,7 +125,9 @@ class Schedule:
         if self.loop_blocks is not None:
             lb = tuple(self.loop_blocks)
             if len(lb) != 2 or not all(isinstance(x, int) for x in lb):
-                raise ValueError(f"loop_blocks must be (start, stop) ints or None, got {self.loop_blocks!r}")
+                raise ValueError(
+                    f"loop_blocks must be (start, stop) ints or None, got {self.loop_blocks!r}"
+                )
             object.__setattr__(self, "loop_blocks", lb)
 
     def loop_range(self, cfg: ModelConfig) -> tuple[int, int]:

@@ -37,7 +37,10 @@ def init_fast_weight_mixer(key, cfg: ModelConfig) -> dict:
         "wk": normal(d**-0.5)(keys[1], (d, hd)),
         "wv": normal(d**-0.5)(keys[2], (d, hd)),
         "conv": jax.random.uniform(
-            keys[3], (cfg.conv_size, 3 * hd), minval=-(cfg.conv_size**-0.5), maxval=cfg.conv_size**-0.5
+            keys[3],
+            (cfg.conv_size, 3 * hd),
+            minval=-(cfg.conv_size**-0.5),
+            maxval=cfg.conv_size**-0.5,
         ),
         "wa": normal(d**-0.5)(keys[4], (d, H)),
         "a_log": jnp.log(jax.random.uniform(keys[6], (H,), minval=1.0, maxval=16.0)),
@@ -99,7 +102,17 @@ def fast_weight_window(p, cfg: ModelConfig, x, S, valid=None):
     alpha, beta = gates(p, x)
     rule = rules.get_rule(cfg.rule)
     o, S_new = rules.apply_rule(
-        rule, p.get("theta"), S, q, k, v, alpha, beta, valid, impl=cfg.impl, chunk_size=cfg.chunk_size
+        rule,
+        p.get("theta"),
+        S,
+        q,
+        k,
+        v,
+        alpha,
+        beta,
+        valid,
+        impl=cfg.impl,
+        chunk_size=cfg.chunk_size,
     )
     return _output(p, cfg, o, x), S_new
 

@@ -109,7 +109,11 @@ def window_pass(params: Params, blocks: range, h, fast: dict, prefix: dict, vali
 
 
 def block_step(params: Params, i: int, h, pos, fast, kv_cache, prefix, conv):
-    """Block `i` for one token. Returns (h, fast_i, kv_cache_i, conv_i) (unused ones passed through)."""
+    """Block `i` for one token.
+
+    Returns:
+      (h, fast_i, kv_cache_i, conv_i); the ones block `i` does not use pass through.
+    """
     cfg = params.config
     block = params.blocks[i]
     x = rms_norm(h, block["norm1"])

@@ -32,7 +32,9 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
     fast, prefix = carry
     fast_start = dict(fast)
 
-    h, fast, kv = model.window_pass(params, range(0, start), model.embed(params, toks), fast, prefix)
+    h, fast, kv = model.window_pass(
+        params, range(0, start), model.embed(params, toks), fast, prefix
+    )
     loop_input = h
     h, fast, kv_loop = model.window_pass(params, looped, h, fast, prefix)
     features = h
@@ -126,7 +128,9 @@ def forward(
     schedule.loop_range(cfg)
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-    if grad_passes is not None and (isinstance(grad_passes, bool) or not isinstance(grad_passes, int) or grad_passes < 1):
+    if grad_passes is not None and (
+        isinstance(grad_passes, bool) or not isinstance(grad_passes, int) or grad_passes < 1
+    ):
         raise ValueError(f"grad_passes must be None or an int >= 1, got {grad_passes!r}")
     check_tokens(tokens, cfg.vocab_size, rank=2)
     B, T = tokens.shape
@@ -135,8 +139,15 @@ def forward(
     L = window
     n_scan = (T - 1) // L  # windows followed by more tokens: all full, all consolidated
     step = lambda carry, toks, sleep: _window_step(
-        params, carry, toks, sched=schedule, window=L, passes=passes, sleep=sleep,
-        remat=remat, grad_passes=grad_passes,
+        params,
+        carry,
+        toks,
+        sched=schedule,
+        window=L,
+        passes=passes,
+        sleep=sleep,
+        remat=remat,
+        grad_passes=grad_passes,
     )
     if remat == "window":
         step = jax.checkpoint(step, static_argnums=(2,))

@@ -46,7 +46,9 @@ def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, 
     cfg = params.config
     check_tokens(tokens, cfg.vocab_size, rank=1)
     if tokens.shape[0] != state.features.shape[0]:
-        raise ValueError(f"tokens has batch {tokens.shape[0]} but the state has {state.features.shape[0]}")
+        raise ValueError(
+            f"tokens has batch {tokens.shape[0]} but the state has {state.features.shape[0]}"
+        )
     if not isinstance(state.pos, jax.core.Tracer) and int(state.pos) >= state.window:
         raise ValueError("wake_step on a full window: call sleep_step (optional) and evict first")
     start, stop = state.schedule.loop_range(cfg)
@@ -123,7 +125,9 @@ def evict(state: MemoryState) -> MemoryState:
     if state.schedule.eviction == "sliding":
         slid = [
             attention.slide_prefix(pk, pv, state.prefix_valid, k, v, state.pos, state.rope_base)
-            for pk, pv, k, v in zip(state.prefix_keys, state.prefix_values, state.keys, state.values)
+            for pk, pv, k, v in zip(
+                state.prefix_keys, state.prefix_values, state.keys, state.values
+            )
         ]
         if slid:
             new = new.replace(

@@ -21,7 +21,9 @@ def tiny_config(rule="gated_delta", layout=("attn", "ssm", "attn", "ssm"), **kw)
     return sc.ModelConfig(layout=layout, rule=rule, **kw)
 
 
-def stream_loop(params, tokens, window, passes, state=None, zero_fast_at_boundary=False, **schedule):
+def stream_loop(
+    params, tokens, window, passes, state=None, zero_fast_at_boundary=False, **schedule
+):
     """The Python-driven streaming loop of design.md; returns (logits [B, T, V], state)."""
     B, T = tokens.shape
     if state is None:

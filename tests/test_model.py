@@ -14,8 +14,13 @@ L = 4
 
 def test_design_contract_snippet_runs_as_written():
     B, L_, N = 2, 4, 3
-    cfg = sc.ModelConfig(vocab_size=16, d_model=64, num_heads=2,
-                         layout=("attn", "ssm", "attn", "ssm"), rule="gated_delta")
+    cfg = sc.ModelConfig(
+        vocab_size=16,
+        d_model=64,
+        num_heads=2,
+        layout=("attn", "ssm", "attn", "ssm"),
+        rule="gated_delta",
+    )
     params = sc.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (B, 10), 0, 16)
     logits = sc.forward(params, tokens, window=L_, passes=N)
@@ -43,8 +48,9 @@ def test_one_pass_is_the_vanilla_hybrid(tokens):
         outs.append(lt)
         if sc.window_full(state):
             state = sc.evict(state)
-    chex.assert_trees_all_close(jnp.stack(outs, 1), sc.forward(params, tokens, window=L, passes=1),
-                                atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(
+        jnp.stack(outs, 1), sc.forward(params, tokens, window=L, passes=1), atol=2e-5, rtol=2e-5
+    )
 
 
 def test_sleep_changes_logits_only_after_the_first_window(tokens):
@@ -126,7 +132,9 @@ def test_remat_gives_same_gradients(tokens, remat):
 
 def test_user_rule_with_theta_trains(tokens):
     def scaled_hebbian(S, k, v, alpha, beta, theta):
-        return alpha[:, None, None] * S + theta["gain"][:, None, None] * k[:, :, None] * v[:, None, :]
+        return (
+            alpha[:, None, None] * S + theta["gain"][:, None, None] * k[:, :, None] * v[:, None, :]
+        )
 
     def init(key, num_heads, d_k, d_v):
         return {"gain": jnp.full((num_heads,), 0.5)}
@@ -135,7 +143,9 @@ def test_user_rule_with_theta_trains(tokens):
     params = sc.init_params(tiny_config("test_scaled_hebbian"), jax.random.key(0))
     assert params.blocks[1]["mixer"]["theta"]["gain"].shape == (2,)
     streamed, _ = stream_loop(params, tokens, L, 2)
-    chex.assert_trees_all_close(streamed, sc.forward(params, tokens, window=L, passes=2), atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(
+        streamed, sc.forward(params, tokens, window=L, passes=2), atol=2e-5, rtol=2e-5
+    )
     g = jax.grad(_last_window_loss)(params, tokens, 2)
     assert float(jnp.max(jnp.abs(g.blocks[1]["mixer"]["theta"]["gain"]))) > 0
 
@@ -206,5 +216,7 @@ def test_bad_schedule_and_tokens(tokens):
 
 def test_out_of_range_ids_inside_jit_give_nan(tokens):
     params = sc.init_params(tiny_config(), jax.random.key(0))
-    out = jax.jit(sc.forward, static_argnames=("window",))(params, tokens.at[0, 0].set(99), window=L)
+    out = jax.jit(sc.forward, static_argnames=("window",))(
+        params, tokens.at[0, 0].set(99), window=L
+    )
     assert bool(jnp.isnan(out[0, 0]).all())

@@ -49,7 +49,9 @@ def test_hebbian_matches_causal_linear_attention():
     k = jax.random.normal(ks[1], (B, T, H, DK))
     v = jax.random.normal(ks[2], (B, T, H, DV))
     gates = jnp.full((B, T, H), 0.3)  # ignored by hebbian
-    o, S_T = rules.scan_rule(rules.get_rule("hebbian"), None, jnp.zeros((B, H, DK, DV)), q, k, v, gates, gates)
+    o, S_T = rules.scan_rule(
+        rules.get_rule("hebbian"), None, jnp.zeros((B, H, DK, DV)), q, k, v, gates, gates
+    )
     scores = jnp.einsum("bthd,bshd->bhts", q, k) * jnp.tril(jnp.ones((T, T)))
     chex.assert_trees_all_close(o, jnp.einsum("bhts,bshd->bthd", scores, v), atol=1e-5)
     chex.assert_trees_all_close(S_T, jnp.einsum("bthk,bthv->bhkv", k, v), atol=1e-5)

@@ -11,8 +11,18 @@ from conftest import stream_loop, tiny_config
 import sleep_consolidation as sc
 
 RULES = ("gated_delta", "delta", "gated_hebbian", "hebbian")
-forward_jit = jax.jit(sc.forward, static_argnames=("window", "passes", "eviction", "reset_between_passes",
-                                                   "reinject_embedding", "loop_blocks", "return_fast"))
+forward_jit = jax.jit(
+    sc.forward,
+    static_argnames=(
+        "window",
+        "passes",
+        "eviction",
+        "reset_between_passes",
+        "reinject_embedding",
+        "loop_blocks",
+        "return_fast",
+    ),
+)
 
 
 def _check(rule, passes, window, T=11, layout=("attn", "ssm", "attn", "ssm"), **schedule):
@@ -20,7 +30,9 @@ def _check(rule, passes, window, T=11, layout=("attn", "ssm", "attn", "ssm"), **
     tokens = jax.random.randint(jax.random.key(1), (2, T), 0, 11)
     assert T % window, "the grid uses lengths that are not a multiple of the window"
     streamed, state = stream_loop(params, tokens, window, passes, **schedule)
-    logits, fast = forward_jit(params, tokens, window=window, passes=passes, return_fast=True, **schedule)
+    logits, fast = forward_jit(
+        params, tokens, window=window, passes=passes, return_fast=True, **schedule
+    )
     chex.assert_trees_all_close(streamed, logits, atol=2e-5, rtol=2e-5)
     # the partial last window never slept, so the fast weights agree too
     chex.assert_trees_all_close(state.fast, fast, atol=2e-5, rtol=2e-5)
@@ -60,7 +72,10 @@ def test_other_layouts(layout):
     for eviction in ("hard", "sliding"):
         streamed, _ = stream_loop(params, tokens, 4, 2, eviction=eviction)
         chex.assert_trees_all_close(
-            streamed, sc.forward(params, tokens, window=4, passes=2, eviction=eviction), atol=2e-5, rtol=2e-5
+            streamed,
+            sc.forward(params, tokens, window=4, passes=2, eviction=eviction),
+            atol=2e-5,
+            rtol=2e-5,
         )
 
 
