@@ -4,6 +4,12 @@ attention + fast-weight sequence models, in JAX.
 Everything a notebook needs is importable from here.
 """
 
+from sleep_consolidation.checkpointing import (
+    Checkpointer,
+    load_memory_state,
+    load_params,
+    save_memory_state,
+)
 from sleep_consolidation.config import ModelConfig, Schedule
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.rules import (
@@ -16,9 +22,37 @@ from sleep_consolidation.rules import (
 )
 from sleep_consolidation.sequence import forward
 from sleep_consolidation.state import MemoryState, init_state
+from sleep_consolidation.train import (
+    ConfigConflictError,
+    NonFiniteError,
+    TrainState,
+    evaluate,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+    masked_cross_entropy,
+    muon_labels,
+    resolve_config,
+    train_and_evaluate,
+)
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
 
 __all__ = [
+    "Checkpointer",
+    "ConfigConflictError",
+    "NonFiniteError",
+    "TrainState",
+    "evaluate",
+    "init_train_state",
+    "load_memory_state",
+    "load_params",
+    "make_optimizer",
+    "make_train_step",
+    "masked_cross_entropy",
+    "muon_labels",
+    "resolve_config",
+    "save_memory_state",
+    "train_and_evaluate",
     "MemoryState",
     "ModelConfig",
     "Params",

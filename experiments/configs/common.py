@@ -1,0 +1,102 @@
+"""Shared defaults of the experiment configs (rule110.py, depo.py, gsm.py, recall.py).
+
+Every field a run reads is set here, so a task config only names its task, knobs and
+budget. `sleep_consolidation.train.resolve_config` validates the result before compiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ml_collections import ConfigDict, config_dict
+
+from sleep_consolidation.tasks import make_task
+
+
+def task_config(task: str, **knobs) -> ConfigDict:
+    """`name` plus every knob of the task (its generator's defaults unless given), so that
+    any knob can be overridden with --config.task.<knob>=..."""
+    resolved = make_task(task, **knobs)
+    c = ConfigDict({"name": task})
+    for field in dataclasses.fields(resolved):
+        value = getattr(resolved, field.name)
+        c[field.name] = config_dict.placeholder(int) if value is None else value
+    return c
+
+
+def base_config(task: str, **task_knobs) -> ConfigDict:
+    """The paper-scale defaults for `task` (model 4 blocks attn-GDN-attn-GDN, d=256)."""
+    c = ConfigDict()
+    c.task = task_config(task, **task_knobs)
+
+    # Model (ModelConfig fields; vocab_size comes from the task).
+    c.d_model = 256
+    c.num_heads = 4
+    c.layout = ("attn", "ssm", "attn", "ssm")
+    c.rule = "gated_delta"
+    c.head_dim = config_dict.placeholder(int)  # None: d_model // num_heads
+    c.mlp_ratio = 4
+    c.conv_size = 4
+    c.rope_base = 10000.0
+    c.impl = "chunked"  # "scan" is the per-token reference
+    c.chunk_size = 32
+
+    # Consolidation schedule (paper defaults).
+    c.window = config_dict.placeholder(int)  # None: the task's eviction window
+    c.passes = 1  # N: wake pass + N-1 sleep passes; sweep with --config.passes
+    c.eviction = "hard"
+    c.reset_between_passes = False
+    c.reinject_embedding = False
+    c.loop_blocks = config_dict.placeholder(tuple)  # None: all blocks; else (start, stop)
+    c.grad_passes = config_dict.placeholder(int)  # None: full backprop; k: last k passes
+    c.remat = "none"  # "pass" or "window" to bound memory at large N
+
+    # Optimizer: Muon (2-D block matrices) + AdamW at a fixed 5e-5 (the rest), as the paper.
+    c.optimizer = "muon"  # or "adamw"
+    c.learning_rate = 2e-3  # Muon's (or AdamW's, with optimizer="adamw")
+    c.adam_learning_rate = 5e-5
+    c.lr_schedule = "constant"  # or "cosine" (to min_lr_ratio * learning_rate at `steps`)
+    c.warmup_steps = 100
+    c.min_lr_ratio = 0.1
+    c.clip_norm = 1.0  # global gradient norm; 0 disables
+    c.weight_decay = 0.0
+
+    # Loop.
+    c.batch_size = 256
+    c.steps = 10_000
+    c.seed = 0  # fixes init and the data order
+    c.log_every = 50
+    c.eval_every = 1000
+    c.eval_size = 1024
+    c.eval_batch_size = 256
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    return c
+
+
+def make_tiny(c: ConfigDict, **task_knobs) -> ConfigDict:
+    """Shrinks `c` in place to the CPU smoke-test size (d=32, attn-GDN, N=2, 300 steps)."""
+    c.task.update(task_knobs)
+    c.d_model = 32
+    c.num_heads = 2
+    c.layout = ("attn", "ssm")
+    c.mlp_ratio = 2
+    c.impl = "scan"
+    c.chunk_size = 8
+    c.passes = 2
+    c.warmup_steps = 0
+    c.batch_size = 32
+    c.steps = 300
+    c.log_every = 25
+    c.eval_every = 100
+    c.eval_size = 256
+    c.eval_batch_size = 256
+    c.checkpoint_every = 100
+    return c
+
+
+def check_arg(arg: str | None) -> bool:
+    """True for the tiny variant (`--config=...py:tiny`), False for the full one."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"unknown config variant {arg!r}; use no suffix or ':tiny'")
+    return arg == "tiny"

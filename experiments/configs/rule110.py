@@ -1,0 +1,27 @@
+"""Rule 110 cellular automaton (method.md, task 1).
+
+Run-book:
+  python -m experiments.train --config=experiments/configs/rule110.py \
+      --workdir=runs/rule110_n4 --config.passes=4
+  Sweep: --config.passes in {1,2,3,4} at t=32 (a separate model per N; same seed, same
+  data order); depth curve at N=1: --config.task.t_values="(4,)" ... "(16,)".
+  Paper scale: 4 states x 24 bits, T=100, L=24, batch 512, 100k steps (~5B tokens).
+  Expected time: not measured on an accelerator yet; training cost grows ~linearly in N.
+  Expected result (paper): exact accuracy (all 4 labels; chance 1/16) ~10% at N=1, ~20% at
+  N=2, >30% at N=3-4 (`eval/acc/d=32` in metrics.jsonl / summary.json).
+
+  Tiny (CPU smoke test, 25-40 s on a 2-core CPU; loss 0.90 -> 0.05, eval acc 0.98 vs
+  chance 0.25 at t=1):
+  python -m experiments.train --config=experiments/configs/rule110.py:tiny --workdir=/tmp/r110
+"""
+
+from experiments.configs import common
+
+
+def get_config(arg: str | None = None):
+    c = common.base_config("rule110", num_states=4, width=24, t_values=(32,), boundary="periodic")
+    c.batch_size = 512
+    c.steps = 100_000
+    if common.check_arg(arg):
+        common.make_tiny(c, num_states=2, width=8, t_values=(1,))
+    return c

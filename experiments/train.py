@@ -1,0 +1,69 @@
+"""Trains and evaluates one config; rerunning the same command resumes from --workdir.
+
+    python -m experiments.train --config=experiments/configs/rule110.py \
+        --workdir=runs/rule110_n4 --config.passes=4
+
+Each config file's docstring is its run-book. Outputs under --workdir: config.json,
+metrics.jsonl, summary.json, checkpoints/. Exits non-zero on an invalid config, a workdir
+holding a different model/task, or a NaN/Inf loss or gradient norm.
+"""
+
+from __future__ import annotations
+
+import logging as logging_lib
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sleep_consolidation import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", None, "Persistent XLA compilation cache (optional)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv):
+    """absl's parser, with a one-line error for an override of a field that does not exist
+    (config_flags itself raises a bare AttributeError)."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        key = str(e).strip("'\"")
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+        print(
+            f"error: {', '.join(bad) or key}: no such config field '{key}' (the fields and "
+            "their defaults are in experiments/configs/common.py)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+class _QuietOrbax(logging_lib.Filter):
+    """Drops Orbax's per-save INFO lines (kept: its warnings and errors)."""
+
+    def filter(self, record):
+        return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietOrbax())
+    if _CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    logging.info("JAX devices: %s", jax.devices())
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, train.NonFiniteError) as e:  # config errors and conflicts included
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,240 @@
+"""Checkpoints: one thin wrapper around Orbax (pinned to orbax-checkpoint 0.12.x).
+
+Layout of a run's workdir:
+
+    workdir/config.json                  the run's config (+ the resolved model config)
+    workdir/checkpoints/<step>/params/   the slow weights (`Params`)
+    workdir/checkpoints/<step>/opt/      {"step", "opt_state"}
+    workdir/checkpoints_corrupt/         latest steps that failed to restore, moved aside
+
+Orbax writes each step into a temporary directory and renames it when complete, so a save
+cut off mid-write leaves only a `<step>.orbax-checkpoint-tmp-*` directory, which is not a
+step (and is removed when the next manager opens). A step that is present but unreadable
+(e.g. a truncated file) is moved to `checkpoints_corrupt/` and the previous step is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from sleep_consolidation.config import ModelConfig
+from sleep_consolidation.model import Params, init_params
+from sleep_consolidation.state import MemoryState
+
+CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
+CONFIG_FILE = "config.json"
+
+
+class Checkpointer:
+    """Saves and restores a train state (`params`, `step`, `opt_state` attributes).
+
+    Args:
+      workdir: the run directory; checkpoints go to `workdir/checkpoints`.
+      max_to_keep: number of most recent steps kept on disk.
+      async_save: write in a background thread (call `wait` or `close` before exit).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save=True):
+        self.workdir = os.fspath(workdir)
+        self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            cleanup_tmp_directories=True,  # leftovers of saves cut off mid-write
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt")
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, train_state) -> int:
+        """Saves `train_state` under its own step number; returns that step."""
+        step = int(jax.device_get(train_state.step))
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(train_state.params),
+                opt=ocp.args.StandardSave(
+                    {"step": train_state.step, "opt_state": train_state.opt_state}
+                ),
+            ),
+            force=True,
+        )
+        return step
+
+    def restore(self, abstract_state):
+        """Restores the latest readable step into the structure of `abstract_state`
+        (e.g. `jax.eval_shape` of the init function). Returns None if there is none."""
+        restored = self._restore_latest(
+            ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_state.params),
+                opt=ocp.args.StandardRestore(
+                    {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+                ),
+            )
+        )
+        if restored is None:
+            return None
+        return abstract_state.replace(
+            step=restored.opt["step"],
+            params=restored.params,
+            opt_state=restored.opt["opt_state"],
+        )
+
+    def restore_params(self, abstract_params: Params, step: int | None = None) -> Params | None:
+        """Restores only the `Params` of `step` (default: the latest readable step)."""
+        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        if step is not None:
+            return self._manager.restore(step, args=args).params
+        restored = self._restore_latest(args)
+        return None if restored is None else restored.params
+
+    def _restore_latest(self, args):
+        for step in reversed(self.all_steps()):
+            try:
+                return self._manager.restore(step, args=args)
+            except Exception as e:  # noqa: BLE001 - any read failure means "unreadable step"
+                logging.warning(
+                    "checkpoint step %d in %s is unreadable (%s: %s); moving it to %s and "
+                    "falling back to the previous step",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e)[:200],
+                    CORRUPT_DIR,
+                )
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        # Moved out of the manager's directory so that the step number can be saved again.
+        dest = os.path.join(self.workdir, CORRUPT_DIR)
+        os.makedirs(dest, exist_ok=True)
+        shutil.move(
+            os.path.join(self.directory, str(step)),
+            os.path.join(dest, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"),
+        )
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Blocks until any asynchronous save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Run config and notebook helpers
+# ---------------------------------------------------------------------------------------
+
+
+def read_run_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The saved `config.json` of a run as a dict, or None if there is none."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Rebuilds a `ModelConfig` from its JSON form (lists back to tuples)."""
+    d = dict(d)
+    d["layout"] = tuple(d["layout"])
+    return ModelConfig(**d)
+
+
+def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
+    """The trained `Params` of a run (latest readable checkpoint unless `step` is given).
+
+    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry).
+
+    Raises:
+      FileNotFoundError: no config.json or no checkpoint in `workdir`.
+    """
+    saved = read_run_config(workdir)
+    if saved is None or "model_config" not in saved:
+        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} with a model_config entry")
+    cfg = model_config_from_dict(saved["model_config"])
+    abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    with Checkpointer(workdir, async_save=False) as ckpt:
+        params = ckpt.restore_params(abstract, step)
+    if params is None:
+        raise FileNotFoundError(f"no readable checkpoint in {workdir}/{CHECKPOINT_DIR}")
+    return params
+
+
+def _static_fields(state: MemoryState) -> dict[str, Any]:
+    s = state.schedule
+    return {
+        "schedule": {
+            "eviction": s.eviction,
+            "reset_between_passes": s.reset_between_passes,
+            "reinject_embedding": s.reinject_embedding,
+            "loop_blocks": None if s.loop_blocks is None else list(s.loop_blocks),
+        },
+        "rope_base": state.rope_base,
+    }
+
+
+def save_memory_state(path: str | os.PathLike, state: MemoryState) -> None:
+    """Saves a streaming `MemoryState` (e.g. mid-stream) to the new directory `path`.
+
+    The arrays go through Orbax; the static fields (`schedule`, `rope_base`) to
+    `path/static.json`, so that a restore can check it is resuming the same schedule.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} already exists; give a new directory")
+    os.makedirs(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(path, "arrays"), state)
+    with open(os.path.join(path, "static.json"), "w") as f:
+        json.dump(_static_fields(state), f, indent=2)
+
+
+def load_memory_state(path: str | os.PathLike, like: MemoryState) -> MemoryState:
+    """Restores a `MemoryState` saved by `save_memory_state`.
+
+    Args:
+      path: the directory given to `save_memory_state`.
+      like: a state of the same shapes and static fields (e.g. `init_state(...)` with the
+        same config, batch size, window and schedule); only its structure is used.
+
+    Raises:
+      ValueError: the saved schedule or rope_base differs from `like`'s.
+    """
+    path = os.path.abspath(os.fspath(path))
+    with open(os.path.join(path, "static.json")) as f:
+        saved = json.load(f)
+    want = _static_fields(like)
+    if saved != want:
+        raise ValueError(
+            f"saved MemoryState static fields {saved} differ from those of `like` {want}"
+        )
+    abstract = jax.eval_shape(lambda: like)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.join(path, "arrays"), abstract)

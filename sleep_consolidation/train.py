@@ -1,0 +1,640 @@
+"""Training: masked loss, optimizer, the jitted train step, evaluation and the outer loop.
+
+A library module (it never reads flags): `experiments/train.py` parses the flags and calls
+`train_and_evaluate(config, workdir)`; a notebook can use every piece on its own.
+
+    tx = make_optimizer("muon", learning_rate=2e-3)
+    state = init_train_state(init_params(cfg, key), tx)
+    train_step = make_train_step(tx, window=24, passes=2)
+    state, metrics = train_step(state, task.batch(seed, step, batch_size))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from optax.contrib import muon
+
+from sleep_consolidation import checkpointing
+from sleep_consolidation.config import ModelConfig, Schedule, check_window_and_passes
+from sleep_consolidation.model import Params, init_params
+from sleep_consolidation.sequence import REMAT_MODES, forward
+from sleep_consolidation.tasks import Task, make_task
+from sleep_consolidation.tasks.base import metrics_from_sums, per_depth_sums
+
+OPTIMIZERS = ("muon", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+# ModelConfig fields a config sets directly (vocab_size comes from the task).
+MODEL_FIELDS = (
+    "d_model", "num_heads", "layout", "rule", "head_dim", "mlp_ratio", "conv_size",
+    "rope_base", "impl", "chunk_size",
+)  # fmt: skip
+SCHEDULE_FIELDS = ("eviction", "reset_between_passes", "reinject_embedding", "loop_blocks")
+OPTIMIZER_FIELDS = (
+    "optimizer", "learning_rate", "adam_learning_rate", "lr_schedule", "warmup_steps",
+    "min_lr_ratio", "clip_norm", "weight_decay",
+)  # fmt: skip
+LOOP_FIELDS = (
+    "window", "passes", "grad_passes", "remat", "batch_size", "steps", "seed", "log_every",
+    "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+)  # fmt: skip
+CONFIG_FIELDS = ("task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS)
+# Block leaves that are 2-D but not hidden matrices: depthwise conv filters and rule params.
+NOT_MUON = frozenset({"conv", "theta"})
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN/Inf training loss or gradient norm; the run stops without saving that state."""
+
+    def __init__(self, step: int, quantity: str, value: float):
+        self.step, self.quantity, self.value = step, quantity, value
+        super().__init__(
+            f"non-finite {quantity} ({value}) at step {step}; training stopped and the bad "
+            "state was not saved (the last good checkpoint is kept)"
+        )
+
+
+def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+    """Raises NonFiniteError naming `step` and the quantity if the loss or grad norm is
+    NaN/Inf (the loss is checked first)."""
+    for quantity in ("loss", "grad_norm"):
+        value = float(metrics[quantity])
+        if not math.isfinite(value):
+            raise NonFiniteError(step, quantity, value)
+
+
+class ConfigConflictError(ValueError):
+    """The workdir holds a run whose model, task or optimizer differs from the config."""
+
+
+# ---------------------------------------------------------------------------------------
+# Loss, state, optimizer
+# ---------------------------------------------------------------------------------------
+
+
+def masked_cross_entropy(logits, targets, mask):
+    """Mean next-token cross-entropy over answer tokens.
+
+    Args:
+      logits: [B, T, V]; targets: int [B, T]; mask: [B, T], > 0 on answer tokens.
+
+    Returns:
+      float32 scalar: sum(mask * nll) / sum(mask) (0 if the mask is empty).
+    """
+    logits = logits.astype(jnp.float32)
+    nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    w = jnp.where(mask > 0, mask, 0.0).astype(jnp.float32)
+    # `where`, not a product: a NaN at an unsupervised position must not reach the loss
+    # value (it still reaches the gradient, where the grad-norm check catches it).
+    return jnp.sum(jnp.where(w > 0, nll, 0.0) * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a training run carries from step to step (and checkpoints)."""
+
+    step: jax.Array  # int32 scalar: optimizer updates applied so far
+    params: Params
+    opt_state: optax.OptState
+
+
+def init_train_state(params: Params, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def muon_labels(params: Params):
+    """Labels each leaf: "muon" for the 2-D hidden matrices of the blocks, "adamw" for the
+    rest (embed, unembed, norms, gate biases, depthwise conv filters, rule parameters)."""
+
+    def label(path, leaf):
+        names = [getattr(k, "name", getattr(k, "key", None)) for k in path]
+        hidden = names[0] == "blocks" and len(leaf.shape) == 2 and not NOT_MUON & set(names)
+        return "muon" if hidden else "adamw"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def learning_rate_schedule(
+    peak: float, *, kind="constant", warmup_steps=0, total_steps=None, min_lr_ratio=0.1
+) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak`, then constant or cosine decay to min_lr_ratio*peak."""
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        main = optax.constant_schedule(peak)
+    else:
+        if total_steps is None:
+            raise ValueError("the cosine schedule needs total_steps")
+        decay = max(int(total_steps) - warmup_steps, 1)
+        main = optax.cosine_decay_schedule(peak, decay, alpha=min_lr_ratio)
+    if not warmup_steps:
+        return main
+    warm = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warm, main], [warmup_steps])
+
+
+def make_optimizer(
+    name: str = "muon",
+    *,
+    learning_rate: float = 2e-3,
+    adam_learning_rate: float = 5e-5,
+    lr_schedule: str = "constant",
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    min_lr_ratio: float = 0.1,
+    clip_norm: float = 1.0,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """The optimizer: global-norm clipping, then Muon + AdamW (paper) or AdamW alone.
+
+    Args:
+      name: "muon": Muon at `learning_rate` (scheduled) on the blocks' 2-D hidden matrices
+        (`muon_labels`) and AdamW at the fixed `adam_learning_rate` on the rest, as in the
+        paper; "adamw": AdamW at `learning_rate` (scheduled) on everything.
+      lr_schedule, warmup_steps, total_steps, min_lr_ratio: see `learning_rate_schedule`.
+      clip_norm: global gradient-norm clip; 0 disables it.
+      weight_decay: decoupled weight decay of both parts.
+
+    Returns:
+      an optax GradientTransformation whose state has the same structure for every
+      schedule and clip setting (so those may change when a run is resumed).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    lr = learning_rate_schedule(
+        learning_rate, kind=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+        min_lr_ratio=min_lr_ratio,
+    )  # fmt: skip
+    if name == "adamw":
+        inner = optax.adamw(lr, weight_decay=weight_decay)
+    else:
+        inner = optax.multi_transform(
+            {
+                "muon": muon(lr, weight_decay=weight_decay),
+                "adamw": optax.adamw(adam_learning_rate, weight_decay=weight_decay),
+            },
+            muon_labels,
+        )
+    clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
+    return optax.chain(clip, inner)
+
+
+# ---------------------------------------------------------------------------------------
+# Train step and evaluation
+# ---------------------------------------------------------------------------------------
+
+
+def make_train_step(
+    tx: optax.GradientTransformation,
+    *,
+    window: int,
+    passes: int = 1,
+    schedule: Schedule | None = None,
+    remat: str = "none",
+    grad_passes: int | None = None,
+    donate: bool | None = None,
+    **schedule_kwargs,
+):
+    """Builds the jitted `train_step(train_state, batch) -> (train_state, metrics)`.
+
+    Args:
+      tx: the optimizer (`make_optimizer`).
+      window, passes, schedule (or its fields as keywords), remat, grad_passes: forwarded
+        to `forward`; grad_passes=None is full backprop through every pass, k truncates
+        each window's gradient to its last k passes.
+      donate: donate the input state's buffers (default: on accelerators, not on CPU).
+
+    Returns:
+      a pure jitted function. `batch` needs `tokens`, `targets`, `loss_mask` ([B, T]);
+      metrics are device scalars `loss`, `grad_norm` (before clipping), `token_acc`.
+    """
+    if schedule is None:
+        schedule = Schedule(**schedule_kwargs)
+    elif schedule_kwargs:
+        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    check_window_and_passes(window, passes)
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
+    _check_optional_int("grad_passes", grad_passes, 1)
+
+    def loss_fn(params, batch):
+        logits = forward(
+            params, batch.tokens, window, passes, schedule=schedule, remat=remat,
+            grad_passes=grad_passes,
+        )  # fmt: skip
+        return masked_cross_entropy(logits, batch.targets, batch.loss_mask), logits
+
+    def train_step(state: TrainState, batch):
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        on = batch.loss_mask > 0
+        right = (jnp.argmax(logits, -1) == batch.targets) & on
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "token_acc": jnp.sum(right) / jnp.maximum(jnp.sum(on), 1),
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    if donate is None:
+        donate = jax.default_backend() != "cpu"
+    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+@functools.partial(jax.jit, static_argnames=("window", "passes", "schedule", "depths"))
+def _eval_sums(params, batch, window, passes, schedule, depths):
+    logits = forward(params, batch.tokens, window, passes, schedule=schedule)
+    return per_depth_sums(logits, batch, depths)
+
+
+def evaluate(
+    params: Params,
+    task: Task,
+    batch,
+    *,
+    window: int | None = None,
+    passes: int = 1,
+    schedule: Schedule | None = None,
+    batch_size: int = 256,
+    **schedule_kwargs,
+) -> dict[str, float]:
+    """The task metric per depth on `batch` (e.g. `task.eval_batch(seed, size)`).
+
+    Args:
+      window: eviction window (default `task.default_window`); passes, schedule (or its
+        fields as keywords): as in `forward`.
+      batch_size: examples per forward call (the last call is padded with empty rows).
+
+    Returns:
+      Python floats `loss`, `acc` and `loss/d={d}`, `acc/d={d}` for d in `task.depths`
+      (exact-answer accuracy; NaN for a depth with no answers in `batch`).
+    """
+    if schedule is None:
+        schedule = Schedule(**schedule_kwargs)
+    elif schedule_kwargs:
+        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    window = task.default_window if window is None else window
+    depths = tuple(task.depths)
+    n = int(batch.tokens.shape[0])
+    chunk = max(1, min(batch_size, n))
+    pad = -n % chunk
+    fields = {f.name: np.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
+    if pad:  # empty rows: no loss mask, group -1, so they add nothing to the sums
+        fill = {"group": -1}
+        fields = {
+            k: np.concatenate([v, np.full((pad, *v.shape[1:]), fill.get(k, 0), v.dtype)])
+            for k, v in fields.items()
+        }
+    padded = type(batch)(**fields)
+    sums = None
+    for i in range(0, n + pad, chunk):
+        part = _eval_sums(params, padded[i : i + chunk], window, passes, schedule, depths)
+        sums = part if sums is None else jax.tree_util.tree_map(jnp.add, sums, part)
+    return {k: float(v) for k, v in metrics_from_sums(sums, depths).items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """The objects a validated config resolves to."""
+
+    task: Task
+    model_config: ModelConfig
+    schedule: Schedule
+    window: int
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_optional_int(name, value, minimum):
+    if value is not None:
+        _check_int(name, value, minimum)
+
+
+def _check_float(name, value, lo, hi=math.inf, lo_open=False):
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value <= hi
+    ok = ok and (value > lo if lo_open else value >= lo)
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise ValueError(f"{name} must be a number in {rng}, got {value!r}")
+
+
+def _to_dict(config) -> dict[str, Any]:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def resolve_config(config) -> RunSpec:
+    """Validates a run config (a ConfigDict or a mapping) and builds its objects.
+
+    Raises:
+      ValueError: "invalid config: ..." for unknown or missing fields, an unknown task /
+        task knob / rule / block kind, or an out-of-range value (the message names the
+        field). Nothing is compiled.
+    """
+    try:
+        return _resolve_config(_to_dict(config))
+    except ValueError as e:
+        raise ValueError(f"invalid config: {e}") from e
+
+
+def _resolve_config(c: dict[str, Any]) -> RunSpec:
+    unknown = sorted(set(c) - set(CONFIG_FIELDS))
+    missing = sorted(set(CONFIG_FIELDS) - set(c))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; known fields: {list(CONFIG_FIELDS)}")
+    if missing:
+        raise ValueError(f"config is missing field(s) {missing}")
+    if not isinstance(c["task"], Mapping) or "name" not in c["task"]:
+        raise ValueError("config.task must be a dict with a 'name' (and the task's knobs)")
+    knobs = dict(c["task"])
+    task = make_task(knobs.pop("name"), **knobs)
+    model_config = ModelConfig(vocab_size=task.vocab_size, **{f: c[f] for f in MODEL_FIELDS})
+    schedule = Schedule(**{f: c[f] for f in SCHEDULE_FIELDS})
+    schedule.loop_range(model_config)
+    window = task.default_window if c["window"] is None else c["window"]
+    check_window_and_passes(window, c["passes"])
+    _check_optional_int("grad_passes", c["grad_passes"], 1)
+    if c["remat"] not in REMAT_MODES:
+        raise ValueError(f"config.remat must be one of {REMAT_MODES}, got {c['remat']!r}")
+    if c["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {c['optimizer']!r}")
+    if c["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(
+            f"config.lr_schedule must be one of {LR_SCHEDULES}, got {c['lr_schedule']!r}"
+        )
+    _check_float("learning_rate", c["learning_rate"], 0.0, lo_open=True)
+    _check_float("adam_learning_rate", c["adam_learning_rate"], 0.0, lo_open=True)
+    _check_float("min_lr_ratio", c["min_lr_ratio"], 0.0, 1.0)
+    _check_float("clip_norm", c["clip_norm"], 0.0)
+    _check_float("weight_decay", c["weight_decay"], 0.0)
+    _check_int("warmup_steps", c["warmup_steps"], 0)
+    _check_int("seed", c["seed"], 0)
+    for name in ("batch_size", "steps", "log_every", "eval_every", "eval_size",
+                 "eval_batch_size", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
+        _check_int(name, c[name], 1)
+    return RunSpec(task=task, model_config=model_config, schedule=schedule, window=window)
+
+
+def optimizer_from_config(config) -> optax.GradientTransformation:
+    c = _to_dict(config)
+    return make_optimizer(
+        c["optimizer"], learning_rate=c["learning_rate"],
+        adam_learning_rate=c["adam_learning_rate"], lr_schedule=c["lr_schedule"],
+        warmup_steps=c["warmup_steps"], total_steps=c["steps"],
+        min_lr_ratio=c["min_lr_ratio"], clip_norm=c["clip_norm"],
+        weight_decay=c["weight_decay"],
+    )  # fmt: skip
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x))
+
+
+def run_record(config, spec: RunSpec) -> dict[str, Any]:
+    """What `config.json` holds: the requested config and what it resolved to."""
+    task = {"name": spec.task.name, **dataclasses.asdict(spec.task)}
+    return _jsonable(
+        {
+            "config": _to_dict(config),
+            "model_config": dataclasses.asdict(spec.model_config),
+            "task": task,
+            "window": spec.window,
+            "seq_len": spec.task.seq_len,
+        }
+    )
+
+
+def _identity(record) -> dict[str, Any]:
+    # Everything that fixes the shape of the checkpoint or the meaning of the data.
+    return {
+        **{f"model.{k}": v for k, v in record["model_config"].items()},
+        **{f"task.{k}": v for k, v in record["task"].items()},
+        "optimizer": record["config"]["optimizer"],
+    }
+
+
+def check_workdir(workdir: str, record: dict[str, Any]) -> None:
+    """Refuses a workdir whose saved run has a different model, vocab, task or optimizer.
+
+    Raises:
+      ConfigConflictError: naming each differing field with its saved and requested value.
+    """
+    saved = checkpointing.read_run_config(workdir)
+    if saved is None:
+        return
+    old, new = _identity(saved), _identity(record)
+    diffs = [f"{k}: saved {old.get(k)!r}, requested {new.get(k)!r}"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]  # fmt: skip
+    if diffs:
+        raise ConfigConflictError(
+            f"workdir {workdir} holds a run with a different model/task/optimizer ("
+            + "; ".join(diffs)
+            + "). Use a new --workdir, or delete this one to start over."
+        )
+    changed = {k: (saved["config"].get(k), v) for k, v in record["config"].items()
+               if saved["config"].get(k) != v}  # fmt: skip
+    if changed:
+        logging.info("continuing %s with changed fields (saved -> now): %s", workdir, changed)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Drops lines logged after the restored checkpoint (they will be logged again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= last_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+def _finite_or_none(x: float):
+    return x if math.isfinite(x) else None
+
+
+def _eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates one config, resuming from `workdir` if it holds a checkpoint.
+
+    Writes `config.json`, `metrics.jsonl` (one object per logged step: `step`, `loss`
+    (mean since the last line), `grad_norm`, `token_acc`, `lr`, `tokens_per_s`,
+    `elapsed_s`, and `eval/...` per depth at eval steps), checkpoints and `summary.json`.
+
+    Returns:
+      the summary dict.
+
+    Raises:
+      ValueError: an invalid config (before anything is compiled).
+      ConfigConflictError: `workdir` holds a run of a different model/task/optimizer.
+      NonFiniteError: NaN/Inf loss or grad norm; the bad state is not checkpointed.
+    """
+    t0 = time.time()
+    spec = resolve_config(config)
+    c = _to_dict(config)
+    task = spec.task
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    record = run_record(config, spec)
+    check_workdir(workdir, record)
+    _write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+
+    tx = optimizer_from_config(c)
+    lr_fn = learning_rate_schedule(
+        c["learning_rate"], kind=c["lr_schedule"], warmup_steps=c["warmup_steps"],
+        total_steps=c["steps"], min_lr_ratio=c["min_lr_ratio"],
+    )  # fmt: skip
+    train_step = make_train_step(
+        tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
+        grad_passes=c["grad_passes"],
+    )  # fmt: skip
+
+    def init_fn():
+        return init_train_state(init_params(spec.model_config, jax.random.key(c["seed"])), tx)
+
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    steps, tokens_per_step = c["steps"], c["batch_size"] * task.seq_len
+    summary: dict[str, Any] = {"status": "running", "steps": steps}
+    with checkpointing.Checkpointer(workdir, max_to_keep=c["keep_checkpoints"]) as ckpt:
+        state = ckpt.restore(jax.eval_shape(init_fn))
+        if state is None:
+            # Committed to the device like a restored state, so that a fresh and a resumed
+            # run lower to the same program (and share XLA's compilation cache).
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            state, start = jax.device_put(init_fn(), device), 0
+        else:
+            start = int(state.step)
+            logging.info("resuming %s from step %d", workdir, start)
+        summary["resumed_from"] = start if start else None
+        _truncate_metrics(metrics_path, start)
+        eval_batch = task.eval_batch(c["seed"], c["eval_size"])
+        evaluate_now = functools.partial(
+            evaluate, task=task, batch=eval_batch, window=spec.window, passes=c["passes"],
+            schedule=spec.schedule, batch_size=c["eval_batch_size"],
+        )  # fmt: skip
+        logging.info(
+            "training %s: %d params, steps %d..%d, batch %d x %d tokens",
+            task.name, sum(x.size for x in jax.tree_util.tree_leaves(state.params)),
+            start, steps, c["batch_size"], task.seq_len,
+        )  # fmt: skip
+
+        window_sums: dict[str, float] = {}
+        n_window = 0
+        pending = None  # (step, device metrics), fetched one step late
+        # Throughput excludes startup (incl. the first step: compilation) and eval/save.
+        t_mark, mark_step, timed_steps, train_time, startup_s = None, start, 0, 0.0, None
+
+        def consume():
+            nonlocal pending, n_window
+            step, m = pending
+            pending = None
+            m = jax.device_get(m)
+            check_finite(step, m)
+            for k, v in m.items():
+                window_sums[k] = window_sums.get(k, 0.0) + float(v)
+            n_window += 1
+
+        try:
+            for i in range(start, steps):
+                step = i + 1
+                batch = task.batch(c["seed"], i, c["batch_size"])
+                state, metrics = train_step(state, batch)
+                if pending is not None:
+                    consume()
+                pending = (step, metrics)
+                if t_mark is None:
+                    consume()
+                    startup_s, t_mark, mark_step = time.time() - t0, time.time(), step
+                is_eval = step % c["eval_every"] == 0 or step == steps
+                is_ckpt = step % c["checkpoint_every"] == 0 or step == steps
+                if not (is_eval or is_ckpt or step % c["log_every"] == 0):
+                    continue
+                if pending is not None:  # every step up to here is checked before saving
+                    consume()
+                now = time.time()
+                n_timed = step - mark_step
+                train_time, timed_steps = train_time + now - t_mark, timed_steps + n_timed
+                rate = n_timed * tokens_per_step / (now - t_mark) if n_timed else None
+                line = {k: v / n_window for k, v in window_sums.items()}
+                line.update(step=step, lr=float(lr_fn(i)), tokens_per_s=rate,
+                            elapsed_s=now - t0)  # fmt: skip
+                window_sums, n_window = {}, 0
+                eta = train_time / max(timed_steps, 1) * (steps - step)
+                logging.info(
+                    "step %d/%d  loss %.4f  grad_norm %.3g  tokens/s %s  ETA %s",
+                    step, steps, line["loss"], line["grad_norm"],
+                    "-" if rate is None else f"{rate:.0f}", _eta(eta),
+                )  # fmt: skip
+                if is_eval:
+                    ev = evaluate_now(state.params)
+                    line.update({f"eval/{k}": _finite_or_none(v) for k, v in ev.items()})
+                    summary["eval"] = {k: _finite_or_none(v) for k, v in ev.items()}
+                    logging.info("eval step %d: %s", step,
+                                 "  ".join(f"{k} {v:.4f}" for k, v in ev.items()))  # fmt: skip
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+                summary["final_loss"] = line["loss"]
+                if is_ckpt:
+                    ckpt.save(state)
+                t_mark, mark_step = time.time(), step
+            if start >= steps:
+                logging.info("%s is already trained to step %d (steps=%d)", workdir, start, steps)
+                ev = evaluate_now(state.params)
+                summary["eval"] = {k: _finite_or_none(v) for k, v in ev.items()}
+            summary.update(status="completed", step=int(jax.device_get(state.step)))
+        except NonFiniteError as e:
+            summary.update(status="failed", error=str(e), failed_step=e.step)
+            logging.error("%s", e)
+            raise
+        except BaseException as e:
+            summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            summary.update(
+                last_checkpoint=ckpt.latest_step(),
+                startup_s=startup_s,
+                train_s=train_time,
+                tokens_per_s=timed_steps * tokens_per_step / train_time if train_time else None,
+                wall_s=time.time() - t0,
+            )
+            _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+    return summary

@@ -1,0 +1,158 @@
+"""Checkpoints: exact resume, fallback past a cut-off or corrupt step, load_params and the
+MemoryState round trip."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sleep_consolidation as sc
+from experiments.configs import recall
+from sleep_consolidation import checkpointing, train
+from sleep_consolidation.tasks import Recall
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compilation_cache(tmp_path_factory):
+    # Same programs as test_train.py's loop tests: compile once per session.
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+def attn_config(**overrides):
+    """Recall tiny with an attention-only model (as in test_train.py)."""
+    c = recall.get_config("tiny")
+    c.layout = ("attn",)
+    c.update(
+        dict(
+            steps=6,
+            batch_size=8,
+            log_every=2,
+            eval_every=6,
+            checkpoint_every=2,
+            eval_size=16,
+            eval_batch_size=16,
+        )  # fmt: skip
+    )
+    c.update(overrides)
+    return c
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
+    config = attn_config(steps=20, checkpoint_every=5, log_every=1, eval_every=10,
+                         lr_schedule="cosine", warmup_steps=3)  # fmt: skip
+    straight = str(tmp_path / "straight")
+    train.train_and_evaluate(config, straight)
+
+    resumed = str(tmp_path / "resumed")
+    original = Recall.batch
+
+    def crash_at_10(self, seed, step, batch_size):
+        if step == 10:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", crash_at_10)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, resumed)
+    with open(os.path.join(resumed, train.SUMMARY_FILE)) as f:
+        assert json.load(f)["status"] == "interrupted"
+    monkeypatch.setattr(Recall, "batch", original)
+    summary = train.train_and_evaluate(config, resumed)
+    assert summary["resumed_from"] == 10 and summary["step"] == 20
+
+    assert_trees_equal(checkpointing.load_params(straight), checkpointing.load_params(resumed))
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert [m["step"] for m in b] == list(range(1, 21))  # nothing logged twice
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    assert a[-1]["eval/acc"] == b[-1]["eval/acc"]
+
+
+# Orbax's failed read of the corrupt step leaves an asyncio callback that fires after its
+# event loop closed; harmless.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_resume_falls_back_past_a_corrupt_latest_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=6), workdir)
+    final = checkpointing.load_params(workdir)
+    # A save cut off mid-write leaves Orbax's temporary directory behind...
+    os.makedirs(os.path.join(workdir, "checkpoints", "8.orbax-checkpoint-tmp-1234", "params"))
+    # ...and the latest complete step has a truncated array file.
+    for f in glob.glob(os.path.join(workdir, "checkpoints", "6", "params", "**", "d", "*"),
+                       recursive=True):  # fmt: skip
+        with open(f, "r+b") as fh:
+            fh.truncate(16)
+    summary = train.train_and_evaluate(attn_config(steps=6), workdir)
+    assert summary["resumed_from"] == 4 and summary["step"] == 6
+    assert os.listdir(os.path.join(workdir, checkpointing.CORRUPT_DIR))[0].startswith("6-")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
+    assert_trees_equal(checkpointing.load_params(workdir), final)  # same data, same steps
+
+
+def _tiny_state(seed):
+    cfg = sc.ModelConfig(vocab_size=5, d_model=8, num_heads=1, layout=("attn", "ssm"))
+    tx = train.make_optimizer("adamw")
+    state = train.init_train_state(sc.init_params(cfg, jax.random.key(seed)), tx)
+    return state.replace(step=jnp.asarray(seed, jnp.int32)), tx
+
+
+def test_checkpointer_keeps_the_last_few_and_restores_into_an_abstract_state(tmp_path):
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert ckpt.restore(jax.eval_shape(lambda: _tiny_state(0)[0])) is None
+        for s in (1, 2, 3):
+            ckpt.save(_tiny_state(s)[0])
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 3]
+        restored = ckpt.restore(jax.eval_shape(lambda: _tiny_state(0)[0]))
+    assert isinstance(restored, train.TrainState)
+    assert restored.params.config == _tiny_state(3)[0].params.config
+    assert_trees_equal(restored, _tiny_state(3)[0])
+
+
+def test_load_params_rebuilds_the_model_config(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=2), workdir)
+    params = checkpointing.load_params(workdir)
+    assert isinstance(params, sc.Params)
+    assert params.config == train.resolve_config(attn_config()).model_config
+    with checkpointing.Checkpointer(workdir) as ckpt:
+        assert_trees_equal(params, ckpt.restore_params(jax.eval_shape(lambda: params), 2))
+    with pytest.raises(FileNotFoundError):
+        checkpointing.load_params(str(tmp_path / "nothing"))
+
+
+def test_memory_state_round_trip(tmp_path):
+    cfg = sc.ModelConfig(vocab_size=5, d_model=8, num_heads=2, layout=("attn", "ssm"))
+    like = sc.init_state(cfg, batch_size=2, window=4, eviction="sliding")
+    rng = np.random.default_rng(0)
+    state = jax.tree_util.tree_map(
+        lambda x: x if x.dtype != jnp.float32 else rng.normal(size=x.shape).astype(np.float32),
+        like,
+    ).replace(pos=jnp.asarray(3, jnp.int32), prefix_valid=jnp.array([True, False, True]))
+    checkpointing.save_memory_state(tmp_path / "mem", state)
+    loaded = checkpointing.load_memory_state(tmp_path / "mem", like=like)
+    assert_trees_equal(loaded, state)
+    assert loaded.schedule == state.schedule and loaded.rope_base == state.rope_base
+    with pytest.raises(ValueError, match="static fields"):
+        checkpointing.load_memory_state(tmp_path / "mem", like=sc.init_state(cfg, 2, 4))
+    with pytest.raises(FileExistsError):
+        checkpointing.save_memory_state(tmp_path / "mem", state)

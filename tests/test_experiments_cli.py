@@ -1,0 +1,69 @@
+"""The absl entry point, run as a subprocess the way a researcher launches it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=experiments/configs/recall.py:tiny"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    # Shares the session's compilation cache with test_train.py (same tiny program).
+    e = dict(os.environ)
+    e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "jax")
+    e["JAX_PLATFORMS"] = "cpu"
+    return e
+
+
+def run(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_trains_writes_outputs_and_resumes(tmp_path, env):
+    workdir = str(tmp_path / "run")
+    common = [TINY, f"--workdir={workdir}", "--config.checkpoint_every=10", "--config.log_every=5"]
+    first = run(env, *common, "--config.steps=20")
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/10",
+        "checkpoints/20",
+    ):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert "tokens/s" in first.stderr and "ETA" in first.stderr  # progress lines
+
+    second = run(env, *common, "--config.steps=30")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "from step 20" in second.stderr
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["status"] == "completed" and summary["step"] == 30
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert [m["step"] for m in lines] == [5, 10, 15, 20, 25, 30]
+    for m in lines:
+        assert {"step", "loss", "tokens_per_s", "elapsed_s"} <= set(m)
+    assert "eval/acc/d=4" in lines[-1]
+
+    conflict = run(env, *common, "--config.d_model=64")
+    assert conflict.returncode != 0
+    assert "model.d_model: saved 32, requested 64" in conflict.stderr
+
+
+def test_cli_unknown_field_fails_clearly(tmp_path, env):
+    out = run(env, TINY, f"--workdir={tmp_path / 'run'}", "--config.nonexistent=1")
+    assert out.returncode != 0
+    assert "no such config field 'nonexistent'" in out.stderr
+    assert not (tmp_path / "run").exists()

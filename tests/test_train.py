@@ -1,0 +1,279 @@
+"""Training: loss, optimizer split, train step, evaluation, config checks and the loop."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sleep_consolidation as sc
+from experiments.configs import depo, gsm, recall, rule110
+from sleep_consolidation import checkpointing, train
+from sleep_consolidation.tasks import Recall, make_task
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compilation_cache(tmp_path_factory):
+    # Identical programs (same tiny config in several tests and in the CLI subprocesses)
+    # compile once per session: XLA's CPU compile of the fast-weight gradients dominates.
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+def attn_config(**overrides):
+    """Recall tiny with an attention-only model: the cheapest program that exercises the
+    whole loop (shared by the loop tests here and in test_checkpointing.py)."""
+    c = recall.get_config("tiny")
+    c.layout = ("attn",)
+    c.update(
+        dict(
+            steps=6,
+            batch_size=8,
+            log_every=2,
+            eval_every=6,
+            checkpoint_every=2,
+            eval_size=16,
+            eval_batch_size=16,
+        )  # fmt: skip
+    )
+    c.update(overrides)
+    return c
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------
+
+
+def test_masked_cross_entropy_ignores_unsupervised_positions():
+    logits = jax.random.normal(jax.random.key(0), (2, 5, 7))
+    targets = jnp.arange(10).reshape(2, 5) % 7
+    mask = jnp.array([[0, 1, 0, 1, 1], [0, 0, 0, 0, 1]], jnp.float32)
+    nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    want = jnp.sum(nll * mask) / 4
+    np.testing.assert_allclose(train.masked_cross_entropy(logits, targets, mask), want, rtol=1e-6)
+    poisoned = logits.at[0, 0].set(jnp.nan)  # unsupervised position
+    np.testing.assert_allclose(train.masked_cross_entropy(poisoned, targets, mask), want, rtol=1e-6)
+    assert train.masked_cross_entropy(logits, targets, jnp.zeros_like(mask)) == 0.0
+
+
+def test_muon_labels_are_exactly_the_block_matrices():
+    cfg = sc.ModelConfig(vocab_size=11, d_model=16, num_heads=2, layout=("attn", "ssm"))
+    params = jax.eval_shape(lambda: sc.init_params(cfg, jax.random.key(0)))
+    labels = train.muon_labels(params)
+    assert labels.config == cfg
+    got = {jax.tree_util.keystr(p): lab for p, lab in jax.tree_util.tree_leaves_with_path(labels)}
+    matrices = {"wq", "wk", "wv", "wo", "wg", "wa", "wb", "w1", "w2"}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        key = jax.tree_util.keystr(path)
+        name = getattr(path[-1], "key", getattr(path[-1], "name", None))
+        want = "muon" if key.startswith(".blocks") and name in matrices else "adamw"
+        assert got[key] == want, key
+        if want == "muon":
+            assert leaf.ndim == 2
+    assert got[".embed"] == got[".unembed"] == "adamw"
+    assert got[".blocks[1]['mixer']['conv']"] == "adamw"  # 2-D, but a depthwise filter
+    assert sum(lab == "muon" for lab in got.values()) == 6 + 9  # attn: q k v o + MLP; ssm
+
+
+def test_train_step_jits_once_and_splits_learning_rates():
+    # The loop's own program (attn_config), so the session compiles it once.
+    c = attn_config()
+    spec = train.resolve_config(c)
+    tx = train.optimizer_from_config(c)
+    params = sc.init_params(spec.model_config, jax.random.key(c.seed))
+    state0 = jax.device_put(train.init_train_state(params, tx), jax.devices()[0])
+    train_step = train.make_train_step(tx, window=spec.window, passes=c.passes,
+                                       schedule=spec.schedule)  # fmt: skip
+    state = state0
+    for step in range(3):
+        state, metrics = train_step(state, spec.task.batch(c.seed, step, c.batch_size))
+        assert all(math.isfinite(float(v)) for v in metrics.values())
+    assert train_step._cache_size() == 1  # no retrace on later calls
+    assert int(state.step) == 3
+    # AdamW at a fixed 5e-5 on the embedding: each Adam step moves a weight by <= ~lr.
+    delta = jnp.abs(state.params.embed - state0.params.embed)
+    assert 0 < float(delta.max()) <= 3 * 5e-5 * 1.01
+    # Muon (lr 2e-3) on the block matrices moves them far more than that.
+    w1 = jnp.abs(state.params.blocks[0]["w1"] - state0.params.blocks[0]["w1"])
+    assert float(w1.max()) > 10 * 3 * 5e-5
+
+
+def test_truncated_gradients_run_and_differ_from_full():
+    cfg = sc.ModelConfig(vocab_size=17, d_model=8, num_heads=1, layout=("ssm",), mlp_ratio=1,
+                         rule="hebbian")  # fmt: skip
+    task = make_task("recall", num_pairs_values=(2,), num_keys=8, num_values=8, window=4,
+                     num_queries=2)  # fmt: skip
+    batch = task.batch(0, 0, 2)
+    tx = train.make_optimizer("adamw")
+    state = train.init_train_state(sc.init_params(cfg, jax.random.key(1)), tx)
+    full = train.make_train_step(tx, window=4, passes=3)(state, batch)
+    trunc = train.make_train_step(tx, window=4, passes=3, grad_passes=1)(state, batch)
+    assert float(full[1]["loss"]) == float(trunc[1]["loss"])  # same forward
+    assert math.isfinite(float(trunc[1]["grad_norm"]))
+    assert float(full[1]["grad_norm"]) != float(trunc[1]["grad_norm"])
+
+
+def test_evaluate_pads_the_last_chunk_without_changing_the_metric():
+    cfg = sc.ModelConfig(vocab_size=17, d_model=16, num_heads=2, layout=("attn",))
+    task = make_task("recall", num_pairs_values=(2, 4), num_keys=8, num_values=8, window=8,
+                     num_queries=4)  # fmt: skip
+    params = sc.init_params(cfg, jax.random.key(0))
+    batch = task.eval_batch(0, 12)
+    whole = train.evaluate(params, task, batch, passes=2, batch_size=12)
+    padded = train.evaluate(params, task, batch, passes=2, batch_size=8)
+    assert set(whole) == {"loss", "acc", "loss/d=2", "acc/d=2", "loss/d=4", "acc/d=4"}
+    for k in whole:
+        np.testing.assert_allclose(padded[k], whole[k], rtol=1e-5, err_msg=k)
+
+
+def test_check_finite_names_step_and_quantity():
+    train.check_finite(3, {"loss": 1.0, "grad_norm": 2.0})
+    with pytest.raises(train.NonFiniteError, match=r"grad_norm .*at step 7"):
+        train.check_finite(7, {"loss": 1.0, "grad_norm": float("inf")})
+    with pytest.raises(train.NonFiniteError, match=r"loss .*at step 2"):
+        train.check_finite(2, {"loss": float("nan"), "grad_norm": float("nan")})
+
+
+# ---------------------------------------------------------------------------------------
+# Config validation
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"task": {"name": "nope"}}, "unknown task 'nope'"),
+        ({"task": {"name": "recall", "bogus": 1}}, "unknown knob"),
+        ({"bogus": 1}, r"unknown config field\(s\) \['bogus'\]"),
+        ({"passes": 0}, "passes"),
+        ({"eviction": "soft"}, "eviction"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"layout": ("attn", "mlp")}, "block kind"),
+        ({"rule": "nope"}, "nope"),
+        ({"loop_blocks": (1, 5)}, "loop_blocks"),
+        ({"remat": "all"}, "remat"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+    ],
+)
+def test_invalid_config_is_refused_before_compiling(tmp_path, override, message):
+    c = attn_config().to_dict()
+    c.update(override)
+    with pytest.raises(ValueError, match=message):
+        train.resolve_config(c)
+    with pytest.raises(ValueError, match="invalid config"):
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_field_is_refused():
+    c = attn_config().to_dict()
+    del c["seed"]
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['seed'\]"):
+        train.resolve_config(c)
+
+
+@pytest.mark.parametrize("get_config", [rule110.get_config, depo.get_config, gsm.get_config,
+                                        recall.get_config])  # fmt: skip
+@pytest.mark.parametrize("arg", [None, "tiny"])
+def test_experiment_configs_resolve(get_config, arg):
+    spec = train.resolve_config(get_config(arg))
+    assert spec.model_config.vocab_size == spec.task.vocab_size
+    assert spec.window == spec.task.default_window
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position, quantity", [(-1, "loss"), (0, "grad_norm")])
+def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, position,
+                                                         quantity):  # fmt: skip
+    # An out-of-range token embeds as NaN. At the last position (an answer) the loss turns
+    # NaN; at position 0 (evicted long before the answers of this attention-only model)
+    # only the gradient does.
+    original = Recall.batch
+
+    def poisoned(self, seed, step, batch_size):
+        b = original(self, seed, step, batch_size)
+        if step >= 4:
+            tokens = np.array(b.tokens)
+            tokens[:, position] = self.vocab_size
+            b = b.replace(tokens=tokens)
+        return b
+
+    monkeypatch.setattr(Recall, "batch", poisoned)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.NonFiniteError, match=rf"non-finite {quantity} .*at step 5") as e:
+        train.train_and_evaluate(attn_config(), workdir)
+    assert (e.value.step, e.value.quantity) == (5, quantity)
+    with checkpointing.Checkpointer(workdir) as ckpt:
+        assert ckpt.all_steps() == [2, 4]
+    params = checkpointing.load_params(workdir)
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["status"] == "failed" and summary["failed_step"] == 5
+    assert summary["last_checkpoint"] == 4
+
+
+def test_workdir_with_a_different_model_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=2), workdir)
+    config_path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+    with open(config_path) as f:
+        saved = f.read()
+    conflicts = [
+        ({"d_model": 64}, "model.d_model: saved 32, requested 64"),
+        ({"task": {**attn_config().task.to_dict(), "num_keys": 9}}, "task.num_keys"),
+        ({"optimizer": "adamw"}, "optimizer: saved 'muon'"),
+    ]
+    for override, message in conflicts:
+        with pytest.raises(train.ConfigConflictError, match=message):
+            train.train_and_evaluate(attn_config(**override), workdir)
+        with open(config_path) as f:
+            assert f.read() == saved  # not overwritten
+    summary = train.train_and_evaluate(attn_config(steps=4), workdir)  # more steps: fine
+    assert summary["step"] == 4 and summary["resumed_from"] == 2
+    assert [m["step"] for m in read_metrics(workdir)] == [2, 4]
+
+
+def _loss_falls(get_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = train.train_and_evaluate(get_config("tiny"), workdir)
+    losses = [m["loss"] for m in read_metrics(workdir)]
+    assert summary["status"] == "completed"
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.8 * losses[0], losses
+    return summary
+
+
+def test_loss_falls_on_tiny_recall(tmp_path):
+    summary = _loss_falls(recall.get_config, tmp_path)
+    chance = 1 / 8
+    assert summary["eval"]["acc"] > 2 * chance, summary["eval"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "get_config",
+    [rule110.get_config, depo.get_config, gsm.get_config],
+    ids=["rule110", "depo", "gsm"],
+)
+def test_loss_falls_on_tiny_task(tmp_path, get_config):
+    _loss_falls(get_config, tmp_path)
