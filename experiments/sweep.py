@@ -1,0 +1,98 @@
+"""Sweep a grid of config overrides x seeds, then write a paired-seed table and plots.
+
+    python -m experiments.sweep --sweep=experiments/configs/sweeps.py:main --workdir=runs/main
+
+The sweep file's `get_config(arg)` returns: `config` (the base config file), `config_arg`
+(its variant, e.g. "tiny"), `axes` (dotted field -> list of values; join fields with "+" to
+vary them together), `fixed` (overrides for every run), `seeds`, `parallel` (processes at
+once, one per core), `baseline` (the paired point each point is compared against, default
+{"passes": 1}), `x_field` (the plot's x axis), `metric`. Override any of them with
+--sweep.<field>=... . Outputs under --workdir: runs/<point>,seed=<s>/ (each a normal
+training workdir), results.jsonl, summary.md, sweep.png. Rerunning skips finished runs and
+resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sleep_consolidation import sweep
+
+_SWEEP = config_flags.DEFINE_config_file("sweep", None, "sweep file (get_config returns the sweep)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory of the whole sweep")
+flags.mark_flags_as_required(["sweep", "workdir"])
+
+
+def _load_base(path: str, arg: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_base_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load base config file {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _plain(x):
+    """ConfigDict values -> plain Python (lists/tuples/dicts)."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def main(argv):
+    del argv
+    s = _SWEEP.value
+    workdir = _WORKDIR.value
+    axes = {
+        k: [tuple(v) if isinstance(v, list) else v for v in vals]
+        for k, vals in _plain(s.axes).items()
+    }
+    fixed = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in _plain(s.get("fixed", {})).items()
+    }
+    base = _load_base(s.config, s.get("config_arg", ""))
+    start = time.time()
+    records = sweep.run_sweep(
+        s.config,
+        s.get("config_arg", ""),
+        axes,
+        list(s.seeds),
+        workdir,
+        parallel=s.get("parallel", 2),
+        fixed=fixed,
+        base_config=base,
+    )
+    baseline = _plain(s.get("baseline", {"passes": 1}))
+    metric = s.get("metric", "acc")
+    table = sweep.summary_table(records, metric=metric, baseline=baseline)
+    png = sweep.plot_sweep(
+        records,
+        os.path.join(workdir, "sweep.png"),
+        x_field=s.get("x_field", "passes"),
+        metric=metric,
+    )
+    with open(os.path.join(workdir, sweep.SUMMARY_MD), "w") as f:
+        f.write(
+            f"# Sweep {s.config}:{s.get('config_arg', '')}\n\naxes: {axes}\nfixed: {fixed}\n"
+            f"seeds: {list(s.seeds)}\n\n{table}\n\n![sweep](sweep.png)\n"
+        )
+    print(table)
+    print(f"\nplot: {png}\nsummary: {os.path.join(workdir, sweep.SUMMARY_MD)}")
+    print(f"sweep wall time: {time.time() - start:.0f}s")
+    bad = [r["point"] + f" seed {r['seed']}" for r in records if r["status"] != "completed"]
+    if bad:
+        raise SystemExit(f"runs not completed: {bad}")
+
+
+if __name__ == "__main__":
+    app.run(main)

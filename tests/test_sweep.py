@@ -1,0 +1,83 @@
+"""Sweeps: grid expansion, field checks, and a tiny end-to-end sweep with resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sleep_consolidation import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_expand_grid_pairs_seeds_and_zips():
+    runs = sweep.expand_grid({"passes": [1, 2], "window+steps": [(8, 10), (16, 20)]}, seeds=[0, 1])
+    assert len(runs) == 8
+    assert {r.seed for r in runs} == {0, 1}
+    assert runs[0].overrides() == {"passes": 1, "steps": 10, "window": 8, "seed": 0}
+    with pytest.raises(ValueError, match="at least one seed"):
+        sweep.expand_grid({"passes": [1]}, seeds=[])
+    with pytest.raises(ValueError, match="2-tuples"):
+        sweep.expand_grid({"a+b": [1]}, seeds=[0])
+
+
+def test_check_fields_names_the_unknown_field():
+    from ml_collections import ConfigDict
+
+    base = ConfigDict({"passes": 1, "seed": 0, "task": {"window": 8}})
+    sweep.check_fields(base, sweep.expand_grid({"passes": [1], "task.window": [4]}, [0]))
+    with pytest.raises(ValueError, match="'passess' does not exist"):
+        sweep.check_fields(base, sweep.expand_grid({"passess": [1]}, [0]))
+
+
+def test_summary_table_reports_paired_differences():
+    recs = []
+    for n, accs in ((1, (0.5, 0.6)), (2, (0.7, 0.65))):
+        for seed, a in enumerate(accs):
+            recs.append(
+                {
+                    "point": f"passes={n}",
+                    "overrides": {"passes": n},
+                    "seed": seed,
+                    "status": "completed",
+                    "eval": {"acc/d=4": a, "acc": a},
+                    "run_dir": "/nonexistent",
+                }
+            )
+    table = sweep.summary_table(recs)
+    assert "passes=2" in table and "+0.200 +0.050" in table
+
+
+def _run_sweep(workdir, extra=()):
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--sweep=experiments/configs/sweeps.py:tiny",
+        f"--workdir={workdir}",
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_sweep_end_to_end_and_resume(tmp_path):
+    wd = tmp_path / "sweep"
+    out = _run_sweep(wd)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = [json.loads(x) for x in (wd / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(r["status"] == "completed" for r in lines)
+    assert any(k.startswith("acc/d=") for k in lines[0]["eval"])
+    assert "passes=2" in (wd / "summary.md").read_text()
+    assert (wd / "sweep.png").stat().st_size > 1000
+    again = _run_sweep(wd)
+    assert again.returncode == 0
+    assert again.stdout.count("skip finished") + again.stderr.count("skip finished") == 2
+
+
+def test_unknown_sweep_field_fails_before_training(tmp_path):
+    out = _run_sweep(tmp_path / "bad", extra=["--sweep.axes.no_such_field=(1,2)"])
+    assert out.returncode != 0
+    assert "no_such_field" in out.stdout + out.stderr
+    assert not (tmp_path / "bad" / "runs").exists()
