@@ -6,6 +6,11 @@
 Each config file's docstring is its run-book. Outputs under --workdir: config.json,
 metrics.jsonl, summary.json, checkpoints/. Exits non-zero on an invalid config, a workdir
 holding a different model/task, or a NaN/Inf loss or gradient norm.
+
+Several devices: --config.data_parallel=True (or a device count). Several hosts: the same
+command on every host with --coordinator_address=HOST0:PORT --num_processes=P
+--process_id=i (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; or
+--distributed on a cluster JAX detects: Cloud TPU, SLURM, Open MPI). See docs_scale.md.
 """
 
 from __future__ import annotations
@@ -17,12 +22,20 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sleep_consolidation import train
+from sleep_consolidation import sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache_dir", None, "Persistent XLA compilation cache (optional)."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 (all processes)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host with the cluster auto-detected by JAX (TPU, SLURM)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -54,9 +67,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    # Before anything else touches JAX (a no-op unless asked by flags or env vars).
+    sharding.maybe_initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
+    )
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-    logging.info("JAX devices: %s", jax.devices())
+    logging.info(
+        "JAX process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
+        jax.devices(),
+    )  # fmt: skip
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, train.NonFiniteError) as e:  # config errors and conflicts included

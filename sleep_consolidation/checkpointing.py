@@ -109,6 +109,10 @@ class Checkpointer:
             try:
                 return self._manager.restore(step, args=args)
             except Exception as e:  # noqa: BLE001 - any read failure means "unreadable step"
+                if any(w in str(e).lower() for w in ("topology", "sharding", "device")):
+                    # a readable checkpoint restored onto the wrong devices: not corruption;
+                    # never move good work aside for it.
+                    raise
                 logging.warning(
                     "checkpoint step %d in %s is unreadable (%s: %s); moving it to %s and "
                     "falling back to the previous step",
@@ -180,6 +184,11 @@ def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
         raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} with a model_config entry")
     cfg = model_config_from_dict(saved["model_config"])
     abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    # Restore onto one local device whatever the run was sharded over (a notebook).
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), abstract
+    )
     with Checkpointer(workdir, async_save=False) as ckpt:
         params = ckpt.restore_params(abstract, step)
     if params is None:

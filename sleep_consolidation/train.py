@@ -28,7 +28,7 @@ import optax
 from absl import logging
 from optax.contrib import muon
 
-from sleep_consolidation import checkpointing
+from sleep_consolidation import checkpointing, sharding
 from sleep_consolidation.config import ModelConfig, Schedule, check_window_and_passes
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.sequence import REMAT_MODES, forward
@@ -50,6 +50,7 @@ OPTIMIZER_FIELDS = (
 LOOP_FIELDS = (
     "window", "passes", "grad_passes", "remat", "batch_size", "steps", "seed", "log_every",
     "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+    "eval_passes", "data_parallel",
 )  # fmt: skip
 CONFIG_FIELDS = ("task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS)
 # Block leaves that are 2-D but not hidden matrices: depthwise conv filters and rule params.
@@ -208,6 +209,7 @@ def make_train_step(
     remat: str = "none",
     grad_passes: int | None = None,
     donate: bool | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     **schedule_kwargs,
 ):
     """Builds the jitted `train_step(train_state, batch) -> (train_state, metrics)`.
@@ -218,6 +220,9 @@ def make_train_step(
         to `forward`; grad_passes=None is full backprop through every pass, k truncates
         each window's gradient to its last k passes.
       donate: donate the input state's buffers (default: on accelerators, not on CPU).
+      mesh: data parallelism over this mesh (`sharding.make_data_mesh`): the state (and
+        the metrics) replicated, the batch split along B (`sharding.shard_batch`). XLA
+        inserts the gradient all-reduce; the result equals one device's up to rounding.
 
     Returns:
       a pure jitted function. `batch` needs `tokens`, `targets`, `loss_mask` ([B, T]);
@@ -254,13 +259,33 @@ def make_train_step(
 
     if donate is None:
         donate = jax.default_backend() != "cpu"
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=donate_argnums)
+    repl = sharding.replicated(mesh)
+    return jax.jit(
+        train_step, donate_argnums=donate_argnums,
+        in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
+    )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("window", "passes", "schedule", "depths"))
-def _eval_sums(params, batch, window, passes, schedule, depths):
+_EVAL_STATIC = ("window", "passes", "schedule", "depths")
+
+
+def _eval_sums_fn(params, batch, window, passes, schedule, depths):
     logits = forward(params, batch.tokens, window, passes, schedule=schedule)
     return per_depth_sums(logits, batch, depths)
+
+
+_eval_sums = jax.jit(_eval_sums_fn, static_argnames=_EVAL_STATIC)
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_sums_on(mesh: jax.sharding.Mesh):
+    # Replicated sums: every process can read them (and they stay replicated when added).
+    return jax.jit(
+        _eval_sums_fn, static_argnames=_EVAL_STATIC, out_shardings=sharding.replicated(mesh)
+    )
 
 
 def evaluate(
@@ -272,6 +297,7 @@ def evaluate(
     passes: int = 1,
     schedule: Schedule | None = None,
     batch_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
     **schedule_kwargs,
 ) -> dict[str, float]:
     """The task metric per depth on `batch` (e.g. `task.eval_batch(seed, size)`).
@@ -280,6 +306,8 @@ def evaluate(
       window: eviction window (default `task.default_window`); passes, schedule (or its
         fields as keywords): as in `forward`.
       batch_size: examples per forward call (the last call is padded with empty rows).
+      mesh: split each call's examples over this data-parallel mesh (`params` replicated
+        on it); batch_size is rounded up to a multiple of its device count.
 
     Returns:
       Python floats `loss`, `acc` and `loss/d={d}`, `acc/d={d}` for d in `task.depths`
@@ -293,6 +321,8 @@ def evaluate(
     depths = tuple(task.depths)
     n = int(batch.tokens.shape[0])
     chunk = max(1, min(batch_size, n))
+    if mesh is not None:
+        chunk += -chunk % mesh.devices.size
     pad = -n % chunk
     fields = {f.name: np.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
     if pad:  # empty rows: no loss mask, group -1, so they add nothing to the sums
@@ -302,9 +332,13 @@ def evaluate(
             for k, v in fields.items()
         }
     padded = type(batch)(**fields)
+    sums_fn = _eval_sums if mesh is None else _eval_sums_on(mesh)
     sums = None
     for i in range(0, n + pad, chunk):
-        part = _eval_sums(params, padded[i : i + chunk], window, passes, schedule, depths)
+        part_batch = padded[i : i + chunk]
+        if mesh is not None:
+            part_batch = sharding.shard_batch(part_batch, mesh)
+        part = sums_fn(params, part_batch, window, passes, schedule, depths)
         sums = part if sums is None else jax.tree_util.tree_map(jnp.add, sums, part)
     return {k: float(v) for k, v in metrics_from_sums(sums, depths).items()}
 
@@ -395,7 +429,27 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     for name in ("batch_size", "steps", "log_every", "eval_every", "eval_size",
                  "eval_batch_size", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
         _check_int(name, c[name], 1)
+    _check_eval_passes(c["eval_passes"])
+    _check_data_parallel(c["data_parallel"], c["batch_size"])
     return RunSpec(task=task, model_config=model_config, schedule=schedule, window=window)
+
+
+def _check_eval_passes(value):
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"eval_passes must be a list of ints >= 1, got {value!r}")
+    for m in value:
+        _check_int("each of eval_passes", m, 1)
+
+
+def _check_data_parallel(value, batch_size):
+    # True: every device (counted when the run starts); an int n: the first n devices.
+    if value is True or value is False:
+        return
+    _check_int("data_parallel (True/False or a device count)", value, 1)
+    if batch_size % value:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by data_parallel={value} devices"
+        )
 
 
 def optimizer_from_config(config) -> optax.GradientTransformation:
@@ -498,7 +552,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
     Writes `config.json`, `metrics.jsonl` (one object per logged step: `step`, `loss`
     (mean since the last line), `grad_norm`, `token_acc`, `lr`, `tokens_per_s`,
-    `elapsed_s`, and `eval/...` per depth at eval steps), checkpoints and `summary.json`.
+    `elapsed_s`, and `eval/...` per depth at eval steps, plus `eval_N{M}/...` for each M
+    in `eval_passes`), checkpoints and `summary.json` (its `eval` dict: the last eval, keys
+    without the `eval/` prefix, `N{M}/...` for eval_passes).
+
+    `config.data_parallel` (True: all devices; n: the first n) trains data-parallel over a
+    mesh (`sharding.py`). In a multi-process run (`sharding.maybe_initialize_distributed`)
+    every process calls this; only process 0 writes config, metrics and summary (Orbax
+    coordinates the checkpoint across processes).
 
     Returns:
       the summary dict.
@@ -513,10 +574,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     c = _to_dict(config)
     task = spec.task
     workdir = os.fspath(workdir)
+    mesh = sharding.mesh_from_config(c["data_parallel"])
+    if mesh is not None:
+        sharding.check_batch_size(c["batch_size"], mesh)
+    main = sharding.is_main_process()
     os.makedirs(workdir, exist_ok=True)
     record = run_record(config, spec)
     check_workdir(workdir, record)
-    _write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+    if main:
+        _write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
 
     tx = optimizer_from_config(c)
     lr_fn = learning_rate_schedule(
@@ -525,8 +591,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     )  # fmt: skip
     train_step = make_train_step(
         tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
-        grad_passes=c["grad_passes"],
+        grad_passes=c["grad_passes"], mesh=mesh,
     )  # fmt: skip
+    if mesh is None:
+        # Committed to the device like a restored state, so that a fresh and a resumed
+        # run lower to the same program (and share XLA's compilation cache).
+        state_sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        place_state = functools.partial(jax.device_put, device=state_sharding)
+        place_batch = lambda b: b
+    else:
+        state_sharding = sharding.replicated(mesh)
+        place_state = functools.partial(sharding.replicate, mesh=mesh)
+        place_batch = functools.partial(sharding.shard_batch, mesh=mesh)
 
     def init_fn():
         return init_train_state(init_params(spec.model_config, jax.random.key(c["seed"])), tx)
@@ -535,26 +611,41 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     steps, tokens_per_step = c["steps"], c["batch_size"] * task.seq_len
     summary: dict[str, Any] = {"status": "running", "steps": steps}
     with checkpointing.Checkpointer(workdir, max_to_keep=c["keep_checkpoints"]) as ckpt:
-        state = ckpt.restore(jax.eval_shape(init_fn))
+        abstract = sharding.abstract_with_sharding(jax.eval_shape(init_fn), state_sharding)
+        state = ckpt.restore(abstract)
         if state is None:
-            # Committed to the device like a restored state, so that a fresh and a resumed
-            # run lower to the same program (and share XLA's compilation cache).
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            state, start = jax.device_put(init_fn(), device), 0
+            state, start = place_state(init_fn()), 0
         else:
             start = int(state.step)
             logging.info("resuming %s from step %d", workdir, start)
         summary["resumed_from"] = start if start else None
-        _truncate_metrics(metrics_path, start)
+        if main:
+            _truncate_metrics(metrics_path, start)
         eval_batch = task.eval_batch(c["seed"], c["eval_size"])
-        evaluate_now = functools.partial(
-            evaluate, task=task, batch=eval_batch, window=spec.window, passes=c["passes"],
-            schedule=spec.schedule, batch_size=c["eval_batch_size"],
-        )  # fmt: skip
+
+        def evaluate_now(params) -> dict[str, dict[str, float | None]]:
+            """{"eval": metrics at the training N, "eval_N{M}": at N=M for eval_passes}."""
+            by_n: dict[int, dict[str, float | None]] = {}
+            for m in (c["passes"], *c["eval_passes"]):
+                if m not in by_n:
+                    ev = evaluate(
+                        params, task, eval_batch, window=spec.window, passes=m,
+                        schedule=spec.schedule, batch_size=c["eval_batch_size"], mesh=mesh,
+                    )  # fmt: skip
+                    by_n[m] = {k: _finite_or_none(v) for k, v in ev.items()}
+            return {"eval": by_n[c["passes"]], **{f"eval_N{m}": by_n[m] for m in c["eval_passes"]}}
+
+        def summary_eval(evals) -> dict[str, float | None]:
+            # summary["eval"] keys drop "eval/" (as before); eval_N{M}/k becomes N{M}/k.
+            return {(k if p == "eval" else f"{p[len('eval_'):]}/{k}"): v
+                    for p, ev in evals.items() for k, v in ev.items()}  # fmt: skip
+
         logging.info(
-            "training %s: %d params, steps %d..%d, batch %d x %d tokens",
+            "training %s: %d params, steps %d..%d, batch %d x %d tokens, %s",
             task.name, sum(x.size for x in jax.tree_util.tree_leaves(state.params)),
             start, steps, c["batch_size"], task.seq_len,
+            "1 device" if mesh is None else f"data-parallel over {mesh.devices.size} devices "
+            f"({jax.process_count()} process(es))",
         )  # fmt: skip
 
         window_sums: dict[str, float] = {}
@@ -576,7 +667,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         try:
             for i in range(start, steps):
                 step = i + 1
-                batch = task.batch(c["seed"], i, c["batch_size"])
+                batch = place_batch(task.batch(c["seed"], i, c["batch_size"]))
                 state, metrics = train_step(state, batch)
                 if pending is not None:
                     consume()
@@ -605,21 +696,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     "-" if rate is None else f"{rate:.0f}", _eta(eta),
                 )  # fmt: skip
                 if is_eval:
-                    ev = evaluate_now(state.params)
-                    line.update({f"eval/{k}": _finite_or_none(v) for k, v in ev.items()})
-                    summary["eval"] = {k: _finite_or_none(v) for k, v in ev.items()}
-                    logging.info("eval step %d: %s", step,
-                                 "  ".join(f"{k} {v:.4f}" for k, v in ev.items()))  # fmt: skip
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(line) + "\n")
+                    evals = evaluate_now(state.params)
+                    line.update({f"{p}/{k}": v for p, ev in evals.items() for k, v in ev.items()})
+                    summary["eval"] = summary_eval(evals)
+                    logging.info("eval step %d: %s", step, "  ".join(
+                        f"{k} {v:.4f}" for k, v in summary["eval"].items() if v is not None
+                    ))  # fmt: skip
+                if main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(line) + "\n")
                 summary["final_loss"] = line["loss"]
                 if is_ckpt:
                     ckpt.save(state)
                 t_mark, mark_step = time.time(), step
             if start >= steps:
                 logging.info("%s is already trained to step %d (steps=%d)", workdir, start, steps)
-                ev = evaluate_now(state.params)
-                summary["eval"] = {k: _finite_or_none(v) for k, v in ev.items()}
+                summary["eval"] = summary_eval(evaluate_now(state.params))
             summary.update(status="completed", step=int(jax.device_get(state.step)))
         except NonFiniteError as e:
             summary.update(status="failed", error=str(e), failed_step=e.step)
@@ -636,5 +728,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 tokens_per_s=timed_steps * tokens_per_step / train_time if train_time else None,
                 wall_s=time.time() - t0,
             )
-            _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+            if main:
+                _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
     return summary

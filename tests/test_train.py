@@ -277,3 +277,26 @@ def test_loss_falls_on_tiny_recall(tmp_path):
 )
 def test_loss_falls_on_tiny_task(tmp_path, get_config):
     _loss_falls(get_config, tmp_path)
+
+
+def test_eval_passes_logs_other_n(tmp_path):
+    # The tiny recall program of test_loss_falls_on_tiny_recall (attn + GDN, trained at
+    # N=2), so only the N=1 and N=3 evals compile anew; with a GDN block N matters.
+    c = recall.get_config("tiny")
+    c.update(steps=2, log_every=2, eval_every=2, checkpoint_every=2, eval_passes=(1, 3))
+    workdir = str(tmp_path / "run")
+    summary = train.train_and_evaluate(c, workdir)
+    (line,) = read_metrics(workdir)
+    params = checkpointing.load_params(workdir)
+    task = train.resolve_config(c).task
+    batch = task.eval_batch(c.seed, c.eval_size)
+    for m, prefix, short in [(2, "eval/", ""), (1, "eval_N1/", "N1/"), (3, "eval_N3/", "N3/")]:
+        want = train.evaluate(params, task, batch, passes=m, batch_size=c.eval_batch_size)
+        for k, v in want.items():
+            got_line, got_summary = line[prefix + k], summary["eval"][short + k]
+            if math.isnan(v):
+                assert got_line is None and got_summary is None, k
+            else:
+                np.testing.assert_allclose([got_line, got_summary], v, rtol=1e-5, err_msg=k)
+    assert len(summary["eval"]) == 3 * len(want)
+    assert line["eval_N1/loss"] != line["eval_N3/loss"]

@@ -71,6 +71,11 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.eval_batch_size = 256
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    c.eval_passes = ()  # extra eval N's, e.g. (1, 4, 8): logged as eval_N{M}/... (tuple)
+
+    # Scale-out (docs_scale.md): False/1 = one device; True = data-parallel over every
+    # device (of every process); n = over the first n. batch_size must divide evenly.
+    c.data_parallel = config_dict.FieldReference(False, field_type=object)  # bool or int
     return c
 
 
