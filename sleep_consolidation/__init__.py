@@ -4,6 +4,7 @@ attention + fast-weight sequence models, in JAX.
 Everything a notebook needs is importable from here.
 """
 
+from sleep_consolidation import diagnostics, parametric  # noqa: F401  (registers "parametric")
 from sleep_consolidation.checkpointing import (
     Checkpointer,
     load_memory_state,

@@ -1,0 +1,495 @@
+"""Consolidation diagnostics: what sleep does to the fast weights, and whether it helps.
+
+    change = fast_weight_change_per_pass(params, tokens, window=L, passes=N)  # [W, N-1, n_ssm]
+    recall = recall_of_evicted_window(params, tokens, window=L, passes=N)     # dict of arrays
+    results, flags = memory_conditions(params, batch, task.depths, window=L, passes=N)
+    plot_consolidation({**recall, "change": change}, "consolidation.png")
+
+W is the number of full windows in `tokens` (a trailing partial window is never consolidated
+and gives no statistics); n_ssm the ssm blocks in `cfg.ssm_blocks` order. Every function
+takes the schedule as `schedule=` or its fields as keywords, like `forward`.
+
+Two evaluation paths, checked against each other and against `forward` in the tests:
+  * `fast_weight_change_per_pass` streams the tokens with the library's own `wake_step`,
+    `sleep_step` and `evict` (one jitted program, `lax.scan` over windows and tokens);
+  * `window_loop` is a small re-implementation of `forward`'s window step that runs the
+    blocks one at a time, so it can record each ssm block's input in every pass and apply a
+    hook to the fast weights at every window boundary (after consolidation and eviction).
+    With no hook its logits equal `forward`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleep_consolidation import attention, fast_weights, model
+from sleep_consolidation.config import Schedule, check_tokens, check_window_and_passes
+from sleep_consolidation.fast_weights import rms_norm
+from sleep_consolidation.model import Params
+from sleep_consolidation.state import init_state
+from sleep_consolidation.tasks.base import per_depth_metrics
+from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step
+
+BOUNDARIES = ("none", "zero", "roll")
+CONDITIONS = ("no_sleep", "trained_N", "no_memory", "wrong_memory")
+FLAG = "consolidation worse than no memory"
+_EPS = 1e-12
+
+
+def _schedule(schedule: Schedule | None, kwargs) -> Schedule:
+    if schedule is None:
+        return Schedule(**kwargs)
+    if kwargs:
+        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    return schedule
+
+
+def _check_full_window(tokens, window):
+    if tokens.shape[1] < window:
+        raise ValueError(f"tokens hold no full window: T={tokens.shape[1]} < window={window}")
+
+
+def _rel_change(before, after):
+    """Per-example ||after - before||_F / ||before||_F over [H, dk, dv], batch mean."""
+    axes = tuple(range(1, before.ndim))
+    diff = jnp.sqrt(jnp.sum((after - before) ** 2, axis=axes))
+    norm = jnp.sqrt(jnp.sum(before**2, axis=axes))
+    return jnp.mean(diff / jnp.maximum(norm, _EPS))
+
+
+def _stack_layers(values, n_ssm, shape_prefix):
+    if n_ssm == 0:
+        return jnp.zeros((*shape_prefix, 0), jnp.float32)
+    return jnp.stack(values, axis=-1)
+
+
+# --- streaming path --------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("window", "passes", "schedule"))
+def _stream_changes(params, tokens, window, passes, schedule):
+    cfg = params.config
+    B, T = tokens.shape
+    n = T // window
+    n_ssm = len(cfg.ssm_blocks)
+    state = init_state(cfg, batch_size=B, window=window, schedule=schedule)
+    toks = tokens[:, : n * window].reshape(B, n, window).transpose(1, 2, 0)  # [W, L, B]
+
+    def sleep(s, _):
+        s_new = sleep_step(params, s)
+        ch = [_rel_change(a, b) for a, b in zip(s.fast, s_new.fast)]
+        return s_new, _stack_layers(ch, n_ssm, ())
+
+    def per_window(s, toks_w):
+        s, _ = jax.lax.scan(lambda c, t: (wake_step(params, c, t)[0], None), s, toks_w)
+        s, ch = jax.lax.scan(sleep, s, None, length=passes - 1)
+        return evict(s), ch
+
+    _, changes = jax.lax.scan(per_window, state, toks)
+    return changes.reshape(n, passes - 1, n_ssm)
+
+
+def fast_weight_change_per_pass(
+    params: Params, tokens, window: int, passes: int, *, schedule=None, **schedule_kwargs
+):
+    """Relative change of every ssm layer's fast weights in every sleep pass.
+
+    Streams `tokens` with `wake_step` / `sleep_step` / `evict` (jitted). For full window w,
+    sleep pass p (p = 2..N, i.e. index p-2) and ssm layer j the entry is
+    mean_b ||S_after - S_before||_F / ||S_before||_F, with S_before = `state.fast[j]` just
+    before that `sleep_step` (the previous pass's result) and the norm over [H, dk, dv] of
+    example b. Layers outside `loop_blocks` do not sleep (change 0).
+
+    Args:
+      params: slow weights; tokens: int [B, T]; window: L; passes: N (static).
+
+    Returns:
+      float32 [num_windows = T // L, N - 1, num_ssm_layers].
+    """
+    sched = _schedule(schedule, schedule_kwargs)
+    check_window_and_passes(window, passes)
+    check_tokens(tokens, params.config.vocab_size, rank=2)
+    _check_full_window(tokens, window)
+    sched.loop_range(params.config)
+    return _stream_changes(params, jnp.asarray(tokens), window, passes, sched)
+
+
+# --- the window loop with hooks --------------------------------------------------------------
+
+
+def block_keys_values(mixer: dict, cfg, x):
+    """The keys and values an ssm block writes for normed inputs x [B, T, D] (window start at
+    position 0, empty conv buffer): projections -> causal conv -> SiLU, keys L2-normalised;
+    the computation of `fast_weights.fast_weight_window`. Returns (k, v), each [B, T, H, dh]."""
+    T = x.shape[1]
+    u = fast_weights._project(mixer, x)
+    K = cfg.conv_size
+    u_pad = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
+    conv_out = sum(mixer["conv"][j] * u_pad[:, j : j + T] for j in range(K))
+    _, k, v = fast_weights._features(cfg, conv_out)
+    return k, v
+
+
+def _run_blocks(params, blocks, h, fast, prefix):
+    """`model.window_pass` one block at a time; also returns each ssm block's normed input."""
+    cfg = params.config
+    kv, xs = {}, {}
+    for i in blocks:
+        if cfg.layout[i] == "ssm":
+            xs[i] = rms_norm(h, params.blocks[i]["norm1"])
+        h, fast, kv_i = model.window_pass(params, range(i, i + 1), h, fast, prefix)
+        kv.update(kv_i)
+    return h, fast, kv, xs
+
+
+def zero_memory(fast: tuple) -> tuple:
+    """Boundary hook: no memory crosses the boundary."""
+    return tuple(jnp.zeros_like(s) for s in fast)
+
+
+def roll_memory(fast: tuple) -> tuple:
+    """Boundary hook: example b gets the (real, consolidated) memory of example b-1."""
+    return tuple(jnp.roll(s, 1, axis=0) for s in fast)
+
+
+_HOOKS = {"none": None, "zero": zero_memory, "roll": roll_memory}
+
+
+def _recall_stats(S, k, v):
+    """Cosine and relative error of S^T k_t vs v_t: S [B,H,dk,dv]; k, v [B,T,H,d]."""
+    r = jnp.einsum("bhkv,bthk->bthv", S, k)
+    rn = jnp.linalg.norm(r, axis=-1)
+    vn = jnp.linalg.norm(v, axis=-1)
+    cos = jnp.sum(r * v, axis=-1) / jnp.maximum(rn * vn, _EPS)
+    err = jnp.linalg.norm(r - v, axis=-1) / jnp.maximum(vn, _EPS)
+    return jnp.mean(cos), jnp.mean(err)
+
+
+def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, stats):
+    """`sequence._window_step` without remat/truncation, plus statistics and the hook."""
+    cfg = params.config
+    start, stop = sched.loop_range(cfg)
+    looped = range(start, stop)
+    looped_ssm = [b for b in cfg.ssm_blocks if b in looped]
+    fast, prefix = carry
+    fast_start = dict(fast)
+
+    h, fast, kv, xs = _run_blocks(params, range(0, start), model.embed(params, toks), fast, prefix)
+    loop_input = h
+    h, fast, kv_loop, xs_loop = _run_blocks(params, looped, h, fast, prefix)
+    features = h
+    h, fast, kv_post, xs_post = _run_blocks(params, range(stop, len(cfg.layout)), h, fast, prefix)
+    logits = model.logits(params, h)
+    kv = {**kv, **kv_loop, **kv_post}
+    xs = {**xs, **xs_loop, **xs_post}
+    if not sleep:
+        return (fast, prefix), logits, None
+    fast_wake = dict(fast)
+
+    def sleep_pass(c, _):
+        h, fast_l, kv_l, _ = c
+        source = {b: fast_start[b] for b in looped_ssm} if sched.reset_between_passes else fast_l
+        x = h + loop_input if sched.reinject_embedding else h
+        h, fast_new, kv_new, xs_new = _run_blocks(params, looped, x, source, prefix)
+        fast_new = {b: fast_new[b] for b in looped_ssm}
+        return (h, fast_new, kv_new, xs_new), fast_new
+
+    carry_l = (features, {b: fast[b] for b in looped_ssm}, kv_loop, xs_loop)
+    carry_l, per_pass = jax.lax.scan(sleep_pass, carry_l, None, length=passes - 1)
+    _, fast_l, kv_l, xs_l = carry_l
+    fast = {**fast, **fast_l}
+    kv = {**kv, **kv_l}
+    xs = {**xs, **xs_l}  # each ssm block's input in the last pass that ran it
+
+    out = None
+    if stats:
+        n_ssm = len(cfg.ssm_blocks)
+        S_pass = {  # [N, B, H, dk, dv]: S after pass 1..N (wake = pass 1)
+            b: jnp.concatenate([fast_wake[b][None], per_pass[b]], 0)
+            if b in looped_ssm
+            else jnp.broadcast_to(fast_wake[b], (passes, *fast_wake[b].shape))
+            for b in cfg.ssm_blocks
+        }
+        cos, err, cos0, err0, change = [], [], [], [], []
+        for b in cfg.ssm_blocks:
+            k, v = block_keys_values(params.blocks[b]["mixer"], cfg, xs[b])
+            c, e = jax.vmap(lambda S, k=k, v=v: _recall_stats(S, k, v))(S_pass[b])
+            c0, e0 = _recall_stats(fast_start[b], k, v)
+            cos.append(c), err.append(e), cos0.append(c0), err0.append(e0)
+            change.append(jax.vmap(_rel_change)(S_pass[b][:-1], S_pass[b][1:]))
+        out = {
+            "cosine": _stack_layers(cos, n_ssm, (passes,)),
+            "rel_error": _stack_layers(err, n_ssm, (passes,)),
+            "cosine_at_window_start": _stack_layers(cos0, n_ssm, ()),
+            "rel_error_at_window_start": _stack_layers(err0, n_ssm, ()),
+            "change": _stack_layers(change, n_ssm, (passes - 1,)),
+        }
+
+    if sched.eviction == "sliding":
+        prefix = {
+            b: attention.slide_prefix(*prefix[b], kv[b][0], kv[b][1], window, cfg.rope_base)
+            for b in cfg.attn_blocks
+        }
+    # The boundary: mode 0 keeps the memory, 1 zeroes it, 2 rolls it over the batch; a
+    # static `hook` (any function of the fast-weight tuple) is applied after that.
+    S = tuple(fast[b] for b in cfg.ssm_blocks)
+    S = tuple(
+        jnp.where(mode == 1, zero, jnp.where(mode == 2, rolled, s))
+        for s, zero, rolled in zip(S, zero_memory(S), roll_memory(S))
+    )
+    if hook is not None:
+        S = tuple(hook(S))
+    fast = {**fast, **dict(zip(cfg.ssm_blocks, S))}
+    return (fast, prefix), logits, out
+
+
+@functools.partial(jax.jit, static_argnames=("window", "passes", "schedule", "hook", "stats"))
+def _loop(params, tokens, mode, *, window, passes, schedule, hook, stats):
+    cfg = params.config
+    B, T = tokens.shape
+    L = window
+    n_scan = T // L  # every full window is consolidated (the last one too)
+    step = functools.partial(
+        _window, sched=schedule, window=L, passes=passes, hook=hook, stats=stats
+    )
+    fast0 = {b: jnp.zeros((B, cfg.num_heads, cfg.dh, cfg.dh), jnp.float32) for b in cfg.ssm_blocks}
+    P = L - 1 if schedule.eviction == "sliding" else 0
+    z = jnp.zeros((B, P, cfg.num_heads, cfg.dh), jnp.float32)
+    carry = (fast0, {b: (z, z, jnp.zeros((P,), bool)) for b in cfg.attn_blocks})
+    pieces, out = [], None
+    if n_scan:
+        scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
+
+        def body(c, t):
+            c, lg, o = step(params, c, t, mode, sleep=True)
+            return c, (lg, o)
+
+        carry, (lg, out) = jax.lax.scan(body, carry, scanned)
+        pieces.append(lg.swapaxes(0, 1).reshape(B, n_scan * L, -1))
+    if n_scan * L < T:
+        _, lg, _ = step(params, carry, tokens[:, n_scan * L :], mode, sleep=False)
+        pieces.append(lg)
+    logits = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+    return logits, out, tuple(carry[0][b] for b in cfg.ssm_blocks)
+
+
+def window_loop(
+    params: Params,
+    tokens,
+    window: int,
+    passes: int = 1,
+    *,
+    boundary: str | Callable | None = None,
+    stats: bool = False,
+    schedule: Schedule | None = None,
+    **schedule_kwargs,
+):
+    """`forward` (training form) with a hook on the memory at every window boundary.
+
+    Every full window is consolidated with `passes` passes and evicted (also the last one,
+    which does not change any logit); a trailing partial window gets its wake pass only.
+
+    Args:
+      boundary: what happens to the fast weights after each window's consolidation and
+        eviction, before the next window: None / "none" (nothing: the logits equal
+        `forward`'s), "zero" (`zero_memory`), "roll" (`roll_memory`: the memory of another
+        example of the batch), or a function of the tuple of fast weights (static: pass the
+        same function object to avoid recompiling).
+      stats: also compute, per full window, the statistics of `recall_of_evicted_window`
+        and the per-pass change ("change" [W, N-1, n_ssm]).
+
+    Returns:
+      (logits [B, T, V], stats dict or None, final fast weights tuple ordered like
+      `cfg.ssm_blocks`).
+    """
+    sched = _schedule(schedule, schedule_kwargs)
+    check_window_and_passes(window, passes)
+    cfg = params.config
+    sched.loop_range(cfg)
+    check_tokens(tokens, cfg.vocab_size, rank=2)
+    if boundary is None or isinstance(boundary, str):
+        name = "none" if boundary is None else boundary
+        if name not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES} or a function, got {name!r}")
+        mode, hook = BOUNDARIES.index(name), None
+    elif callable(boundary):
+        mode, hook = 0, boundary
+    else:
+        raise ValueError(f"boundary must be one of {BOUNDARIES} or a function, got {boundary!r}")
+    if mode == 2 and tokens.shape[0] < 2:
+        raise ValueError("boundary='roll' needs a batch of at least 2 examples")
+    return _loop(
+        params,
+        jnp.asarray(tokens),
+        jnp.asarray(mode, jnp.int32),
+        window=window,
+        passes=passes,
+        schedule=sched,
+        hook=hook,
+        stats=stats,
+    )
+
+
+# --- the diagnostics ---------------------------------------------------------------------------
+
+
+def recall_of_evicted_window(
+    params: Params, tokens, window: int, passes: int, *, schedule=None, **schedule_kwargs
+) -> dict[str, jax.Array]:
+    """How well the fast weights alone store each window they consolidated.
+
+    For every full window w and ssm layer j: k_t, v_t are the key and value that layer
+    wrote at window position t in the *last* pass that ran it (pass N; the wake pass for a
+    layer outside `loop_blocks`), recomputed from that pass's block input with the block's
+    own projections, conv and normalisation (`block_keys_values`). For the fast weights
+    S_p after pass p = 1..N (pass 1 is the wake pass; eviction does not touch S, so after
+    pass N is also the memory that crosses the boundary) the read-out r_t = S_p^T k_t is
+    compared with v_t, per head:
+      cosine    = mean over (example, position, head) of <r, v> / (|r| |v|),
+      rel_error = mean of |r - v| / |v|.
+    The model reads through a per-head RMSNorm, which ignores scale, so the cosine is the
+    measure that matters; rel_error also penalises scale (Hebbian rules over-shoot it).
+
+    Returns:
+      dict of float32 arrays: "cosine", "rel_error" [W, N, n_ssm] (index p-1 = after pass
+      p), "cosine_at_window_start", "rel_error_at_window_start" [W, n_ssm] (S as the window
+      opened, before it wrote anything) and "change" [W, N-1, n_ssm] (as
+      `fast_weight_change_per_pass`, from this path).
+    """
+    sched = _schedule(schedule, schedule_kwargs)
+    check_tokens(tokens, params.config.vocab_size, rank=2)
+    _check_full_window(tokens, window)
+    _, out, _ = window_loop(params, tokens, window, passes, stats=True, schedule=sched)
+    return out
+
+
+def memory_conditions(
+    params: Params,
+    batch,
+    task_depths: Sequence[int],
+    window: int,
+    passes: int,
+    *,
+    metric: str = "acc",
+    margin: float = 0.0,
+    schedule=None,
+    **schedule_kwargs,
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The task metric under four memory conditions, and flags where memory hurts.
+
+    Conditions (all through `window_loop`, the same windows, the same `schedule`):
+      no_sleep      passes=1 (the vanilla hybrid);
+      trained_N     passes=N;
+      no_memory     passes=N, fast weights zeroed at every window boundary;
+      wrong_memory  passes=N, fast weights at every boundary replaced by those of example
+                    b-1 (`roll_memory`): real consolidated memory, of the wrong example.
+
+    Args:
+      batch: a task `Batch` (tokens, targets, loss_mask, depth, group).
+      task_depths: the depths to report (`task.depths`).
+      metric: "acc" (higher is better) or "loss" (lower is better): what the flags compare.
+      margin: trained_N must be worse than no_memory by more than this to be flagged.
+
+    Returns:
+      (results, flags): results[condition] is `per_depth_metrics` as Python floats
+      ("acc", "loss", "acc/d=..", "loss/d=.."); flags lists one string per depth where
+      trained_N scores worse than no_memory, starting with
+      "consolidation worse than no memory".
+    """
+    if metric not in ("acc", "loss"):
+        raise ValueError(f"metric must be 'acc' or 'loss', got {metric!r}")
+    sched = _schedule(schedule, schedule_kwargs)
+    depths = tuple(int(d) for d in task_depths)
+    runs = {
+        "no_sleep": (1, "none"),
+        "trained_N": (passes, "none"),
+        "no_memory": (passes, "zero"),
+        "wrong_memory": (passes, "roll"),
+    }
+    results = {}
+    for cond, (n, boundary) in runs.items():
+        logits, _, _ = window_loop(
+            params, batch.tokens, window, n, boundary=boundary, schedule=sched
+        )
+        m = per_depth_metrics(logits, batch, depths)
+        results[cond] = {key: float(val) for key, val in m.items()}
+    flags = []
+    for d in depths:
+        key = f"{metric}/d={d}"
+        tr, nm = results["trained_N"][key], results["no_memory"][key]
+        if math.isnan(tr) or math.isnan(nm):
+            continue
+        worse = tr < nm - margin if metric == "acc" else tr > nm + margin
+        if worse:
+            flags.append(f"{FLAG} at depth {d}: {metric} trained_N={tr:.4f} vs no_memory={nm:.4f}")
+    return results, flags
+
+
+def plot_consolidation(results: dict, path: str) -> str:
+    """Writes a PNG: recall cosine vs pass index per layer (left) and the relative
+    fast-weight change per sleep pass per layer (right), each averaged over windows with the
+    min-max range over windows shaded.
+
+    Args:
+      results: a dict with "cosine" [W, N, n_ssm] (`recall_of_evicted_window`) and/or
+        "change" [W, N-1, n_ssm] (`fast_weight_change_per_pass` or the recall dict).
+      path: the PNG file to write.
+
+    Returns:
+      `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (key, title, ylabel, first)
+        for key, title, ylabel, first in (
+            ("cosine", "recall of the evicted window", "cosine(S^T k, v)", 1),
+            ("change", "fast-weight change per sleep pass", "||dS||_F / ||S||_F", 2),
+        )
+        if key in results
+    ]
+    if not panels:
+        raise ValueError("results must hold 'cosine' and/or 'change'")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, title, ylabel, first) in zip(axes[0], panels):
+        arr = np.asarray(results[key], np.float64)  # [W, P, n_ssm]
+        x = np.arange(first, first + arr.shape[1])
+        for j in range(arr.shape[2]):
+            mean = arr[:, :, j].mean(axis=0)
+            ax.plot(x, mean, marker="o", label=f"ssm layer {j}")
+            ax.fill_between(x, arr[:, :, j].min(axis=0), arr[:, :, j].max(axis=0), alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("pass")
+        ax.set_ylabel(ylabel)
+        if len(x):
+            ax.set_xticks(x)
+        if arr.shape[2]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "BOUNDARIES",
+    "CONDITIONS",
+    "FLAG",
+    "block_keys_values",
+    "fast_weight_change_per_pass",
+    "memory_conditions",
+    "plot_consolidation",
+    "recall_of_evicted_window",
+    "roll_memory",
+    "window_loop",
+    "zero_memory",
+]
