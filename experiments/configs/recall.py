@@ -12,12 +12,42 @@ Run-book:
   Tiny (CPU smoke test and CI, 20-30 s on a 2-core CPU; loss 3.20 -> 1.50, eval acc 0.48
   vs chance 0.125):
   python -m experiments.train --config=experiments/configs/recall.py:tiny --workdir=/tmp/recall
+
+  Capacity (the README's main job, swept over N by experiments/configs/sweeps.py:main):
+  n in {8, 16, 24} pairs against a fast-weight head dimension of 16 (d=32, 2 heads,
+  attn+ssm, delta rule), window 48 (T=96), batch 64, 1500 AdamW steps (3e-3, cosine).
+  One run takes about 2-6 min on one core of a 2-core CPU (N=1 fastest, N=4 slowest).
+  python -m experiments.train --config=experiments/configs/recall.py:capacity --workdir=/tmp/cap
 """
 
 from experiments.configs import common
 
 
+def capacity():
+    """More pairs than a head can hold orthogonally: where repeated delta-rule passes help."""
+    c = common.base_config("recall", num_pairs_values=(8, 16, 24), window=48)
+    c.d_model = 32
+    c.num_heads = 2
+    c.layout = ("attn", "ssm")
+    c.rule = "delta"
+    c.mlp_ratio = 2
+    c.chunk_size = 16
+    c.optimizer = "adamw"
+    c.learning_rate = 3e-3
+    c.lr_schedule = "cosine"
+    c.warmup_steps = 100
+    c.batch_size = 64
+    c.steps = 1500
+    c.log_every = 50
+    c.eval_every = 500
+    c.eval_size = 1024
+    c.checkpoint_every = 500
+    return c
+
+
 def get_config(arg: str | None = None):
+    if arg == "capacity":
+        return capacity()
     c = common.base_config("recall")  # task knobs: the generator's defaults
     c.batch_size = 256
     c.steps = 20_000

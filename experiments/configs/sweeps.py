@@ -39,7 +39,16 @@ def tiny():
     )
 
 
-VARIANTS = {"tiny": tiny}
+def main():
+    """The README's main job: N in {1, 2, 4} x 2 paired seeds on recall:capacity.
+
+    6 runs, 2 at a time (one per core); about 15 min on a 2-core CPU. Expected: accuracy
+    falls with the number of pairs n; the question is whether N > 1 gains at large n.
+    """
+    return _sweep("experiments/configs/recall.py", {"passes": [1, 2, 4]}, seeds=[0, 1], config_arg="capacity")
+
+
+VARIANTS = {"tiny": tiny, "main": main}
 
 
 def get_config(arg=None):
