@@ -22,7 +22,12 @@ def get_config(arg: str | None = None):
     c = common.base_config("depo")  # task knobs: the generator's paper defaults
     c.batch_size = 128
     c.steps = 50_000
-    if common.check_arg(arg):
+    if arg == "cpu":  # 8-node cycles, 1-token names, k <= 4: graph in 1 window, queries in the next
+        common.make_cpu(
+            c, max_nodes=8, min_nodes=8, name_tokens=1, alphabet=16, num_queries=4, max_hops=4,
+            window=16, graph_tokens=16,
+        )  # fmt: skip
+    elif common.check_arg(arg):
         common.make_tiny(
             c, max_nodes=6, name_tokens=1, alphabet=8, num_queries=2, max_hops=2, window=12,
             graph_tokens=12,

@@ -21,6 +21,8 @@ def get_config(arg: str | None = None):
     c = common.base_config("gsm")  # task knobs: the generator's defaults
     c.batch_size = 256
     c.steps = 50_000
-    if common.check_arg(arg):
+    if arg == "cpu":  # mod 7, 1-4 operations, T=64 in windows of 16 (question evicted first)
+        common.make_cpu(c, modulus=7, num_vars=24, ops_values=(1, 2, 3, 4), seq_len=64, window=16)
+    elif common.check_arg(arg):
         common.make_tiny(c, modulus=5, num_vars=8, ops_values=(1, 2), seq_len=32, window=16)
     return c

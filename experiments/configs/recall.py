@@ -25,23 +25,9 @@ from experiments.configs import common
 
 def capacity():
     """More pairs than a head can hold orthogonally: where repeated delta-rule passes help."""
-    c = common.base_config("recall", num_pairs_values=(8, 16, 24), window=48)
-    c.d_model = 32
-    c.num_heads = 2
-    c.layout = ("attn", "ssm")
+    c = common.base_config("recall")
+    common.make_cpu(c, num_pairs_values=(8, 16, 24), window=48)
     c.rule = "delta"
-    c.mlp_ratio = 2
-    c.chunk_size = 16
-    c.optimizer = "adamw"
-    c.learning_rate = 3e-3
-    c.lr_schedule = "cosine"
-    c.warmup_steps = 100
-    c.batch_size = 64
-    c.steps = 1500
-    c.log_every = 50
-    c.eval_every = 500
-    c.eval_size = 1024
-    c.checkpoint_every = 500
     return c
 
 

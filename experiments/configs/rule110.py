@@ -10,6 +10,9 @@ Run-book:
   Expected result (paper): exact accuracy (all 4 labels; chance 1/16) ~10% at N=1, ~20% at
   N=2, >30% at N=3-4 (`eval/acc/d=32` in metrics.jsonl / summary.json).
 
+  CPU scale (`:cpu`, swept in experiments/configs/sweeps.py:rule110): 4 states of 8 bits
+  (T=36, L=8), t drawn per example from {1,2,3,4} (depth = t), d=32 attn+GDN, 1500 steps.
+
   Tiny (CPU smoke test, 25-40 s on a 2-core CPU; loss 0.90 -> 0.05, eval acc 0.98 vs
   chance 0.25 at t=1):
   python -m experiments.train --config=experiments/configs/rule110.py:tiny --workdir=/tmp/r110
@@ -22,6 +25,8 @@ def get_config(arg: str | None = None):
     c = common.base_config("rule110", num_states=4, width=24, t_values=(32,), boundary="periodic")
     c.batch_size = 512
     c.steps = 100_000
-    if common.check_arg(arg):
+    if arg == "cpu":  # 4 states of 8 bits, t mixed per example: accuracy per t from one run
+        common.make_cpu(c, num_states=4, width=8, t_values=(1, 2, 3, 4))
+    elif common.check_arg(arg):
         common.make_tiny(c, num_states=2, width=8, t_values=(1,))
     return c
