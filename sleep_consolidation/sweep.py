@@ -50,6 +50,17 @@ class Run:
         return {**dict(self.point), "seed": self.seed}
 
 
+def _freeze(v):
+    """Lists (e.g. from JSON or ConfigDict) -> tuples, recursively, so points compare equal."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _point_key(overrides: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(((k, _freeze(v)) for k, v in overrides.items()), key=lambda kv: kv[0]))
+
+
 def _fmt(v) -> str:
     if isinstance(v, (tuple, list)):
         return "(" + "-".join(_fmt(x) for x in v) + ")"
@@ -81,7 +92,7 @@ def expand_grid(axes: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> list
                 point[name] = value
         if "seed" in point:
             raise ValueError("put seeds in `seeds`, not in the axes")
-        key = tuple(sorted(point.items(), key=lambda kv: kv[0]))
+        key = _point_key(point)
         runs.extend(Run(key, int(s)) for s in seeds)
     return runs
 
@@ -238,7 +249,7 @@ def _mean_std(xs) -> str:
 
 def baseline_of(point: Mapping[str, Any], baseline: Mapping[str, Any]) -> tuple:
     """The point's paired baseline: the same overrides with the baseline fields swapped in."""
-    return tuple(sorted({**point, **baseline}.items(), key=lambda kv: kv[0]))
+    return _point_key({**point, **baseline})
 
 
 def summary_table(
@@ -266,12 +277,12 @@ def summary_table(
     for name, rs in points.items():
         cells = [_mean_std([r["eval"].get(k) for r in rs]) for k in depth_keys]
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
-    by_key = {(tuple(sorted(r["overrides"].items())), r["seed"]): r for r in done}
+    by_key = {(_point_key(r["overrides"]), r["seed"]): r for r in done}
     diff_lines = []
     for name, rs in points.items():
         ov = rs[0]["overrides"]
         base_key = baseline_of(ov, baseline)
-        if base_key == tuple(sorted(ov.items())):
+        if base_key == _point_key(ov):
             continue
         cells = []
         for k in depth_keys:
