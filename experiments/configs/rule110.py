@@ -6,7 +6,9 @@ Run-book:
   Sweep: --config.passes in {1,2,3,4} at t=32 (a separate model per N; same seed, same
   data order); depth curve at N=1: --config.task.t_values="(4,)" ... "(16,)".
   Paper scale: 4 states x 24 bits, T=100, L=24, batch 512, 100k steps (~5B tokens).
-  Expected time: not measured on an accelerator yet; training cost grows ~linearly in N.
+  Expected time: not measured on an accelerator yet (no GPU was available); cost grows
+  ~linearly in N. Estimate from FLOPs: ~3.2M params x 6 x 5.1e9 tokens x N ~ 1e17 N FLOP;
+  at an assumed 50-100 TFLOP/s sustained on an H100, ~0.3-0.6 h per unit of N.
   Expected result (paper): exact accuracy (all 4 labels; chance 1/16) ~10% at N=1, ~20% at
   N=2, >30% at N=3-4 (`eval/acc/d=32` in metrics.jsonl / summary.json).
 
