@@ -44,7 +44,7 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save=True):
-        self.workdir = os.fspath(workdir)
+        self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax needs absolute paths
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
@@ -105,24 +105,27 @@ class Checkpointer:
         return None if restored is None else restored.params
 
     def _restore_latest(self, args):
+        """Restores the newest readable step. A step that fails is moved aside only once an
+        older step restores with the same arguments (so it really was unreadable); if every
+        step fails, the error is systematic (wrong path, devices, shapes) and nothing is
+        moved: the first error is raised and all finished work stays where it is."""
+        failed: list[tuple[int, Exception]] = []
         for step in reversed(self.all_steps()):
             try:
-                return self._manager.restore(step, args=args)
-            except Exception as e:  # noqa: BLE001 - any read failure means "unreadable step"
-                if any(w in str(e).lower() for w in ("topology", "sharding", "device")):
-                    # a readable checkpoint restored onto the wrong devices: not corruption;
-                    # never move good work aside for it.
-                    raise
+                restored = self._manager.restore(step, args=args)
+            except Exception as e:  # noqa: BLE001 - classified below by the older steps
+                failed.append((step, e))
+                continue
+            for bad_step, e in failed:
                 logging.warning(
-                    "checkpoint step %d in %s is unreadable (%s: %s); moving it to %s and "
-                    "falling back to the previous step",
-                    step,
-                    self.directory,
-                    type(e).__name__,
-                    str(e)[:200],
-                    CORRUPT_DIR,
-                )
-                self._quarantine(step)
+                    "checkpoint step %d in %s is unreadable (%s: %s) while step %d is fine; "
+                    "moving it to %s",
+                    bad_step, self.directory, type(e).__name__, str(e)[:200], step, CORRUPT_DIR,
+                )  # fmt: skip
+                self._quarantine(bad_step)
+            return restored
+        if failed:
+            raise failed[0][1]
         return None
 
     def _quarantine(self, step: int) -> None:

@@ -156,3 +156,24 @@ def test_memory_state_round_trip(tmp_path):
         checkpointing.load_memory_state(tmp_path / "mem", like=sc.init_state(cfg, 2, 4))
     with pytest.raises(FileExistsError):
         checkpointing.save_memory_state(tmp_path / "mem", state)
+
+
+def test_systematic_restore_failure_moves_nothing(tmp_path, monkeypatch):
+    """A failure that hits every step (here: a model shape that does not match) is not
+    corruption: it raises and leaves every finished checkpoint in place. Relative workdir
+    paths work (Orbax itself needs absolute ones)."""
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(attn_config(), str(workdir))
+    monkeypatch.chdir(tmp_path)
+    params = sc.load_params("run")  # relative path
+    assert params.config.layout == ("attn",)
+    steps_before = sorted(os.listdir(workdir / checkpointing.CHECKPOINT_DIR))
+    wrong = jax.eval_shape(
+        lambda: sc.init_params(
+            params.config.__class__(**{**params.config.__dict__, "d_model": 64}), jax.random.key(0)
+        )
+    )
+    with checkpointing.Checkpointer("run", async_save=False) as ckpt, pytest.raises(Exception):
+        ckpt.restore_params(wrong)
+    assert sorted(os.listdir(workdir / checkpointing.CHECKPOINT_DIR)) == steps_before
+    assert not (workdir / checkpointing.CORRUPT_DIR).exists()
