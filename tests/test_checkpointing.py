@@ -173,7 +173,7 @@ def test_systematic_restore_failure_moves_nothing(tmp_path, monkeypatch):
             params.config.__class__(**{**params.config.__dict__, "d_model": 64}), jax.random.key(0)
         )
     )
-    with checkpointing.Checkpointer("run", async_save=False) as ckpt, pytest.raises(Exception):
+    with checkpointing.Checkpointer("run", async_save=False) as ckpt, pytest.raises(ValueError):
         ckpt.restore_params(wrong)
     assert sorted(os.listdir(workdir / checkpointing.CHECKPOINT_DIR)) == steps_before
     assert not (workdir / checkpointing.CORRUPT_DIR).exists()
