@@ -4,7 +4,7 @@ attention + fast-weight sequence models, in JAX.
 Everything a notebook needs is importable from here.
 """
 
-from sleep_consolidation import diagnostics, parametric  # noqa: F401  (registers "parametric")
+from sleep_consolidation import diagnostics, estimators, parametric  # noqa: F401  (registers "parametric")
 from sleep_consolidation.checkpointing import (
     Checkpointer,
     load_memory_state,
@@ -12,6 +12,7 @@ from sleep_consolidation.checkpointing import (
     save_memory_state,
 )
 from sleep_consolidation.config import ModelConfig, Schedule
+from sleep_consolidation.estimators import make_estimator
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.rules import (
     Rule,
@@ -32,6 +33,8 @@ from sleep_consolidation.train import (
     make_optimizer,
     make_train_step,
     masked_cross_entropy,
+    optimizer_labels,
+    theta_record,
     muon_labels,
     resolve_config,
     train_and_evaluate,
@@ -48,7 +51,10 @@ __all__ = [
     "load_memory_state",
     "load_params",
     "make_optimizer",
+    "make_estimator",
     "make_train_step",
+    "optimizer_labels",
+    "theta_record",
     "masked_cross_entropy",
     "muon_labels",
     "resolve_config",

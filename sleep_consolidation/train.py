@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import optax
 from absl import logging
 from optax.contrib import muon
 
-from sleep_consolidation import checkpointing, sharding
+from sleep_consolidation import checkpointing, estimators, parametric, sharding
 from sleep_consolidation.config import ModelConfig, Schedule, check_window_and_passes
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.sequence import REMAT_MODES, forward
@@ -44,18 +45,25 @@ MODEL_FIELDS = (
 )  # fmt: skip
 SCHEDULE_FIELDS = ("eviction", "reset_between_passes", "reinject_embedding", "loop_blocks")
 OPTIMIZER_FIELDS = (
-    "optimizer", "learning_rate", "adam_learning_rate", "lr_schedule", "warmup_steps",
-    "min_lr_ratio", "clip_norm", "weight_decay",
+    "optimizer", "learning_rate", "adam_learning_rate", "theta_learning_rate", "lr_schedule",
+    "warmup_steps", "min_lr_ratio", "clip_norm", "weight_decay",
 )  # fmt: skip
+# Meta-gradient estimator (estimators.py) and the module that registers a custom rule.
+ESTIMATOR_FIELDS = ("estimator", "es_pairs", "es_sigma", "es_scope")
+CONFIG_FIELDS_EXTRA = ("rule_module",)
 LOOP_FIELDS = (
     "window", "passes", "grad_passes", "remat", "batch_size", "steps", "seed", "log_every",
     "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
     "eval_passes", "data_parallel",
 )  # fmt: skip
-CONFIG_FIELDS = ("task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS)
+CONFIG_FIELDS = (
+    "task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS,
+    *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA,
+)  # fmt: skip
 # Block leaves that are 2-D but not hidden matrices: depthwise conv filters and rule params.
 NOT_MUON = frozenset({"conv", "theta"})
 METRICS_FILE = "metrics.jsonl"
+THETA_FILE = "theta.jsonl"  # rule="parametric": describe_theta per ssm layer at eval steps
 SUMMARY_FILE = "summary.json"
 
 
@@ -130,6 +138,16 @@ def muon_labels(params: Params):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def optimizer_labels(params: Params, name: str = "muon"):
+    """Labels each leaf for `make_optimizer`: "theta" for rule parameters (any leaf under
+    a "theta" key), else `muon_labels` ("muon" / "adamw") for name="muon" and "adamw" for
+    name="adamw"."""
+    base = muon_labels(params) if name == "muon" else jax.tree.map(lambda _: "adamw", params)
+    return jax.tree.map(
+        lambda is_theta, lab: "theta" if is_theta else lab, estimators.theta_mask(params), base
+    )
+
+
 def learning_rate_schedule(
     peak: float, *, kind="constant", warmup_steps=0, total_steps=None, min_lr_ratio=0.1
 ) -> optax.Schedule:
@@ -154,6 +172,7 @@ def make_optimizer(
     *,
     learning_rate: float = 2e-3,
     adam_learning_rate: float = 5e-5,
+    theta_learning_rate: float | None = None,
     lr_schedule: str = "constant",
     warmup_steps: int = 0,
     total_steps: int | None = None,
@@ -167,6 +186,11 @@ def make_optimizer(
       name: "muon": Muon at `learning_rate` (scheduled) on the blocks' 2-D hidden matrices
         (`muon_labels`) and AdamW at the fixed `adam_learning_rate` on the rest, as in the
         paper; "adamw": AdamW at `learning_rate` (scheduled) on everything.
+      theta_learning_rate: AdamW's fixed rate on the rules' `theta` leaves (label "theta"
+        of `optimizer_labels`), so a meta-learned rule can move faster than the other
+        AdamW leaves. None: theta is treated as before (adam_learning_rate under "muon",
+        the scheduled learning_rate under "adamw"). The state has the same structure
+        either way, so this may change when a run is resumed.
       lr_schedule, warmup_steps, total_steps, min_lr_ratio: see `learning_rate_schedule`.
       clip_norm: global gradient-norm clip; 0 disables it.
       weight_decay: decoupled weight decay of both parts.
@@ -181,16 +205,17 @@ def make_optimizer(
         learning_rate, kind=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
         min_lr_ratio=min_lr_ratio,
     )  # fmt: skip
-    if name == "adamw":
-        inner = optax.adamw(lr, weight_decay=weight_decay)
-    else:
-        inner = optax.multi_transform(
-            {
-                "muon": muon(lr, weight_decay=weight_decay),
-                "adamw": optax.adamw(adam_learning_rate, weight_decay=weight_decay),
-            },
-            muon_labels,
-        )
+    rest_lr = lr if name == "adamw" else adam_learning_rate
+    # Always a schedule, so that the state's structure does not depend on the setting.
+    theta_lr = rest_lr if theta_learning_rate is None else theta_learning_rate
+    theta_lr = theta_lr if callable(theta_lr) else optax.constant_schedule(theta_lr)
+    parts = {
+        "adamw": optax.adamw(rest_lr, weight_decay=weight_decay),
+        "theta": optax.adamw(theta_lr, weight_decay=weight_decay),
+    }
+    if name == "muon":
+        parts["muon"] = muon(lr, weight_decay=weight_decay)
+    inner = optax.multi_transform(parts, functools.partial(optimizer_labels, name=name))
     clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
     return optax.chain(clip, inner)
 
@@ -208,6 +233,11 @@ def make_train_step(
     schedule: Schedule | None = None,
     remat: str = "none",
     grad_passes: int | None = None,
+    estimator: str | None = None,
+    es_pairs: int = 8,
+    es_sigma: float = 0.01,
+    es_scope: str = "theta",
+    seed: int = 0,
     donate: bool | None = None,
     mesh: jax.sharding.Mesh | None = None,
     **schedule_kwargs,
@@ -219,6 +249,12 @@ def make_train_step(
       window, passes, schedule (or its fields as keywords), remat, grad_passes: forwarded
         to `forward`; grad_passes=None is full backprop through every pass, k truncates
         each window's gradient to its last k passes.
+      estimator: the meta-gradient estimator (`estimators.make_estimator`): "full",
+        "truncated" (needs grad_passes) or "es" (es_pairs antithetic pairs at scale
+        es_sigma on the rules' theta (es_scope="theta"; the rest by backprop, truncated if
+        grad_passes is set) or on everything ("all")). None: "truncated" if grad_passes
+        is set, else "full".
+      seed: ES noise of step s uses `fold_in(key(seed), s)` (so a resumed run repeats it).
       donate: donate the input state's buffers (default: on accelerators, not on CPU).
       mesh: data parallelism over this mesh (`sharding.make_data_mesh`): the state (and
         the metrics) replicated, the batch split along B (`sharding.shard_batch`). XLA
@@ -236,16 +272,25 @@ def make_train_step(
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
     _check_optional_int("grad_passes", grad_passes, 1)
+    if estimator is None:
+        estimator = "full" if grad_passes is None else "truncated"
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, grad_passes=None):
         logits = forward(
             params, batch.tokens, window, passes, schedule=schedule, remat=remat,
             grad_passes=grad_passes,
         )  # fmt: skip
         return masked_cross_entropy(logits, batch.targets, batch.loss_mask), logits
 
+    estimate = estimators.make_estimator(
+        estimator, loss_fn, has_aux=True, grad_passes=grad_passes, num_pairs=es_pairs,
+        sigma=es_sigma, es_scope=es_scope,
+    )  # fmt: skip
+    base_key = jax.random.key(seed)
+
     def train_step(state: TrainState, batch):
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        key = jax.random.fold_in(base_key, state.step)
+        (loss, logits), grads = estimate(state.params, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         on = batch.loss_mask > 0
@@ -403,6 +448,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
         raise ValueError(f"config is missing field(s) {missing}")
     if not isinstance(c["task"], Mapping) or "name" not in c["task"]:
         raise ValueError("config.task must be a dict with a 'name' (and the task's knobs)")
+    import_rule_module(c["rule_module"])
     knobs = dict(c["task"])
     task = make_task(knobs.pop("name"), **knobs)
     model_config = ModelConfig(vocab_size=task.vocab_size, **{f: c[f] for f in MODEL_FIELDS})
@@ -421,6 +467,9 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
         )
     _check_float("learning_rate", c["learning_rate"], 0.0, lo_open=True)
     _check_float("adam_learning_rate", c["adam_learning_rate"], 0.0, lo_open=True)
+    if c["theta_learning_rate"] is not None:
+        _check_float("theta_learning_rate", c["theta_learning_rate"], 0.0, lo_open=True)
+    _check_estimator(c)
     _check_float("min_lr_ratio", c["min_lr_ratio"], 0.0, 1.0)
     _check_float("clip_norm", c["clip_norm"], 0.0)
     _check_float("weight_decay", c["weight_decay"], 0.0)
@@ -432,6 +481,42 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     _check_eval_passes(c["eval_passes"])
     _check_data_parallel(c["data_parallel"], c["batch_size"])
     return RunSpec(task=task, model_config=model_config, schedule=schedule, window=window)
+
+
+def import_rule_module(name: str | None) -> None:
+    """Imports `name` (e.g. "examples.custom_rule") so that the rule it registers can be
+    used by name; None does nothing.
+
+    Raises:
+      ValueError: `name` is not a string or cannot be imported.
+    """
+    if name is None:
+        return
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"rule_module must be a module name (str) or None, got {name!r}")
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        raise ValueError(f"rule_module {name!r} could not be imported: {e}") from e
+
+
+def _check_estimator(c):
+    name, k = c["estimator"], c["grad_passes"]
+    if name not in estimators.ESTIMATORS:
+        raise ValueError(f"estimator must be one of {estimators.ESTIMATORS}, got {name!r}")
+    if name == "full" and k is not None:
+        raise ValueError(
+            f"grad_passes={k} truncates the gradient but estimator is 'full': set "
+            "estimator='truncated' (or 'es', where it truncates the non-theta backprop)"
+        )
+    if name == "truncated" and k is None:
+        raise ValueError("estimator 'truncated' needs grad_passes (the passes to backprop)")
+    _check_int("es_pairs", c["es_pairs"], 1)
+    _check_float("es_sigma", c["es_sigma"], 0.0, lo_open=True)
+    if c["es_scope"] not in estimators.ES_SCOPES:
+        raise ValueError(f"es_scope must be one of {estimators.ES_SCOPES}, got {c['es_scope']!r}")
+    if name == "es" and c["es_scope"] == "all" and k is not None:
+        raise ValueError("es_scope='all' uses no backprop; grad_passes must be None")
 
 
 def _check_eval_passes(value):
@@ -456,7 +541,8 @@ def optimizer_from_config(config) -> optax.GradientTransformation:
     c = _to_dict(config)
     return make_optimizer(
         c["optimizer"], learning_rate=c["learning_rate"],
-        adam_learning_rate=c["adam_learning_rate"], lr_schedule=c["lr_schedule"],
+        adam_learning_rate=c["adam_learning_rate"],
+        theta_learning_rate=c["theta_learning_rate"], lr_schedule=c["lr_schedule"],
         warmup_steps=c["warmup_steps"], total_steps=c["steps"],
         min_lr_ratio=c["min_lr_ratio"], clip_norm=c["clip_norm"],
         weight_decay=c["weight_decay"],
@@ -537,6 +623,16 @@ def _truncate_metrics(path: str, last_step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def theta_record(params: Params, step: int) -> dict[str, Any]:
+    """One `theta.jsonl` line: `parametric.describe_theta` of every ssm layer's theta
+    (coefficients per head, the nearest built-in point of the head mean and its distance)."""
+    layers = []
+    for i in params.config.ssm_blocks:
+        d = parametric.describe_theta(jax.device_get(params.blocks[i]["mixer"]["theta"]))
+        layers.append({"block": i, **{k: d[k] for k in ("coefficients", "nearest", "distance")}})
+    return {"step": int(step), "layers": layers}
+
+
 def _finite_or_none(x: float):
     return x if math.isfinite(x) else None
 
@@ -554,7 +650,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     (mean since the last line), `grad_norm`, `token_acc`, `lr`, `tokens_per_s`,
     `elapsed_s`, and `eval/...` per depth at eval steps, plus `eval_N{M}/...` for each M
     in `eval_passes`), checkpoints and `summary.json` (its `eval` dict: the last eval, keys
-    without the `eval/` prefix, `N{M}/...` for eval_passes).
+    without the `eval/` prefix, `N{M}/...` for eval_passes). With rule="parametric" it
+    also writes `theta.jsonl` (`theta_record`: every ssm layer's coefficients and nearest
+    built-in rule) at step 0 and at every eval step.
 
     `config.data_parallel` (True: all devices; n: the first n) trains data-parallel over a
     mesh (`sharding.py`). In a multi-process run (`sharding.maybe_initialize_distributed`)
@@ -591,7 +689,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     )  # fmt: skip
     train_step = make_train_step(
         tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
-        grad_passes=c["grad_passes"], mesh=mesh,
+        grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
+        es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"], mesh=mesh,
     )  # fmt: skip
     if mesh is None:
         # Committed to the device like a restored state, so that a fresh and a resumed
@@ -608,6 +707,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         return init_train_state(init_params(spec.model_config, jax.random.key(c["seed"])), tx)
 
     metrics_path = os.path.join(workdir, METRICS_FILE)
+    log_theta = main and spec.model_config.rule == parametric.NAME
+    theta_path = os.path.join(workdir, THETA_FILE)
+
+    def write_theta(params, step):
+        with open(theta_path, "a") as f:
+            f.write(json.dumps(theta_record(params, step)) + "\n")
+
     steps, tokens_per_step = c["steps"], c["batch_size"] * task.seq_len
     summary: dict[str, Any] = {"status": "running", "steps": steps}
     with checkpointing.Checkpointer(workdir, max_to_keep=c["keep_checkpoints"]) as ckpt:
@@ -621,6 +727,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         summary["resumed_from"] = start if start else None
         if main:
             _truncate_metrics(metrics_path, start)
+        if log_theta:  # step 0 (the init) is logged by a fresh start only
+            _truncate_metrics(theta_path, start if start else -1)
+            if not start:
+                write_theta(state.params, 0)
         eval_batch = task.eval_batch(c["seed"], c["eval_size"])
 
         def evaluate_now(params) -> dict[str, dict[str, float | None]]:
@@ -699,6 +809,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     evals = evaluate_now(state.params)
                     line.update({f"{p}/{k}": v for p, ev in evals.items() for k, v in ev.items()})
                     summary["eval"] = summary_eval(evals)
+                    if log_theta:
+                        write_theta(state.params, step)
                     logging.info("eval step %d: %s", step, "  ".join(
                         f"{k} {v:.4f}" for k, v in summary["eval"].items() if v is not None
                     ))  # fmt: skip

@@ -34,6 +34,9 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.num_heads = 4
     c.layout = ("attn", "ssm", "attn", "ssm")
     c.rule = "gated_delta"
+    # A module imported before the config is resolved, to register a custom rule:
+    # --config.rule=oja --config.rule_module=examples.custom_rule
+    c.rule_module = config_dict.placeholder(str)
     c.head_dim = config_dict.placeholder(int)  # None: d_model // num_heads
     c.mlp_ratio = 4
     c.conv_size = 4
@@ -48,13 +51,24 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.reset_between_passes = False
     c.reinject_embedding = False
     c.loop_blocks = config_dict.placeholder(tuple)  # None: all blocks; else (start, stop)
-    c.grad_passes = config_dict.placeholder(int)  # None: full backprop; k: last k passes
+    c.grad_passes = config_dict.placeholder(int)  # k: last k passes (estimator="truncated")
     c.remat = "none"  # "pass" or "window" to bound memory at large N
+    # Meta-gradient estimator (docs_estimators.md): "full" (backprop through every pass),
+    # "truncated" (the last grad_passes passes) or "es" (antithetic ES with es_pairs pairs
+    # at scale es_sigma on the rule's theta, es_scope="theta", the rest by backprop; or on
+    # every parameter, es_scope="all", forward evaluations only).
+    c.estimator = "full"
+    c.es_pairs = 8
+    c.es_sigma = 0.01
+    c.es_scope = "theta"
 
     # Optimizer: Muon (2-D block matrices) + AdamW at a fixed 5e-5 (the rest), as the paper.
     c.optimizer = "muon"  # or "adamw"
     c.learning_rate = 2e-3  # Muon's (or AdamW's, with optimizer="adamw")
     c.adam_learning_rate = 5e-5
+    # The rule's theta (AdamW, fixed); None: as the other AdamW leaves. Meta-learning a
+    # rule (configs/parametric.py) needs it larger than 5e-5 for theta to move.
+    c.theta_learning_rate = config_dict.placeholder(float)
     c.lr_schedule = "constant"  # or "cosine" (to min_lr_ratio * learning_rate at `steps`)
     c.warmup_steps = 100
     c.min_lr_ratio = 0.1

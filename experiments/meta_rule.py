@@ -1,0 +1,224 @@
+"""Meta-learned rule vs the built-in rules: recall accuracy per depth, learned coefficients.
+
+    taskset -c 1 python -m experiments.meta_rule --out=results/meta_rule
+
+Trains `experiments/configs/parametric.py:meta` (rule="parametric", Hebbian init, theta
+learned by AdamW at theta_learning_rate) and the same config with each built-in rule, for
+each seed, one run after another in this process (a persistent compilation cache under
+--runs makes the seeds of one rule share a compile). Writes to --out:
+  summary.md  final eval accuracy per depth (mean +- std over seeds) per rule; the learned
+              coefficients per head at the end and the nearest built-in point; run times.
+  theta.png   the coefficient trajectories of every seed and head during training.
+Run workdirs (config.json, metrics.jsonl, theta.jsonl, checkpoints) go under --runs; a
+rerun reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from experiments.configs import parametric as parametric_config
+from sleep_consolidation import parametric, train
+
+_OUT = flags.DEFINE_string("out", "results/meta_rule", "Directory of summary.md and theta.png.")
+_RUNS = flags.DEFINE_string("runs", "/tmp/meta_rule_runs", "Directory of the run workdirs.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..n-1 per rule.")
+_RULES = flags.DEFINE_list(
+    "rules", ["parametric", "gated_delta", "delta", "gated_hebbian", "hebbian"], "Rules to run."
+)
+_STEPS = flags.DEFINE_integer("steps", None, "Override the config's steps (None: keep).")
+_VARIANT = flags.DEFINE_string("variant", "meta", "parametric.py variant (e.g. 'meta,tiny').")
+
+
+def run_all(rules, seeds, runs_dir, variant="meta", steps=None) -> dict:
+    """Trains every (rule, seed); returns {rule: [summary dict per seed]}."""
+    out = {}
+    for rule in rules:
+        for seed in range(seeds):
+            c = parametric_config.get_config(variant)
+            c.rule, c.seed = rule, seed
+            if steps is not None:
+                c.steps = c.checkpoint_every = steps
+                c.eval_every = max(steps // 6, 1)
+            workdir = os.path.join(runs_dir, f"{rule}_seed{seed}")
+            summary = _finished(workdir, c.steps)
+            if summary is None:
+                logging.info("meta_rule: %s seed %d -> %s", rule, seed, workdir)
+                summary = train.train_and_evaluate(c, workdir)
+            summary["workdir"] = workdir
+            out.setdefault(rule, []).append(summary)
+    return out
+
+
+def _finished(workdir: str, steps: int) -> dict | None:
+    """The summary of a finished run of `steps` steps (kept: its timings), else None."""
+    try:
+        with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+            s = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return s if s.get("status") == "completed" and s.get("step") == steps else None
+
+
+def _eval_at(workdir: str, step: int) -> float | None:
+    """eval/acc logged at the eval step nearest to `step`."""
+    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+        evals = [json.loads(ln) for ln in f if '"eval/acc"' in ln]
+    if not evals:
+        return None
+    return min(evals, key=lambda m: abs(m["step"] - step))["eval/acc"]
+
+
+def _theta_lines(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, train.THETA_FILE)) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def _ms(xs) -> str:
+    xs = np.asarray([x for x in xs if x is not None], np.float64)
+    if not len(xs):
+        return "-"
+    return f"{xs.mean():.3f} ± {xs.std(ddof=1) if len(xs) > 1 else 0.0:.3f}"
+
+
+def write_summary(results: dict, out_dir: str, command: str) -> str:
+    """summary.md: the accuracy table, the learned coefficients, the run times."""
+    first = next(iter(results.values()))[0]["eval"]
+    depths = sorted((k for k in first if k.startswith("acc/d=")), key=lambda k: int(k[6:]))
+    c = parametric_config.get_config(_VARIANT.value)
+    mid = c.steps // 3
+    total_s = sum(s.get("wall_s") or 0.0 for sums in results.values() for s in sums)
+    lines = [
+        "# Meta-learned rule vs built-in rules (recall)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores (one used: taskset -c 1), "
+        f"JAX {jax.__version__}; {sum(map(len, results.values()))} runs, "
+        f"{total_s / 60:.1f} min of run wall time in total.  ",
+        f"Setup: `experiments/configs/parametric.py:{_VARIANT.value}` — recall with "
+        f"n in {tuple(c.task.num_pairs_values)} pairs (depth = n), L={c.task.window}, "
+        f"{c.task.num_keys} keys / {c.task.num_values} values; d={c.d_model}, "
+        f"{c.num_heads} heads, layout {tuple(c.layout)}, N={c.passes}; AdamW "
+        f"{c.learning_rate:g} ({c.lr_schedule}), theta at {c.theta_learning_rate:g}; batch "
+        f"{c.batch_size}, {c.steps} steps; eval on {c.eval_size} held-out examples. "
+        "The built-in rules use the same config with `rule` changed.",
+        "",
+        "## Final eval accuracy (mean ± std over seeds)",
+        "",
+        "| rule | seeds | "
+        + " | ".join(depths)
+        + f" | acc | loss | acc at step {mid} | train s | wall s |",
+        "|---|---|" + "---|" * (len(depths) + 5),
+    ]
+    for rule, sums in results.items():
+        cells = [_ms([s["eval"].get(k) for s in sums]) for k in (*depths, "acc", "loss")]
+        cells.append(_ms([_eval_at(s["workdir"], mid) for s in sums]))
+        times = [np.mean([s.get(k) or 0.0 for s in sums]) for k in ("train_s", "wall_s")]
+        lines.append(
+            f"| {rule} | {len(sums)} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(f"{t:.0f}" for t in times)
+            + " |"
+        )
+    lines += [
+        "",
+        "train s: training steps only; wall s: the whole run incl. compilation (the first "
+        "seed of a rule compiles, later seeds hit the persistent cache) and eval.",
+    ]
+    if "parametric" in results:
+        lines += [
+            "",
+            "## Learned coefficients at the end (per seed, layer, head)",
+            "",
+            "Nearest: the closest built-in point (Euclidean over the five coefficients; "
+            "`parametric.describe_theta`). Init: the Hebbian point (0, 1, 0, 0, 1).",
+            "",
+            "| seed | block | head | " + " | ".join(parametric.COEFFS) + " | nearest (dist) |",
+            "|---|---|---|" + "---|" * (len(parametric.COEFFS) + 1),
+        ]
+        for seed, s in enumerate(results["parametric"]):
+            for layer in _theta_lines(s["workdir"])[-1]["layers"]:
+                desc = parametric.describe_theta(layer["coefficients"])
+                for h, head in enumerate(desc["heads"]):
+                    vals = " | ".join(f"{head[k]:+.2f}" for k in parametric.COEFFS)
+                    lines.append(
+                        f"| {seed} | {layer['block']} | {h} | {vals} | "
+                        f"{head['nearest']} ({head['distance']:.2f}) |"
+                    )
+        lines.append("")
+        means = [
+            f"seed {seed}: {ly['nearest']} ({ly['distance']:.2f})"
+            for seed, s in enumerate(results["parametric"])
+            for ly in _theta_lines(s["workdir"])[-1]["layers"]
+        ]
+        lines.append("Nearest point of the head-mean coefficients: " + "; ".join(means) + ".")
+    path = os.path.join(out_dir, "summary.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def plot_theta(param_summaries: list, path: str) -> str:
+    """theta.png: one panel per coefficient, a line per (seed, layer, head)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coeffs = parametric.COEFFS
+    fig, axes = plt.subplots(1, len(coeffs), figsize=(3.2 * len(coeffs), 2.8), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for seed, s in enumerate(param_summaries):
+        lines = _theta_lines(s["workdir"])
+        steps = [ln["step"] for ln in lines]
+        for j, _ in enumerate(lines[0]["layers"]):
+            for h in range(len(lines[0]["layers"][j]["coefficients"][coeffs[0]])):
+                for ax, cf in zip(axes, coeffs):
+                    ys = [ln["layers"][j]["coefficients"][cf][h] for ln in lines]
+                    ax.plot(steps, ys, color=colors[seed % len(colors)],
+                            ls=("-", "--", ":", "-.")[h % 4], lw=1.2,
+                            label=f"seed {seed} head {h}" if cf == coeffs[0] else None)  # fmt: skip
+    for ax, cf in zip(axes, coeffs):
+        for ref in (0.0, 1.0):
+            ax.axhline(ref, color="0.7", lw=0.8, zorder=0)
+        ax.set_title(cf)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    os.makedirs(_OUT.value, exist_ok=True)
+    os.makedirs(_RUNS.value, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    results = run_all(_RULES.value, _SEEDS.value, _RUNS.value, _VARIANT.value, _STEPS.value)
+    command = "taskset -c 1 python -m experiments.meta_rule " + " ".join(
+        a for a in argv_flags() if not a.startswith("--runs")
+    )
+    path = write_summary(results, _OUT.value, command.strip())
+    if "parametric" in results:
+        plot_theta(results["parametric"], os.path.join(_OUT.value, "theta.png"))
+    print(open(path).read())
+
+
+def argv_flags() -> list[str]:
+    import sys
+
+    return [a for a in sys.argv[1:] if a.startswith("--")]
+
+
+if __name__ == "__main__":
+    app.run(main)
