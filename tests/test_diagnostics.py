@@ -112,6 +112,7 @@ def _flipped(S, k, v, alpha, beta, theta):
 rules.register_rule("planted_flipped_memory", _flipped, overwrite=True)
 
 
+@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
 def test_memory_conditions_flags_a_planted_failure_and_passes_a_healthy_model():
     task = make_task(
         "recall", num_pairs_values=(1, 2), num_keys=4, num_values=4, window=4, num_queries=2

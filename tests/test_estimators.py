@@ -182,6 +182,7 @@ def test_config_validates_estimator_fields():
     train.resolve_config(_tiny_config(estimator="es", grad_passes=1))
 
 
+@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
 def test_train_with_es_logs_theta(tmp_path):
     # ES on everything: forward evaluations only (and a small program to compile).
     c = _tiny_config(

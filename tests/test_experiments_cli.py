@@ -29,6 +29,7 @@ def run(env, *args):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
 def test_cli_trains_writes_outputs_and_resumes(tmp_path, env):
     workdir = str(tmp_path / "run")
     common = [TINY, f"--workdir={workdir}", "--config.checkpoint_every=10", "--config.log_every=5"]

@@ -28,6 +28,7 @@ def test_notebook_matches_its_script():
     ], "quickstart.ipynb is stale: run python notebooks/build_notebook.py"
 
 
+@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
 def test_notebook_runs_without_errors(tmp_path):
     nb = nbformat.read(str(NOTEBOOKS / "quickstart.ipynb"), as_version=4)
     # "python3" is ipykernel's own kernel: jupyter_client starts it with this interpreter

@@ -178,6 +178,7 @@ def _worker_eight(out_dir: str) -> None:
         assert "batch_size 12 is not divisible by the 8 devices" in str(e), e
 
 
+@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
 def test_eight_devices_match_one_device(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "eight", str(tmp_path)],

@@ -62,6 +62,7 @@ def _run_sweep(workdir, extra=()):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
 def test_tiny_sweep_end_to_end_and_resume(tmp_path):
     wd = tmp_path / "sweep"
     out = _run_sweep(wd)
