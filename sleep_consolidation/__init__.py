@@ -24,6 +24,7 @@ from sleep_consolidation.rules import (
 )
 from sleep_consolidation.sequence import forward
 from sleep_consolidation.state import MemoryState, init_state
+from sleep_consolidation.streaming import stream
 from sleep_consolidation.train import (
     ConfigConflictError,
     NonFiniteError,
@@ -74,6 +75,7 @@ __all__ = [
     "init_state",
     "register_rule",
     "scan_rule",
+    "stream",
     "sleep_step",
     "wake_step",
     "window_full",

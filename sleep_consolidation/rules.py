@@ -120,13 +120,15 @@ def hebbian(S, k, v, alpha, beta, theta=None):
     return S + k[:, :, None] * v[:, None, :]
 
 
+from sleep_consolidation import chunked as _chunked  # noqa: E402  (imports only jax)
+
 for _name, _fn in (
     ("gated_delta", gated_delta),
     ("delta", delta),
     ("gated_hebbian", gated_hebbian),
     ("hebbian", hebbian),
 ):
-    register_rule(_name, _fn)
+    register_rule(_name, _fn, chunked=_chunked.CHUNKED[_name])
 
 
 # --- batching and the scan over tokens -----------------------------------------------------
@@ -169,7 +171,9 @@ def scan_rule(rule: Rule, theta, S0, q, k, v, alpha, beta, valid=None):
     return jnp.moveaxis(o, 0, 1), S_T
 
 
-def apply_rule(rule: Rule, theta, S0, q, k, v, alpha, beta, valid=None, *, impl="scan", chunk_size=32):
+def apply_rule(
+    rule: Rule, theta, S0, q, k, v, alpha, beta, valid=None, *, impl="scan", chunk_size=32
+):
     """Dispatches to the rule's chunked form when asked for and available, else the scan."""
     if impl == "chunked" and rule.chunked is not None:
         return rule.chunked(S0, q, k, v, alpha, beta, theta, valid, chunk_size)

@@ -1,0 +1,207 @@
+"""Chunkwise-parallel forms of the built-in rules (the WY / UT form of fla, GDN, Mamba-2).
+
+The sequence is cut into chunks of C tokens. Inside a chunk everything is a dense matrix
+product; a thin `lax.scan` carries the fast weights S [B, H, d_k, d_v] from chunk to chunk.
+Per chunk and head (K, Q: C x d_k, V: C x d_v, g the cumulative log-decay inside the chunk,
+Gamma[i, j] = exp(g_i - g_j) for i >= j, else 0):
+
+    A      = strictly_lower((beta K) K^T * Gamma)          # delta rules only
+    U      = (I + A)^-1 (beta V)                           # unit lower-triangular solve
+    W      = (I + A)^-1 (beta K * exp(g))
+    V_new  = U - W S0                                      # = beta_t (v_t - read_t) per row
+    O      = (Q * exp(g)) S0 + ((Q K^T) * Gamma) V_new     # causal within the chunk
+    S_next = exp(g_last) S0 + (K * exp(g_last - g))^T V_new
+
+The Hebbian rules skip the solve (V_new = beta V); the ungated rules skip every decay.
+Everything that does not depend on S (decays, A, (I + A)^-1, U, W, the scores) is computed
+for all chunks at once outside the scan, so the scan body is three small matmuls
+([W; Q e^g] S, P V_new, Kd^T V_new). (I + A)^-1 is formed explicitly (unit-triangular
+solves against the identity on blocks of <= 16, merged by blocks) and applied by matmuls:
+on CPU that is about 2x faster than solving for the 2 d right-hand sides (and `inv` is
+slower still). `remat=True` (the default) wraps the
+chunk body in `jax.checkpoint`: backprop then keeps one S per chunk, not per token.
+
+Numerics: all work is in float32 (matmuls at JAX's default precision: set
+`jax_default_matmul_precision` on accelerators that would otherwise use TF32/bf16 passes).
+Decays are handled in log space and every exponent is a non-positive *segment sum*
+(`sum_{j < l <= i} log alpha_l`, a product with a constant 0/1 triangular matrix, rather
+than the difference g_i - g_j of two large cumulative sums), so tiny alphas neither
+overflow nor lose precision; masked entries are zeroed before `exp` so their gradients
+stay finite. alpha is floored at the smallest normal float32 before the log.
+
+Masking: positions where `valid` is False (and the padding up to a multiple of C) get
+beta = 0 and alpha = 1, which leaves S exactly unchanged for all four rules (for `hebbian`,
+whose update ignores the gates, the write strength is the mask itself). Outputs at those
+positions are unspecified.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_TINY = float(jnp.finfo(jnp.float32).tiny)
+
+
+def _decays(la):
+    """Log-space decays of a chunk from log_a [..., C] (all exponents <= 0, no cancellation).
+
+    Returns (Gamma [..., C, C] = exp(sum_{j < l <= i} log_a[l]) on and below the diagonal
+    else 0, exp(g) [..., C] with g_i = sum_{l <= i}, exp(sum_{l > i}) [..., C], and the
+    whole chunk's decay exp(sum_l) [...]). The segment sums are products with constant
+    triangular 0/1 matrices (dense matmuls; `cumsum` lowers to a slow reduce-window on CPU).
+    """
+    C = la.shape[-1]
+    incl = jnp.tril(jnp.ones((C, C), la.dtype))  # incl[i, l] = l <= i
+    strict = jnp.tril(jnp.ones((C, C), bool), -1)  # strict[l, j] = l > j
+    x = jnp.where(strict, la[..., :, None], 0.0)  # x[l, j] = log_a[l] if l > j
+    seg = jnp.einsum("il,...lj->...ij", incl, x)  # sum_{j < l <= i} log_a[l]
+    causal = incl > 0
+    Gamma = jnp.where(causal, jnp.exp(jnp.where(causal, seg, 0.0)), 0.0)
+    g = jnp.einsum("il,...l->...i", incl, la)
+    g_to_end = jnp.einsum("lj,...l->...j", strict.astype(la.dtype), la)
+    return Gamma, jnp.exp(g), jnp.exp(g_to_end), jnp.exp(g[..., -1])
+
+
+_SOLVE_BLOCK = 16
+
+
+def _unit_lower_inverse(M):
+    """Inverse of unit lower-triangular M [..., C, C] by blocks of at most 16.
+
+    Blocks of <= 16 use `lax.linalg.triangular_solve` against the identity; larger matrices
+    are split in two and merged, [[M11, 0], [M21, M22]]^-1 = [[T11, 0], [-T22 M21 T11, T22]]
+    (forward substitution by blocks, as fla's `solve_tril`). XLA:CPU's triangular solve is
+    fast for 16 x 16 systems but erratic from 32 x 32 up (tens of ms for a handful of
+    systems on a loaded machine), and the merge is two small matmuls.
+    """
+    C = M.shape[-1]
+    if C <= _SOLVE_BLOCK:
+        eye = jnp.broadcast_to(jnp.eye(C, dtype=M.dtype), M.shape)
+        return jax.lax.linalg.triangular_solve(
+            M, eye, left_side=True, lower=True, unit_diagonal=True
+        )
+    h = C // 2
+    T11 = _unit_lower_inverse(M[..., :h, :h])
+    T22 = _unit_lower_inverse(M[..., h:, h:])
+    T21 = -(T22 @ (M[..., h:, :h] @ T11))
+    top = jnp.concatenate([T11, jnp.zeros((*M.shape[:-2], h, C - h), M.dtype)], axis=-1)
+    return jnp.concatenate([top, jnp.concatenate([T21, T22], axis=-1)], axis=-2)
+
+
+def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, remat):
+    """Shared implementation. Shapes as in the module docstring; alpha None when ungated."""
+    B, T, H, dk = q.shape
+    dv = v.shape[-1]
+    C = int(chunk_size)
+    if C < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    n = -(-T // C)
+    Tp = n * C
+    f32 = jnp.float32
+    q, k, v, beta = (x.astype(f32) for x in (q, k, v, beta))
+    S0 = S0.astype(f32)
+    alpha = None if alpha is None else alpha.astype(f32)
+    masked = valid is not None or Tp != T
+    mask = jnp.ones((T,), bool) if valid is None else jnp.asarray(valid, bool)
+    if mask.shape != (T,):
+        raise ValueError(f"valid must have shape ({T},), got {mask.shape}")
+    if Tp != T:
+        pad = lambda x: jnp.pad(x, [(0, 0), (0, Tp - T)] + [(0, 0)] * (x.ndim - 2))
+        q, k, v, beta = pad(q), pad(k), pad(v), pad(beta)
+        alpha = None if alpha is None else pad(alpha)
+        mask = jnp.pad(mask, (0, Tp - T))
+    m = mask[None, :, None]
+    if masked:  # masked positions: beta = 0 (no write) and alpha = 1 (no decay)
+        beta = jnp.where(m, beta, 0.0)
+        alpha = None if alpha is None else jnp.where(m, alpha, 1.0)
+
+    # Chunk-major layout, so the scan slices the leading axis and every matmul batches over
+    # the leading (n, B, H): [B, Tp, H, d] -> [n, B, H, C, d]; gates -> [n, B, H, C].
+    blk = lambda x: x.reshape(B, n, C, H, x.shape[-1]).transpose(1, 0, 3, 2, 4)
+    gblk = lambda x: x.reshape(B, n, C, H).transpose(1, 0, 3, 2)
+    Q, K, V, b = blk(q), blk(k), blk(v), gblk(beta)[..., None]
+    causal = jnp.tril(jnp.ones((C, C), bool))
+
+    if gated:
+        la = jnp.log(jnp.maximum(alpha, _TINY))
+        Gamma, decay_in, decay_out, decay_chunk = _decays(gblk(la))
+        decay_in, decay_out = decay_in[..., None], decay_out[..., None]
+        decay_chunk = decay_chunk[..., None, None]  # [n, B, H, 1, 1]
+    else:
+        Gamma = causal.astype(f32)
+
+    Qd = Q * decay_in if gated else Q  # Q e^g: reads S0 decayed to each position
+    Kd = K * decay_out if gated else K  # K e^(g_last - g): writes decayed to the chunk end
+    P = jnp.einsum("...cd,...sd->...cs", Q, K) * Gamma  # causal intra-chunk scores
+    xs = {"Kd": Kd}
+    if gated:
+        xs["dc"] = decay_chunk
+    if delta:
+        strict = jnp.tril(jnp.ones((C, C), bool), -1)
+        A = jnp.einsum("...cd,...sd->...cs", K, K) * Gamma * b  # beta_i k_i.k_j Gamma_ij
+        IA = jnp.where(strict, A, 0.0) + jnp.eye(C, dtype=f32)
+        # (I + A)^-1 explicitly, then plain matmuls: on CPU ~2x faster than solving for the
+        # 2 d right-hand sides directly.
+        Tinv = _unit_lower_inverse(IA)
+        Tb = Tinv * jnp.swapaxes(b, -1, -2)  # (I + A)^-1 diag(beta)
+        xs["U"] = Tb @ V
+        xs["WQ"] = jnp.concatenate([Tb @ (K * decay_in if gated else K), Qd], axis=-2)
+        xs["P"] = P
+    else:
+        xs["U"] = V * b  # Hebbian: the written values do not depend on S
+        xs["PU"] = P @ xs["U"]
+        xs["Qd"] = Qd
+
+    def body(S, x):
+        if delta:
+            # [W; Q e^g] S in one matmul: [B, H, 2C, dk] @ [B, H, dk, dv].
+            XS = x["WQ"] @ S
+            V_new = x["U"] - XS[..., :C, :]
+            O = XS[..., C:, :] + x["P"] @ V_new
+        else:
+            V_new = x["U"]
+            O = x["Qd"] @ S + x["PU"]
+        S_dec = S * x["dc"] if gated else S
+        return S_dec + jnp.swapaxes(x["Kd"], -1, -2) @ V_new, O
+
+    if remat:
+        body = jax.checkpoint(body)
+    S_T, O = jax.lax.scan(body, S0, xs)  # O: [n, B, H, C, dv]
+    O = O.transpose(1, 0, 3, 2, 4).reshape(B, Tp, H, dv)[:, :T]  # via [B, n, C, H, dv]
+    return O, S_T
+
+
+def _make(delta: bool, gated: bool, name: str):
+    def fn(S0, q, k, v, alpha, beta, theta, valid, chunk_size, *, remat: bool = True):
+        del theta  # the built-in rules have no parameters
+        if not gated:
+            alpha = None
+        if name == "hebbian":
+            beta = jnp.ones(q.shape[:3], jnp.float32)  # gates ignored; the mask still applies
+        return _chunk_form(
+            S0, q, k, v, alpha, beta, valid, chunk_size, delta=delta, gated=gated, remat=remat
+        )
+
+    fn.__name__ = f"chunked_{name}"
+    fn.__qualname__ = fn.__name__
+    fn.__doc__ = (
+        f"Chunkwise-parallel `{name}`: (S0, q, k, v, alpha, beta, theta, valid, chunk_size) -> "
+        "(o [B, T, H, d_v], S_T). `remat` wraps the chunk body in `jax.checkpoint`."
+    )
+    return fn
+
+
+gated_delta = _make(delta=True, gated=True, name="gated_delta")
+delta = _make(delta=True, gated=False, name="delta")
+gated_hebbian = _make(delta=False, gated=True, name="gated_hebbian")
+hebbian = _make(delta=False, gated=False, name="hebbian")
+
+CHUNKED = {
+    "gated_delta": gated_delta,
+    "delta": delta,
+    "gated_hebbian": gated_hebbian,
+    "hebbian": hebbian,
+}
+
+__all__ = ["CHUNKED", "delta", "gated_delta", "gated_hebbian", "hebbian"]
