@@ -15,11 +15,10 @@ Gamma[i, j] = exp(g_i - g_j) for i >= j, else 0):
 The Hebbian rules skip the solve (V_new = beta V); the ungated rules skip every decay.
 Everything that does not depend on S (decays, A, (I + A)^-1, U, W, the scores) is computed
 for all chunks at once outside the scan, so the scan body is three small matmuls
-([W; Q e^g] S, P V_new, Kd^T V_new). (I + A)^-1 is formed explicitly (unit-triangular
-solves against the identity on blocks of <= 16, merged by blocks) and applied by matmuls:
-on CPU that is about 2x faster than solving for the 2 d right-hand sides (and `inv` is
-slower still). `remat=True` (the default) wraps the
-chunk body in `jax.checkpoint`: backprop then keeps one S per chunk, not per token.
+([W; Q e^g] S, P V_new, Kd^T V_new). (I + A)^-1 is formed explicitly by blockwise forward
+substitution (matmuls only, closed-form VJP) and applied by matmuls; see
+`_unit_lower_inverse` for why not `lax.linalg.triangular_solve`. `remat=True` (the default)
+wraps the chunk body in `jax.checkpoint`: backprop then keeps one S per chunk, not per token.
 
 Numerics: all work is in float32 (matmuls at JAX's default precision: set
 `jax_default_matmul_precision` on accelerators that would otherwise use TF32/bf16 passes).
@@ -63,30 +62,59 @@ def _decays(la):
     return Gamma, jnp.exp(g), jnp.exp(g_to_end), jnp.exp(g[..., -1])
 
 
-_SOLVE_BLOCK = 16
+_BASE_BLOCK = 16
 
 
-def _unit_lower_inverse(M):
-    """Inverse of unit lower-triangular M [..., C, C] by blocks of at most 16.
+def _forward_substitution(M):
+    """Inverse of a small unit lower-triangular M [..., b, b], row by row (b unrolled steps):
+    row_i of M^-1 = e_i - M[i, :i] (rows 0..i-1 of M^-1)."""
+    b = M.shape[-1]
+    eye = jnp.eye(b, dtype=M.dtype)
+    rows = jnp.broadcast_to(eye[:1], (*M.shape[:-2], 1, b))
+    for i in range(1, b):
+        row = eye[i : i + 1] - M[..., i : i + 1, :i] @ rows
+        rows = jnp.concatenate([rows, row], axis=-2)
+    return rows
 
-    Blocks of <= 16 use `lax.linalg.triangular_solve` against the identity; larger matrices
-    are split in two and merged, [[M11, 0], [M21, M22]]^-1 = [[T11, 0], [-T22 M21 T11, T22]]
-    (forward substitution by blocks, as fla's `solve_tril`). XLA:CPU's triangular solve is
-    fast for 16 x 16 systems but erratic from 32 x 32 up (tens of ms for a handful of
-    systems on a loaded machine), and the merge is two small matmuls.
-    """
+
+def _block_inverse(M):
+    """Blockwise forward substitution: [[M11, 0], [M21, M22]]^-1 = [[T11, 0], [T21, T22]]
+    with T21 = -T22 M21 T11, down to blocks of <= 16 (the scheme of fla's `solve_tril`)."""
     C = M.shape[-1]
-    if C <= _SOLVE_BLOCK:
-        eye = jnp.broadcast_to(jnp.eye(C, dtype=M.dtype), M.shape)
-        return jax.lax.linalg.triangular_solve(
-            M, eye, left_side=True, lower=True, unit_diagonal=True
-        )
+    if C <= _BASE_BLOCK:
+        return _forward_substitution(M)
     h = C // 2
-    T11 = _unit_lower_inverse(M[..., :h, :h])
-    T22 = _unit_lower_inverse(M[..., h:, h:])
+    T11 = _block_inverse(M[..., :h, :h])
+    T22 = _block_inverse(M[..., h:, h:])
     T21 = -(T22 @ (M[..., h:, :h] @ T11))
     top = jnp.concatenate([T11, jnp.zeros((*M.shape[:-2], h, C - h), M.dtype)], axis=-1)
     return jnp.concatenate([top, jnp.concatenate([T21, T22], axis=-1)], axis=-2)
+
+
+@jax.custom_vjp
+def _unit_lower_inverse(M):
+    """Inverse of unit lower-triangular M [..., C, C] (only its strictly lower part is read).
+
+    Matmuls only, with a closed-form VJP (d M = -T^T G T^T on the strictly lower part).
+    Not `lax.linalg.triangular_solve`: on XLA:CPU (jaxlib 0.10) that op stalls for tens of
+    ms from 32 x 32 up, and hangs outright when it sits under nested `jax.checkpoint`s inside
+    scans (e.g. the chunk body under `forward(..., remat="pass")`).
+    """
+    return _block_inverse(M)
+
+
+def _unit_lower_inverse_fwd(M):
+    T = _block_inverse(M)
+    return T, T
+
+
+def _unit_lower_inverse_bwd(T, G):
+    Tt = jnp.swapaxes(T, -1, -2)
+    C = T.shape[-1]
+    return (jnp.where(jnp.tril(jnp.ones((C, C), bool), -1), -(Tt @ G @ Tt), 0.0),)
+
+
+_unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
 def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, remat):
