@@ -7,9 +7,11 @@ The sweep file's `get_config(arg)` returns: `config` (the base config file), `co
 vary them together), `fixed` (overrides for every run), `seeds`, `parallel` (processes at
 once, one per core), `baseline` (the paired point each point is compared against, default
 {"passes": 1}), `x_field` (the plot's x axis), `metric`. Override any of them with
---sweep.<field>=... . Outputs under --workdir: runs/<point>,seed=<s>/ (each a normal
-training workdir), results.jsonl, summary.md, sweep.png. Rerunning skips finished runs and
-resumes unfinished ones.
+--sweep.<field>=... . Outputs under --workdir: runs/<changes>,seed=<s>/ (each a normal
+training workdir, named by the fields it changes in the base config; "base" if none),
+results.jsonl, summary.md, sweep.png. Rerunning skips finished runs and resumes unfinished
+ones. Sweeps of one base config given the same --runs_dir share their runs: e.g. the
+beyond-the-paper sweeps reuse the main job's N = 1, 2, 4 runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from sleep_consolidation import sweep
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "sweep file (get_config returns the sweep)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory of the whole sweep")
+_RUNS_DIR = flags.DEFINE_string(
+    "runs_dir", None, "where the runs live (default <workdir>/runs); sweeps of one base "
+    "config given the same runs_dir reuse each other's finished runs")
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 
@@ -71,6 +76,7 @@ def main(argv):
         parallel=s.get("parallel", 2),
         fixed=fixed,
         base_config=base,
+        runs_dir=_RUNS_DIR.value,
     )
     baseline = _plain(s.get("baseline", {"passes": 1}))
     metric = s.get("metric", "acc")

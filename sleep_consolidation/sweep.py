@@ -35,19 +35,44 @@ class Run:
 
     point: tuple[tuple[str, Any], ...]  # sorted (field, value) overrides, seed excluded
     seed: int
+    # What the run is launched with and stored under (`store_as_changes`): the point and the
+    # sweep's fixed overrides, less the values the base config already has. None: the point.
+    stored: tuple[tuple[str, Any], ...] | None = None
 
     @property
     def point_name(self) -> str:
-        if not self.point:
-            return "base"
-        return ",".join(f"{k}={_fmt(v)}" for k, v in self.point)
+        return _name(self.point)
 
     @property
     def name(self) -> str:
-        return f"{self.point_name},seed={self.seed}"
+        """Its run directory: runs equal as configs have equal names, so sweeps that share
+        a runs directory share their runs (e.g. every sweep's N=1 point)."""
+        return f"{_name(self.point if self.stored is None else self.stored)},seed={self.seed}"
 
     def overrides(self) -> dict[str, Any]:
         return {**dict(self.point), "seed": self.seed}
+
+
+def _name(point) -> str:
+    return ",".join(f"{k}={_fmt(v)}" for k, v in point) if point else "base"
+
+
+def _lookup(config, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node.to_dict() if hasattr(node, "to_dict") else node
+
+
+def store_as_changes(runs: Sequence[Run], base_config, fixed: Mapping[str, Any] | None = None):
+    """Each run with `stored` set: its point plus `fixed`, without the fields whose value
+    equals `base_config`'s (call `check_fields` first)."""
+    out = []
+    for run in runs:
+        every = {**(fixed or {}), **dict(run.point)}
+        changed = {k: v for k, v in every.items() if _freeze(_lookup(base_config, k)) != _freeze(v)}
+        out.append(dataclasses.replace(run, stored=_point_key(changed)))
+    return out
 
 
 def _freeze(v):
@@ -129,10 +154,15 @@ def run_command(
     run_dir: str,
     fixed: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """The `experiments.train` command line of one run (`fixed` overrides apply to all runs)."""
+    """The `experiments.train` command line of one run (`fixed` overrides apply to all runs;
+    a run with `stored` set is launched with exactly those overrides)."""
     spec = config_path + (f":{config_arg}" if config_arg else "")
     cmd = [sys.executable, "-m", "experiments.train", f"--config={spec}", f"--workdir={run_dir}"]
-    cmd += [_override_flag(k, v) for k, v in {**(fixed or {}), **run.overrides()}.items()]
+    if run.stored is None:
+        overrides = {**(fixed or {}), **run.overrides()}
+    else:
+        overrides = {**dict(run.stored), "seed": run.seed}
+    cmd += [_override_flag(k, v) for k, v in overrides.items()]
     return cmd
 
 
@@ -154,9 +184,14 @@ def run_sweep(
     parallel: int = 2,
     fixed: Mapping[str, Any] | None = None,
     base_config=None,
+    runs_dir: str | None = None,
     log=print,
 ) -> list[dict]:
     """Trains every run of the grid that has not finished yet, `parallel` at a time.
+
+    Each run's workdir is `<runs_dir>/<run.name>` (runs_dir default `<workdir>/runs`). With
+    `base_config` given, fields are checked and runs are named by what they change in it,
+    so sweeps given the same runs_dir reuse each other's finished runs.
 
     Returns:
       One record per run (its point, seed, status and final eval metrics), also written to
@@ -166,10 +201,12 @@ def run_sweep(
     runs = expand_grid(axes, seeds)
     if base_config is not None:
         check_fields(base_config, runs + [Run(tuple(sorted((fixed or {}).items())), 0)])
+        runs = store_as_changes(runs, base_config, fixed)
+    runs_dir = os.path.join(workdir, "runs") if runs_dir is None else runs_dir
     os.makedirs(workdir, exist_ok=True)
     todo = []
     for run in runs:
-        s = _summary(os.path.join(workdir, "runs", run.name))
+        s = _summary(os.path.join(runs_dir, run.name))
         if s is not None and s.get("status") == "completed":
             log(f"[sweep] skip finished {run.name}")
         else:
@@ -182,7 +219,7 @@ def run_sweep(
         cores.put(available[i % len(available)] if available else None)
 
     def launch(run: Run):
-        run_dir = os.path.join(workdir, "runs", run.name)
+        run_dir = os.path.join(runs_dir, run.name)
         os.makedirs(run_dir, exist_ok=True)
         cmd = run_command(config_path, config_arg, run, run_dir, fixed)
         core = cores.get()
@@ -205,14 +242,16 @@ def run_sweep(
         failed = [r.name for r, c in zip(todo, codes) if c != 0]
         if failed:
             log(f"[sweep] failed runs (see their stdout.log): {failed}")
-    return collect_results(workdir, runs)
+    return collect_results(workdir, runs, runs_dir)
 
 
-def collect_results(workdir: str, runs: Sequence[Run]) -> list[dict]:
-    """Reads each run's summary into one record and rewrites results.jsonl."""
+def collect_results(workdir: str, runs: Sequence[Run], runs_dir: str | None = None) -> list[dict]:
+    """Reads each run's summary (in `runs_dir`, default `<workdir>/runs`) into one record
+    and rewrites `<workdir>/results.jsonl`."""
+    runs_dir = os.path.join(workdir, "runs") if runs_dir is None else runs_dir
     records = []
     for run in runs:
-        run_dir = os.path.join(workdir, "runs", run.name)
+        run_dir = os.path.join(runs_dir, run.name)
         s = _summary(run_dir) or {}
         records.append(
             {

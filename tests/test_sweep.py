@@ -82,3 +82,32 @@ def test_unknown_sweep_field_fails_before_training(tmp_path):
     assert out.returncode != 0
     assert "no_such_field" in out.stdout + out.stderr
     assert not (tmp_path / "bad" / "runs").exists()
+
+
+def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
+    """The reset sweep's N=1 and N=2 carry points are the main job's runs (same names, same
+    launch overrides); a changed field, fixed or swept, makes a different run."""
+    from experiments.configs import recall, sweeps
+
+    base = recall.get_config("capacity")
+
+    def stored(name, fixed=None):
+        s = sweeps.get_config(name)
+        runs = sweep.expand_grid(s.axes.to_dict(), s.seeds)
+        sweep.check_fields(base, runs)
+        return {r.point_name + f",{r.seed}": r for r in sweep.store_as_changes(runs, base, fixed)}
+
+    main, reset = stored("main"), stored("reset")
+    assert main["passes=1,0"].name == "base,seed=0"
+    assert reset["passes=1,reset_between_passes=False,0"].name == main["passes=1,0"].name
+    assert reset["passes=2,reset_between_passes=False,1"].name == main["passes=2,1"].name
+    assert reset["passes=2,reset_between_passes=True,1"].name == (
+        "passes=2,reset_between_passes=True,seed=1"
+    )
+    changed = stored("main", fixed={"steps": 7})
+    assert changed["passes=1,0"].name == "steps=7,seed=0"
+    cmd = sweep.run_command("c.py", "capacity", changed["passes=2,0"], "/tmp/x")
+    assert cmd[-3:] == ["--config.passes=2", "--config.steps=7", "--config.seed=0"]
+    trunc = stored("truncation")  # None (the base's grad_passes) is not passed on
+    run = trunc["estimator=full,grad_passes=None,passes=4,2"]
+    assert run.name == "passes=4,seed=2"

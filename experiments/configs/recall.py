@@ -14,9 +14,12 @@ Run-book:
   python -m experiments.train --config=experiments/configs/recall.py:tiny --workdir=/tmp/recall
 
   Capacity (the README's main job, swept over N by experiments/configs/sweeps.py:main):
-  n in {8, 16, 24} pairs against a fast-weight head dimension of 16 (d=32, 2 heads,
-  attn+ssm, delta rule), window 48 (T=96), batch 64, 1500 AdamW steps (3e-3, cosine).
-  One run takes about 2-6 min on one core of a 2-core CPU (N=1 fastest, N=4 slowest).
+  n in {4, 8, 16} pairs against a fast-weight head dimension of 16 (d=32, 2 heads,
+  attn+ssm, delta rule, MLP ratio 4), window 32 (T=64), batch 64, 2000 AdamW steps at a
+  constant 3e-3 without clipping, embedding re-injected into every sleep pass (without it
+  N > 1 learns much more slowly than N = 1 at this budget: BUILD_NOTES.md, issue 4), and
+  evaluated at N in {1, 2, 4, 8} besides the training N. One run takes about 2.5 min (N=1)
+  to 5 min (N=4) on one core of a 2-core CPU.
   python -m experiments.train --config=experiments/configs/recall.py:capacity --workdir=/tmp/cap
 """
 
@@ -24,10 +27,18 @@ from experiments.configs import common
 
 
 def capacity():
-    """More pairs than a head can hold orthogonally: where repeated delta-rule passes help."""
+    """About as many pairs as a head has dimensions: where repeated delta-rule passes help."""
     c = common.base_config("recall")
-    common.make_cpu(c, num_pairs_values=(8, 16, 24), window=48)
+    common.make_cpu(c, num_pairs_values=(4, 8, 16), window=32)
     c.rule = "delta"
+    c.mlp_ratio = 4
+    c.lr_schedule = "constant"
+    c.clip_norm = 0.0
+    c.steps = 2000
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.reinject_embedding = True
+    c.eval_passes = (1, 2, 4, 8)
     return c
 
 

@@ -4,11 +4,14 @@ Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
   main              the README's main job: N in {1,2,4} x 2 seeds on recall:capacity.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
-  rules reset reinject eval_n truncation compute_matched bounds
-                    beyond the paper, on recall:capacity, 3 seeds each.
+  eval_n rules reset reinject truncation compute_matched bounds
+                    beyond the paper, on recall:capacity, 3 seeds each (share their runs
+                    with the main job through --runs_dir).
 """
 
 from ml_collections import ConfigDict
+
+_RECALL = "experiments/configs/recall.py"
 
 
 def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
@@ -45,12 +48,10 @@ def tiny():
 def main():
     """The README's main job: N in {1, 2, 4} x 2 paired seeds on recall:capacity.
 
-    6 runs, 2 at a time (one per core); about 15 min on a 2-core CPU. Expected: accuracy
-    falls with the number of pairs n; the question is whether N > 1 gains at large n.
+    6 runs, 2 at a time (one per core); about 11 min on a 2-core CPU. Question: does N > 1
+    gain most at the largest number of pairs n (depth)?
     """
-    return _sweep(
-        "experiments/configs/recall.py", {"passes": [1, 2, 4]}, seeds=[0, 1], config_arg="capacity"
-    )
+    return _sweep(_RECALL, {"passes": [1, 2, 4]}, seeds=[0, 1], config_arg="capacity")
 
 
 # --- reproduction study at CPU scale (3 seeds each) -------------------------------------
@@ -78,94 +79,83 @@ def gsm():
 
 
 # --- beyond the paper (recall:capacity, 3 seeds) ---------------------------------------
+# Run each with --runs_dir=<the main job's workdir>/runs: runs are named by what they change
+# in recall:capacity, so the N = 1, 2, 4 runs are shared with the main job and each other.
 
-_RECALL = "experiments/configs/recall.py"
-
-
-def rules():
-    """Rule ablation: the four built-in rules at N=1 and N=2."""
-    axes = {"rule": ["gated_delta", "delta", "gated_hebbian", "hebbian"], "passes": [1, 2]}
-    return _sweep(_RECALL, axes, seeds=[0, 1, 2], config_arg="capacity")
-
-
-def reset():
-    """Carry vs reset of the fast weights between passes (N=2, 4; N=1 is the paired baseline)."""
-    axes = {
-        "passes+reset_between_passes": [(1, False), (2, False), (2, True), (4, False), (4, True)]
-    }
-    return _sweep(
-        _RECALL,
-        axes,
-        seeds=[0, 1, 2],
-        config_arg="capacity",
-        baseline={"passes": 1, "reset_between_passes": False},
-    )
-
-
-def reinject():
-    """Embedding re-injection on vs off (N=2, 4)."""
-    axes = {"passes+reinject_embedding": [(1, False), (2, False), (2, True), (4, False), (4, True)]}
-    return _sweep(
-        _RECALL,
-        axes,
-        seeds=[0, 1, 2],
-        config_arg="capacity",
-        baseline={"passes": 1, "reinject_embedding": False},
-    )
+_SEEDS = [0, 1, 2]
 
 
 def eval_n():
-    """Train-N vs eval-N: train at N in {1, 2, 4}, evaluate at every N in {1, 2, 4, 8}
-    (summary.json eval keys `N{M}/acc/d=..`)."""
+    """Train-N vs eval-N: train at N in {1, 2, 4}; every run is also evaluated at N in
+    {1, 2, 4, 8} (recall:capacity's eval_passes; summary.json keys `N{M}/acc/d=..`)."""
+    return _sweep(_RECALL, {"passes": [1, 2, 4]}, seeds=_SEEDS, config_arg="capacity")
+
+
+def rules():
+    """Rule ablation at N=2: the four built-in rules, against delta (the base config's)."""
+    axes = {"rule": ["delta", "gated_delta", "gated_hebbian", "hebbian"], "passes": [2]}
     return _sweep(
-        _RECALL,
-        {"passes": [1, 2, 4]},
-        seeds=[0, 1, 2],
-        config_arg="capacity",
-        fixed={"eval_passes": (1, 2, 4, 8)},
-    )
+        _RECALL, axes, seeds=_SEEDS, config_arg="capacity", baseline={"rule": "delta"},
+        x_field="rule",
+    )  # fmt: skip
+
+
+def reset():
+    """Carry vs reset of the fast weights between passes, at N=2 (N=1 is the baseline)."""
+    axes = {"passes+reset_between_passes": [(1, False), (2, False), (2, True)]}
+    return _sweep(
+        _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
+        baseline={"passes": 1, "reset_between_passes": False},
+    )  # fmt: skip
+
+
+def reinject():
+    """Embedding re-injection into every sleep pass on (the base config) vs off, at N=2."""
+    axes = {"passes+reinject_embedding": [(1, True), (2, True), (2, False)]}
+    return _sweep(
+        _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
+        baseline={"passes": 1, "reinject_embedding": True},
+    )  # fmt: skip
 
 
 def truncation():
-    """Truncated vs full gradients at N=4 (grad_passes 1, 2 vs 4 = full); N=1 baseline."""
-    axes = {"passes+grad_passes": [(1, 1), (4, 1), (4, 2), (4, 4)]}
+    """Truncated (last k = 1, 2 passes) vs full gradients through sleep at N=4."""
+    axes = {
+        "passes+estimator+grad_passes": [
+            (1, "full", None), (4, "full", None), (4, "truncated", 1), (4, "truncated", 2),
+        ]
+    }  # fmt: skip
     return _sweep(
-        _RECALL,
-        axes,
-        seeds=[0, 1, 2],
-        config_arg="capacity",
-        baseline={"passes": 1, "grad_passes": 1},
-    )
+        _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
+        baseline={"passes": 1, "estimator": "full", "grad_passes": None},
+    )  # fmt: skip
 
 
 def compute_matched():
-    """N=1 given N=4's training compute (3x the steps: an N=4 step costs ~3 N=1 steps on
-    this CPU) against N=4 at the normal budget."""
-    axes = {"passes+steps": [(1, 1500), (1, 4500), (4, 1500)]}
+    """N=1 given N=4's training compute (2.5x the steps: the measured wall-time ratio of an
+    N=4 to an N=1 run on this CPU) against N=4 at the normal budget."""
+    axes = {"passes+steps": [(1, 2000), (1, 5000), (4, 2000)]}
     return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2], config_arg="capacity", baseline={"passes": 1, "steps": 1500}
+        _RECALL, axes, seeds=_SEEDS, config_arg="capacity", baseline={"passes": 1, "steps": 2000}
     )
 
 
 def bounds():
     """The two bounds: full attention that keeps its whole cache (one window = the whole
-    sequence: upper bound), and attention-only under hard eviction (chance floor)."""
+    sequence, T=64: upper bound), and attention-only under hard eviction (chance floor),
+    against the hybrid at N=1 and N=2."""
     axes = {
         "layout+window+passes": [
-            (("attn", "ssm"), 48, 1),
-            (("attn", "attn"), 96, 1),
-            (("attn", "attn"), 48, 1),
-            (("attn", "ssm"), 48, 2),
+            (("attn", "ssm"), None, 1),
+            (("attn", "ssm"), None, 2),
+            (("attn", "attn"), 64, 1),
+            (("attn", "attn"), None, 1),
         ]
     }
     return _sweep(
-        _RECALL,
-        axes,
-        seeds=[0, 1, 2],
-        config_arg="capacity",
-        baseline={"layout": ("attn", "ssm"), "window": 48, "passes": 1},
-        x_field="window",
-    )
+        _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
+        baseline={"layout": ("attn", "ssm"), "window": None, "passes": 1}, x_field="window",
+    )  # fmt: skip
 
 
 VARIANTS = {
