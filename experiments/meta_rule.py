@@ -87,6 +87,17 @@ def _ms(xs) -> str:
     return f"{xs.mean():.3f} ± {xs.std(ddof=1) if len(xs) > 1 else 0.0:.3f}"
 
 
+def _task_line(c) -> str:
+    t = c.task
+    if t.name == "recall":
+        return (
+            f"recall with n in {tuple(t.num_pairs_values)} pairs (depth = n), L={t.window}, "
+            f"{t.num_keys} keys / {t.num_values} values"
+        )
+    knobs = ", ".join(f"{k}={v}" for k, v in t.items() if k != "name")
+    return f"{t.name} ({knobs}; depth = the task's depth)"
+
+
 def write_summary(results: dict, out_dir: str, command: str) -> str:
     """summary.md: the accuracy table, the learned coefficients, the run times."""
     first = next(iter(results.values()))[0]["eval"]
@@ -95,15 +106,14 @@ def write_summary(results: dict, out_dir: str, command: str) -> str:
     mid = c.steps // 3
     total_s = sum(s.get("wall_s") or 0.0 for sums in results.values() for s in sums)
     lines = [
-        "# Meta-learned rule vs built-in rules (recall)",
+        f"# Meta-learned rule vs built-in rules ({c.task.name})",
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores (one used: taskset -c 1), "
         f"JAX {jax.__version__}; {sum(map(len, results.values()))} runs, "
         f"{total_s / 60:.1f} min of run wall time in total.  ",
-        f"Setup: `experiments/configs/parametric.py:{_VARIANT.value}` — recall with "
-        f"n in {tuple(c.task.num_pairs_values)} pairs (depth = n), L={c.task.window}, "
-        f"{c.task.num_keys} keys / {c.task.num_values} values; d={c.d_model}, "
+        f"Setup: `experiments/configs/parametric.py:{_VARIANT.value}` — {_task_line(c)}; "
+        f"d={c.d_model}, "
         f"{c.num_heads} heads, layout {tuple(c.layout)}, N={c.passes}; AdamW "
         f"{c.learning_rate:g} ({c.lr_schedule}), theta at {c.theta_learning_rate:g}; batch "
         f"{c.batch_size}, {c.steps} steps; eval on {c.eval_size} held-out examples. "

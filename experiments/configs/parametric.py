@@ -8,11 +8,14 @@ workdir logs them (and the nearest built-in rule) at step 0 and every eval.
 Run-book (variants after the colon: "" recall, "depo", "meta", each optionally ",tiny"):
   python -m experiments.train --config=experiments/configs/parametric.py \
       --workdir=runs/param_recall --config.passes=2
-  python -m experiments.train --config=experiments/configs/parametric.py:depo \
-      --workdir=runs/param_depo --config.passes=4
-  The model, optimizer and task of recall.py / depo.py with rule="parametric" (chunked
-  form). Expected time: not measured on an accelerator yet. Expected result: not measured
-  at this scale.
+  The model, optimizer and task of recall.py with rule="parametric" (chunked form).
+  Expected time: not measured on an accelerator yet. Expected result: not measured at
+  this scale. (Paper-size Depo: depo.py with --config.rule=parametric
+  --config.theta_learning_rate=0.003.)
+
+  depo: depo.py:cpu (8-node cycles, k <= 4 hops, d=32, 1500 AdamW steps) at N=2, ~1 min
+  per run on one core: python -m experiments.meta_rule --variant=depo \
+      --out=results/meta_rule_depo --runs=runs/meta_rule_depo
 
   meta: the size of experiments/meta_rule.py (recall, n in {2, 4, 6} pairs, d=32,
   attn+ssm, N=2, 1500 AdamW steps): ~30-40 s per run on one core of a 2-core CPU.
@@ -84,7 +87,11 @@ def get_config(arg: str | None = None):
                 steps=100, eval_every=50, eval_size=128, eval_batch_size=128, checkpoint_every=100
             )
         return c
-    c = (depo if "depo" in parts else recall).get_config("tiny" if tiny else None)
+    if "depo" in parts:  # the CPU reproduction size (depo.py:cpu) at N=2
+        c = depo.get_config("tiny" if tiny else "cpu")
+        c.passes = 2
+    else:
+        c = recall.get_config("tiny" if tiny else None)
     c.rule = "parametric"
     c.theta_learning_rate = THETA_LR
     return c
