@@ -31,14 +31,6 @@ def capacity():
     c = common.base_config("recall")
     common.make_cpu(c, num_pairs_values=(4, 8, 16), window=32)
     c.rule = "delta"
-    c.mlp_ratio = 4
-    c.lr_schedule = "constant"
-    c.clip_norm = 0.0
-    c.steps = 2000
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
-    c.reinject_embedding = True
-    c.eval_passes = (1, 2, 4, 8)
     return c
 
 
