@@ -1,9 +1,10 @@
 """Post-hoc analysis of trained runs: train-N vs eval-N, and consolidation diagnostics.
 
-    python -m experiments.analyze --runs='runs/main/runs/*' --eval_passes=1,2,4,8 \
-        --out=results/analysis
+    python -m experiments.analyze --runs='runs/main/runs/base,seed=*','runs/main/runs/passes=?,seed=*' \
+        --eval_passes=1,2,4,8 --out=results/analysis
 
-For every run directory matched by --runs (a finished `experiments.train` workdir) it loads
+For every run directory matched by --runs (comma-separated globs of finished
+`experiments.train` workdirs) it loads
 the latest params, rebuilds the task from config.json and, on the run's held-out set:
   * evaluates at every N in --eval_passes (the model was trained at one N);
   * runs `diagnostics.memory_conditions` (no sleep / trained N / no memory / wrong memory)
@@ -26,7 +27,7 @@ import sleep_consolidation as sc
 from experiments.configs import common
 from sleep_consolidation import diagnostics
 
-_RUNS = flags.DEFINE_string("runs", None, "glob of run workdirs")
+_RUNS = flags.DEFINE_list("runs", None, "run workdirs: comma-separated globs")
 _EVAL_PASSES = flags.DEFINE_list("eval_passes", ["1", "2", "4", "8"], "N values to evaluate at")
 _OUT = flags.DEFINE_string("out", None, "output directory")
 _SIZE = flags.DEFINE_integer("size", 512, "held-out examples per evaluation")
@@ -108,7 +109,7 @@ def _table(results: list[dict], depths_key: str = "acc") -> str:
 
 def main(argv):
     del argv
-    run_dirs = sorted(d for d in glob.glob(_RUNS.value) if os.path.isdir(d))
+    run_dirs = sorted({d for g in _RUNS.value for d in glob.glob(g) if os.path.isdir(d)})
     if not run_dirs:
         raise SystemExit(f"no run directories match {_RUNS.value!r}")
     eval_passes = [int(x) for x in _EVAL_PASSES.value]
@@ -121,7 +122,7 @@ def main(argv):
         json.dump(results, f, indent=1)
     table = _table(results)
     with open(os.path.join(_OUT.value, "analysis.md"), "w") as f:
-        f.write(f"# Analysis of {_RUNS.value}\n\n{table}\n")
+        f.write(f"# Analysis of {','.join(_RUNS.value)}\n\n{table}\n")
     print(table)
 
 
