@@ -1,7 +1,7 @@
 """Post-hoc analysis of trained runs: train-N vs eval-N, and consolidation diagnostics.
 
-    python -m experiments.analyze --runs='runs/main/runs/base,seed=*','runs/main/runs/passes=?,seed=*' \
-        --eval_passes=1,2,4,8 --out=results/analysis
+    python -m experiments.analyze --eval_passes=1,2,4,8 --out=results/analysis \
+        --runs='runs/main/runs/base,seed=*','runs/main/runs/passes=?,seed=*'
 
 For every run directory matched by --runs (comma-separated globs of finished
 `experiments.train` workdirs) it loads

@@ -27,8 +27,11 @@ from sleep_consolidation import sweep
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "sweep file (get_config returns the sweep)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory of the whole sweep")
 _RUNS_DIR = flags.DEFINE_string(
-    "runs_dir", None, "where the runs live (default <workdir>/runs); sweeps of one base "
-    "config given the same runs_dir reuse each other's finished runs")
+    "runs_dir",
+    None,
+    "where the runs live (default <workdir>/runs); sweeps of one base "
+    "config given the same runs_dir reuse each other's finished runs",
+)
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 

@@ -1,4 +1,5 @@
-"""Sweep declarations (for `python -m experiments.sweep --sweep=experiments/configs/sweeps.py:<name>`).
+"""Sweep declarations, run as
+`python -m experiments.sweep --sweep=experiments/configs/sweeps.py:<name> --workdir=...`.
 
 Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
