@@ -15,6 +15,7 @@ step (and is removed when the next manager opens). A step that is present but un
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -177,7 +178,8 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
     """The trained `Params` of a run (latest readable checkpoint unless `step` is given).
 
-    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry).
+    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry);
+    a run of a custom rule first imports the module that registered it (`rule_module`).
 
     Raises:
       FileNotFoundError: no config.json or no checkpoint in `workdir`.
@@ -185,6 +187,9 @@ def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
     saved = read_run_config(workdir)
     if saved is None or "model_config" not in saved:
         raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} with a model_config entry")
+    rule_module = saved.get("config", {}).get("rule_module")
+    if rule_module:
+        importlib.import_module(rule_module)
     cfg = model_config_from_dict(saved["model_config"])
     abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     # Restore onto one local device whatever the run was sharded over (a notebook).

@@ -216,3 +216,28 @@ def test_rule_module_imports_a_custom_rule(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "refused:" in out.stdout and "oja" in out.stdout.split("refused:")[1].split("\n")[0]
     assert "rule: oja" in out.stdout
+
+
+@pytest.mark.slow  # two fresh processes and a short training run
+def test_load_params_of_a_custom_rule_run_imports_its_module(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    wd = str(tmp_path / "oja")
+    train_code = (
+        "from experiments.configs import recall\n"
+        "from sleep_consolidation import train\n"
+        "c = recall.get_config('tiny')\n"
+        "c.update(rule='oja', rule_module='examples.custom_rule', steps=1, eval_every=1,"
+        " checkpoint_every=1, eval_size=32)\n"
+        f"train.train_and_evaluate(c, {wd!r})\n"
+    )
+    load_code = (  # a process that never imported examples.custom_rule
+        "from sleep_consolidation import checkpointing\n"
+        f"print('rule:', checkpointing.load_params({wd!r}).config.rule)\n"
+    )
+    for code in (train_code, load_code):
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert "rule: oja" in out.stdout
