@@ -6,7 +6,8 @@ The sweep file's `get_config(arg)` returns: `config` (the base config file), `co
 (its variant, e.g. "tiny"), `axes` (dotted field -> list of values; join fields with "+" to
 vary them together), `fixed` (overrides for every run), `seeds`, `parallel` (processes at
 once, one per core), `baseline` (the paired point each point is compared against, default
-{"passes": 1}), `x_field` (the plot's x axis), `metric`. Override any of them with
+{"passes": 1}), `x_field` (the plot's x axis), `metric`, and `frontier` (a threshold: also
+tabulate each run's depth frontier, `sweep.frontier_table`). Override any of them with
 --sweep.<field>=... . Outputs under --workdir: runs/<changes>,seed=<s>/ (each a normal
 training workdir, named by the fields it changes in the base config; "base" if none),
 results.jsonl, summary.md, sweep.png. Rerunning skips finished runs and resumes unfinished
@@ -84,6 +85,8 @@ def main(argv):
     baseline = _plain(s.get("baseline", {"passes": 1}))
     metric = s.get("metric", "acc")
     table = sweep.summary_table(records, metric=metric, baseline=baseline)
+    if s.get("frontier") is not None:
+        table += "\n\n" + sweep.frontier_table(records, s.frontier, metric=metric)
     png = sweep.plot_sweep(
         records,
         os.path.join(workdir, "sweep.png"),

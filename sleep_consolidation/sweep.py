@@ -350,6 +350,36 @@ def summary_table(
     return "\n".join(lines)
 
 
+def frontier_table(records: Sequence[dict], threshold: float, metric: str = "acc") -> str:
+    """Markdown: per point and seed, the depth frontier = the largest depth d such that
+    every depth up to d scores `metric` >= threshold (0 if even the shallowest does not)."""
+    done = [r for r in records if r["status"] == "completed"]
+    keys = _depth_keys(done, metric)
+    lines = [
+        f"**depth frontier** (largest depth with {metric} >= {threshold:g} at it and every "
+        "shallower depth; per seed)",
+        "",
+        "| point | per seed | mean |",
+        "|---|---|---|",
+    ]
+    points: dict[str, list[dict]] = {}
+    for r in done:
+        points.setdefault(r["point"], []).append(r)
+    for name, rs in points.items():
+        fronts = []
+        for r in sorted(rs, key=lambda r: r["seed"]):
+            front = 0.0
+            for k in keys:
+                v = r["eval"].get(k)
+                if v is None or v < threshold:
+                    break
+                front = float(k.split("=")[1])
+            fronts.append(front)
+        per_seed = " ".join(f"{f:g}" for f in fronts)
+        lines.append(f"| {name} | {per_seed} | {np.mean(fronts):.2f} |")
+    return "\n".join(lines)
+
+
 def plot_sweep(
     records: Sequence[dict], path: str, x_field: str = "passes", metric: str = "acc"
 ) -> str:

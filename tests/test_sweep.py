@@ -50,6 +50,17 @@ def test_summary_table_reports_paired_differences():
     assert "passes=2" in table and "+0.200 +0.050" in table
 
 
+def test_frontier_is_the_largest_depth_passed_without_a_gap():
+    def rec(seed, accs):
+        ev = {f"acc/d={d}": a for d, a in zip((1, 2, 4), accs, strict=True)}
+        return {"point": "passes=1", "overrides": {"passes": 1}, "seed": seed,
+                "status": "completed", "eval": ev}  # fmt: skip
+
+    recs = [rec(0, (0.9, 0.6, 0.8)), rec(1, (0.9, 0.3, 0.8)), rec(2, (0.2, 0.9, 0.9))]
+    table = sweep.frontier_table(recs, threshold=0.5)
+    assert "| passes=1 | 4 1 0 | 1.67 |" in table  # a gap at d=2 stops seed 1 at d=1
+
+
 def _run_sweep(workdir, extra=()):
     cmd = [
         sys.executable,

@@ -68,8 +68,9 @@ def rule110():
 def depo():
     """Depo (8-node cycles, k <= 4 hops): the hop frontier vs N (accuracy per k)."""
     return _sweep(
-        "experiments/configs/depo.py", {"passes": [1, 2, 4]}, seeds=[0, 1, 2], config_arg="cpu"
-    )
+        "experiments/configs/depo.py", {"passes": [1, 2, 4]}, seeds=[0, 1, 2], config_arg="cpu",
+        frontier=0.5,
+    )  # fmt: skip
 
 
 def gsm():
