@@ -34,10 +34,10 @@ from sleep_consolidation.train import (
     make_optimizer,
     make_train_step,
     masked_cross_entropy,
-    optimizer_labels,
-    theta_record,
     muon_labels,
+    optimizer_labels,
     resolve_config,
+    theta_record,
     train_and_evaluate,
 )
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
