@@ -85,6 +85,9 @@ def main(argv):
     baseline = _plain(s.get("baseline", {"passes": 1}))
     metric = s.get("metric", "acc")
     table = sweep.summary_table(records, metric=metric, baseline=baseline)
+    cross = sweep.eval_n_table(records, metric=metric)
+    if cross is not None:
+        table += "\n\n" + cross
     if s.get("frontier") is not None:
         table += "\n\n" + sweep.frontier_table(records, s.frontier, metric=metric)
     png = sweep.plot_sweep(

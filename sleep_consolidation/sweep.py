@@ -350,6 +350,31 @@ def summary_table(
     return "\n".join(lines)
 
 
+def eval_n_table(records: Sequence[dict], metric: str = "acc") -> str | None:
+    """Markdown: per point, `metric` (all depths) when evaluated at each extra N of the
+    runs' `eval_passes` (summary keys `N{M}/{metric}`); None if the runs have none."""
+    done = [r for r in records if r["status"] == "completed"]
+    ns = sorted(
+        {int(k[1:].split("/")[0]) for r in done for k in r["eval"] if k.endswith(f"/{metric}")
+         and k.startswith("N") and k.count("/") == 1}
+    )  # fmt: skip
+    if not ns:
+        return None
+    lines = [
+        f"**{metric} when evaluated at N** (rows: the point as trained; mean ± std over seeds)",
+        "",
+        "| point | " + " | ".join(f"eval N={n}" for n in ns) + " |",
+        "|---|" + "---|" * len(ns),
+    ]
+    points: dict[str, list[dict]] = {}
+    for r in done:
+        points.setdefault(r["point"], []).append(r)
+    for name, rs in points.items():
+        cells = [_mean_std([r["eval"].get(f"N{n}/{metric}") for r in rs]) for n in ns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def frontier_table(records: Sequence[dict], threshold: float, metric: str = "acc") -> str:
     """Markdown: per point and seed, the depth frontier = the largest depth d such that
     every depth up to d scores `metric` >= threshold (0 if even the shallowest does not)."""

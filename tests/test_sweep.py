@@ -50,6 +50,18 @@ def test_summary_table_reports_paired_differences():
     assert "passes=2" in table and "+0.200 +0.050" in table
 
 
+def test_eval_n_table_reads_the_extra_eval_passes():
+    recs = [
+        {"point": "passes=2", "overrides": {"passes": 2}, "seed": s, "status": "completed",
+         "eval": {"acc": 0.5, "N1/acc": 0.1 + s, "N1/acc/d=4": 0.0, "N4/acc": 0.3}}
+        for s in (0, 1)
+    ]  # fmt: skip
+    table = sweep.eval_n_table(recs)
+    assert "| eval N=1 | eval N=4 |" in table
+    assert "| passes=2 | 0.600 ± 0.707 | 0.300 ± 0.000 |" in table
+    assert sweep.eval_n_table([{**recs[0], "eval": {"acc": 0.5}}]) is None
+
+
 def test_frontier_is_the_largest_depth_passed_without_a_gap():
     def rec(seed, accs):
         ev = {f"acc/d={d}": a for d, a in zip((1, 2, 4), accs, strict=True)}
