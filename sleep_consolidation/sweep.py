@@ -260,7 +260,8 @@ def collect_results(workdir: str, runs: Sequence[Run], runs_dir: str | None = No
                 "seed": run.seed,
                 "status": s.get("status", "missing"),
                 "eval": s.get("eval", {}),
-                "elapsed_s": s.get("elapsed_s"),
+                "train_s": s.get("train_s"),
+                "wall_s": s.get("wall_s"),
                 "run_dir": run_dir,
             }
         )
@@ -307,14 +308,20 @@ def summary_table(
     head = ["point", "seeds"] + [
         k.replace(f"{metric}/", "") if "/" in k else "all" for k in depth_keys
     ]
+    timed = any(r.get("train_s") for r in done)
     lines = [
         f"**{metric}** (mean ± std over seeds)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    if timed:  # the training loop's own time per run (no compile/eval), mean over seeds
+        lines[2] = lines[2][:-1] + "| train s |"
+        lines[3] += "---|"
     for name, rs in points.items():
         cells = [_mean_std([r["eval"].get(k) for r in rs]) for k in depth_keys]
+        if timed:
+            cells.append(f"{np.mean([r.get('train_s') or np.nan for r in rs]):.0f}")
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     by_key = {(_point_key(r["overrides"]), r["seed"]): r for r in done}
     diff_lines = []
