@@ -36,40 +36,12 @@ _RUNS_DIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 
-def _load_base(path: str, arg: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sweep_base_config", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load base config file {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def _plain(x):
-    """ConfigDict values -> plain Python (lists/tuples/dicts)."""
-    if hasattr(x, "to_dict"):
-        x = x.to_dict()
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    return x
-
-
 def main(argv):
     del argv
     s = _SWEEP.value
     workdir = _WORKDIR.value
-    axes = {
-        k: [tuple(v) if isinstance(v, list) else v for v in vals]
-        for k, vals in _plain(s.axes).items()
-    }
-    fixed = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in _plain(s.get("fixed", {})).items()
-    }
-    base = _load_base(s.config, s.get("config_arg", ""))
+    axes, fixed = sweep.axes_and_fixed(s)
+    base = sweep.load_config_file(s.config, s.get("config_arg", ""))
     start = time.time()
     records = sweep.run_sweep(
         s.config,
@@ -82,7 +54,7 @@ def main(argv):
         base_config=base,
         runs_dir=_RUNS_DIR.value,
     )
-    baseline = _plain(s.get("baseline", {"passes": 1}))
+    baseline = sweep.plain(s.get("baseline", {"passes": 1}))
     metric = s.get("metric", "acc")
     table = sweep.summary_table(records, metric=metric, baseline=baseline)
     cross = sweep.eval_n_table(records, metric=metric)

@@ -75,6 +75,37 @@ def store_as_changes(runs: Sequence[Run], base_config, fixed: Mapping[str, Any] 
     return out
 
 
+def load_config_file(path: str, arg: str | None = None):
+    """`get_config(arg)` of the config file at `path` (as `--config=path:arg` would)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_base_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load config file {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def plain(x):
+    """ConfigDict values -> plain Python (lists/tuples/dicts)."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    return x
+
+
+def axes_and_fixed(sweep_config) -> tuple[dict, dict]:
+    """A sweep file's `axes` and `fixed` as plain dicts, list values made tuples."""
+    tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    axes = {k: [tup(v) for v in vals] for k, vals in plain(sweep_config.axes).items()}
+    fixed = {k: tup(v) for k, v in plain(sweep_config.get("fixed", {})).items()}
+    return axes, fixed
+
+
 def _freeze(v):
     """Lists (e.g. from JSON or ConfigDict) -> tuples, recursively, so points compare equal."""
     if isinstance(v, (list, tuple)):
