@@ -134,3 +134,15 @@ def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
     trunc = stored("truncation")  # None (the base's grad_passes) is not passed on
     run = trunc["estimator=full,grad_passes=None,passes=4,2"]
     assert run.name == "passes=4,seed=2"
+
+
+@pytest.mark.slow  # compiles two tiny train steps in a subprocess
+def test_step_memory_reports_every_point():
+    cmd = [sys.executable, "-m", "experiments.step_memory",
+           "--sweep=experiments/configs/sweeps.py:tiny", "--reps=1"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| passes=")]
+    assert len(rows) == 2, out.stdout
+    mib = [float(r.split("|")[2]) for r in rows]
+    assert all(m > 0 for m in mib) and mib[1] > mib[0]  # N=2 keeps more for the backward
