@@ -146,3 +146,10 @@ def test_step_memory_reports_every_point():
     assert len(rows) == 2, out.stdout
     mib = [float(r.split("|")[2]) for r in rows]
     assert all(m > 0 for m in mib) and mib[1] > mib[0]  # N=2 keeps more for the backward
+
+
+def test_declared_baselines_are_taken_whole():
+    from experiments.configs import sweeps
+
+    assert sweeps.rules().baseline.to_dict() == {"rule": "delta"}
+    assert sweeps.main().baseline.to_dict() == {"passes": 1}

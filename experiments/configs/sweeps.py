@@ -23,7 +23,8 @@ def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
     c.fixed = fixed or {}
     c.seeds = list(seeds)
     c.parallel = 2
-    c.baseline = {"passes": 1}
+    # Set whole: ConfigDict.update would merge a given baseline into this default.
+    c.baseline = extra.pop("baseline", {"passes": 1})
     c.x_field = "passes"
     c.metric = "acc"
     c.update(extra)
