@@ -12,11 +12,11 @@ Run-book:
   Expected result (paper): exact accuracy (all 4 labels; chance 1/16) ~10% at N=1, ~20% at
   N=2, >30% at N=3-4 (`eval/acc/d=32` in metrics.jsonl / summary.json).
 
-  CPU scale (`:cpu`, swept in experiments/configs/sweeps.py:rule110): ONE state of 8 bits
-  (T=9, L=8), t drawn per example from {1,2,3,4} (depth = t), d=32 attn+GDN, 2000 steps,
-  ~1-3 min per run on one core. One state, because with 4 (or 2) states the CPU-size model
-  stayed at the constant answer (4 states: exact acc 0.088 through 1000 steps); with one
-  the answer is a single bit (majority rate 0.62 / 0.53 / 0.51 / 0.55 at t = 1..4).
+  CPU scale (`:cpu`, swept in experiments/configs/sweeps.py:rule110): 4 states of 8 bits
+  (T=36, L=8), t drawn per example from {1,2,3,4} (depth = t), d=32 attn+GDN, 2000 steps,
+  2.5-11 min per run on one core of the loaded 2-core CPU (N=1 fastest). Exact-match
+  accuracy over the 4 answer bits; the best constant answer scores 0.148 / 0.077 / 0.075 /
+  0.080 at t = 1..4 (label bias; chance 1/16; BUILD_NOTES.md, issue 4).
 
   Tiny (CPU smoke test, 25-40 s on a 2-core CPU; loss 0.90 -> 0.05, eval acc 0.98 vs
   chance 0.25 at t=1):
