@@ -33,11 +33,7 @@ def step_cost(config, reps: int) -> tuple[float | None, float]:
     spec = train.resolve_config(config)
     c = train._to_dict(config)
     tx = train.optimizer_from_config(c)
-    step = train.make_train_step(
-        tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
-        grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
-        es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"],
-    )  # fmt: skip
+    step = train.train_step_from_config(c, spec, tx)
     state = train.init_train_state(init_params(spec.model_config, jax.random.key(0)), tx)
     batch = spec.task.batch(0, 0, c["batch_size"])
     analysis = step.lower(state, batch).compile().memory_analysis()

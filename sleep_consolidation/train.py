@@ -549,6 +549,15 @@ def optimizer_from_config(config) -> optax.GradientTransformation:
     )  # fmt: skip
 
 
+def train_step_from_config(c: dict[str, Any], spec: RunSpec, tx, mesh=None):
+    """`make_train_step` with every option read from a resolved config dict `c`."""
+    return make_train_step(
+        tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
+        grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
+        es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"], mesh=mesh,
+    )  # fmt: skip
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x))
 
@@ -687,11 +696,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         c["learning_rate"], kind=c["lr_schedule"], warmup_steps=c["warmup_steps"],
         total_steps=c["steps"], min_lr_ratio=c["min_lr_ratio"],
     )  # fmt: skip
-    train_step = make_train_step(
-        tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
-        grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
-        es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"], mesh=mesh,
-    )  # fmt: skip
+    train_step = train_step_from_config(c, spec, tx, mesh=mesh)
     if mesh is None:
         # Committed to the device like a restored state, so that a fresh and a resumed
         # run lower to the same program (and share XLA's compilation cache).
