@@ -39,6 +39,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sleep_consolidation import loops
+
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
@@ -195,7 +197,7 @@ def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, re
 
     if remat:
         body = jax.checkpoint(body)
-    S_T, O = jax.lax.scan(body, S0, xs)  # O: [n, B, H, C, dv]
+    S_T, O = loops.scan(body, S0, xs)  # O: [n, B, H, C, dv]
     O = O.transpose(1, 0, 3, 2, 4).reshape(B, Tp, H, dv)[:, :T]  # via [B, n, C, H, dv]
     return O, S_T
 

@@ -2,7 +2,7 @@
 
 `forward` computes exactly what the streaming loop of `wake_sleep.py` computes (tested),
 but with each window's pass done over all of its positions at once and the windows and
-sleep passes unrolled with `lax.scan`, so it can be jitted and differentiated end to end.
+sleep passes looped with `loops.scan` (`lax.scan`, unrolled when short), so it can be jitted and differentiated end to end.
 """
 
 from __future__ import annotations
@@ -10,11 +10,26 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import attention, model
+from sleep_consolidation import attention, loops, model
 from sleep_consolidation.config import Schedule, check_tokens, check_window_and_passes
 from sleep_consolidation.model import Params
 
 REMAT_MODES = ("none", "pass", "window")
+
+
+def check_positions(positions, length: int) -> tuple[int, ...] | None:
+    """Validates a static tuple of positions in [0, length) (None passes through)."""
+    if positions is None:
+        return None
+    try:
+        out = tuple(int(p) for p in positions)
+    except TypeError as e:
+        raise ValueError(f"positions must be a tuple of ints or None, got {positions!r}") from e
+    if not out or any(p < 0 or p >= length for p in out):
+        raise ValueError(f"positions must be a non-empty tuple in [0, {length}), got {positions!r}")
+    if any(isinstance(p, bool) for p in positions):
+        raise ValueError(f"positions must be ints, got {positions!r}")
+    return out
 
 
 def _empty_prefix(cfg, batch, window, sliding):
@@ -24,7 +39,11 @@ def _empty_prefix(cfg, batch, window, sliding):
 
 
 def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, grad_passes):
-    """Wake pass over one window (logits), then, if `sleep`, N-1 sleep passes and eviction."""
+    """Wake pass over one window, then, if `sleep`, N-1 sleep passes and eviction.
+
+    Returns (carry, h): h [B, L, D] is the wake pass's stack output, from which the logits
+    are read (after the loop over windows, so that only the positions asked for pay for
+    the unembedding)."""
     cfg = params.config
     start, stop = sched.loop_range(cfg)
     looped = range(start, stop)
@@ -39,10 +58,9 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
     h, fast, kv_loop = model.window_pass(params, looped, h, fast, prefix)
     features = h
     h, fast, kv_post = model.window_pass(params, range(stop, len(cfg.layout)), h, fast, prefix)
-    logits = model.logits(params, h)
     kv = {**kv, **kv_loop, **kv_post}
     if not sleep:
-        return (fast, prefix), logits
+        return (fast, prefix), h
 
     def sleep_pass(p, carry, _):
         h, fast_l, kv_l = carry
@@ -63,7 +81,7 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
     if n_free:
         frozen = jax.lax.stop_gradient((params, loop_input, carry_l))
         p_sg, loop_input_sg, carry_sg = frozen
-        (h, fast_l, kv_l), _ = jax.lax.scan(
+        (h, fast_l, kv_l), _ = loops.scan(
             lambda c, x: sleep_pass(p_sg, c, x), carry_sg, None, length=n_free
         )
         fast_l = {
@@ -71,7 +89,7 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
         }
         carry_l = (h, fast_l, kv_l)
     if n_sleep - n_free:
-        carry_l, _ = jax.lax.scan(
+        carry_l, _ = loops.scan(
             lambda c, x: sleep_pass(params, c, x), carry_l, None, length=n_sleep - n_free
         )
     _, fast_l, kv_l = carry_l
@@ -82,7 +100,18 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
             b: attention.slide_prefix(*prefix[b], kv[b][0], kv[b][1], window, cfg.rope_base)
             for b in cfg.attn_blocks
         }
-    return (fast, prefix), logits
+    return (fast, prefix), h
+
+
+def _take_positions(h, positions):
+    """h[:, positions] as slices of contiguous runs (a gather's gradient is a scatter, which
+    is slow on CPU; the answer positions of the tasks are a few runs)."""
+    runs, start = [], 0
+    for i in range(1, len(positions) + 1):
+        if i == len(positions) or positions[i] != positions[i - 1] + 1:
+            runs.append(h[:, positions[start] : positions[i - 1] + 1])
+            start = i
+    return runs[0] if len(runs) == 1 else jnp.concatenate(runs, axis=1)
 
 
 def forward(
@@ -95,6 +124,7 @@ def forward(
     remat: str = "none",
     grad_passes: int | None = None,
     return_fast: bool = False,
+    positions: tuple[int, ...] | None = None,
     **schedule_kwargs,
 ):
     """Logits of the streaming model for a whole sequence (training form).
@@ -115,9 +145,13 @@ def forward(
         consolidation (truncated backprop); None = full backprop through every pass.
       return_fast: also return the fast weights after the sequence (a last full window is
         then consolidated too), as a tuple ordered like `cfg.ssm_blocks`.
+      positions: static tuple of positions to return logits for (e.g. a task's
+        `answer_positions`); None = every position. Only these pay for the unembedding,
+        which dominates the loss at research scale (V > D, few answer tokens).
 
     Returns:
-      logits [B, T, V] float32 (and the fast-weight tuple if `return_fast`).
+      logits [B, T, V] float32, or [B, len(positions), V] (and the fast-weight tuple if
+      `return_fast`).
     """
     cfg = params.config
     if schedule is None:
@@ -136,6 +170,7 @@ def forward(
     B, T = tokens.shape
     if T < 1:
         raise ValueError("tokens must hold at least one position")
+    positions = check_positions(positions, T)
     L = window
     n_scan = (T - 1) // L  # windows followed by more tokens: all full, all consolidated
     step = lambda carry, toks, sleep: _window_step(
@@ -156,12 +191,15 @@ def forward(
     pieces = []
     if n_scan:
         scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
-        carry, lg = jax.lax.scan(lambda c, t: step(c, t, True), carry, scanned)
-        pieces.append(lg.swapaxes(0, 1).reshape(B, n_scan * L, -1))
+        carry, hs = loops.scan(lambda c, t: step(c, t, True), carry, scanned)
+        pieces.append(hs.swapaxes(0, 1).reshape(B, n_scan * L, -1))
     last = tokens[:, n_scan * L :]
-    carry, lg = step(carry, last, return_fast and last.shape[1] == L)
-    pieces.append(lg)
-    logits = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+    carry, h = step(carry, last, return_fast and last.shape[1] == L)
+    pieces.append(h)
+    h = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+    if positions is not None:
+        h = _take_positions(h, positions)
+    logits = model.logits(params, h)
     if return_fast:
         return logits, tuple(carry[0][b] for b in cfg.ssm_blocks)
     return logits

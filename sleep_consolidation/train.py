@@ -54,7 +54,7 @@ CONFIG_FIELDS_EXTRA = ("rule_module",)
 LOOP_FIELDS = (
     "window", "passes", "grad_passes", "remat", "batch_size", "steps", "seed", "log_every",
     "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-    "eval_passes", "data_parallel",
+    "eval_passes", "data_parallel", "microbatches",
 )  # fmt: skip
 CONFIG_FIELDS = (
     "task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS,
@@ -240,6 +240,8 @@ def make_train_step(
     seed: int = 0,
     donate: bool | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    loss_positions: tuple[int, ...] | None = None,
+    microbatches: int = 1,
     **schedule_kwargs,
 ):
     """Builds the jitted `train_step(train_state, batch) -> (train_state, metrics)`.
@@ -259,6 +261,14 @@ def make_train_step(
       mesh: data parallelism over this mesh (`sharding.make_data_mesh`): the state (and
         the metrics) replicated, the batch split along B (`sharding.shard_batch`). XLA
         inserts the gradient all-reduce; the result equals one device's up to rounding.
+      loss_positions: static positions that can carry loss (a task's `answer_positions`):
+        logits are computed there only. None = every position. The loss is the same
+        (up to the order of its sum) as long as `loss_mask` is zero elsewhere.
+      microbatches: M > 1 splits the batch into M micro-batches (example b in micro-batch
+        b % M) whose gradients are accumulated in a `lax.scan` and weighted by their
+        answer counts, so the step equals the whole-batch step up to rounding. On CPU the
+        smaller activations stay in cache (1.7x at batch 64, BUILD_NOTES.md); on an
+        accelerator keep M = 1 unless memory demands it.
 
     Returns:
       a pure jitted function. `batch` needs `tokens`, `targets`, `loss_mask` ([B, T]);
@@ -272,15 +282,20 @@ def make_train_step(
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
     _check_optional_int("grad_passes", grad_passes, 1)
+    _check_int("microbatches", microbatches, 1)
     if estimator is None:
         estimator = "full" if grad_passes is None else "truncated"
+
+    def at_loss_positions(x):
+        return x if loss_positions is None else x[:, np.asarray(loss_positions)]
 
     def loss_fn(params, batch, grad_passes=None):
         logits = forward(
             params, batch.tokens, window, passes, schedule=schedule, remat=remat,
-            grad_passes=grad_passes,
+            grad_passes=grad_passes, positions=loss_positions,
         )  # fmt: skip
-        return masked_cross_entropy(logits, batch.targets, batch.loss_mask), logits
+        targets, mask = at_loss_positions(batch.targets), at_loss_positions(batch.loss_mask)
+        return masked_cross_entropy(logits, targets, mask), logits
 
     estimate = estimators.make_estimator(
         estimator, loss_fn, has_aux=True, grad_passes=grad_passes, num_pairs=es_pairs,
@@ -288,13 +303,41 @@ def make_train_step(
     )  # fmt: skip
     base_key = jax.random.key(seed)
 
+    def accumulate(params, batch, key):
+        """`estimate` over `microbatches` parts of the batch, recombined exactly."""
+        M = microbatches
+        if batch.tokens.shape[0] % M:
+            raise ValueError(f"batch size {batch.tokens.shape[0]} is not divisible by {M=}")
+
+        def split(x):  # [B, ...] -> [M, B/M, ...], example b in part b % M
+            return jnp.swapaxes(x.reshape(x.shape[0] // M, M, *x.shape[1:]), 0, 1)
+
+        def part_step(acc, part):
+            (loss, logits), grads = estimate(params, part, key)
+            answers = jnp.sum(jnp.where(part.loss_mask > 0, part.loss_mask, 0.0))
+            # masked_cross_entropy divides by max(answers, 1): undo it for this part.
+            weight = jnp.where(answers > 0, jnp.maximum(answers, 1.0), 0.0)
+            acc = jax.tree.map(lambda a, x: a + weight * x, acc, (loss, grads))
+            return acc, (logits, answers)
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (loss_sum, grad_sum), (logits, answers) = jax.lax.scan(
+            part_step, zero, jax.tree.map(split, batch)
+        )
+        total = jnp.maximum(jnp.sum(answers), 1.0)
+        logits = jnp.swapaxes(logits, 0, 1).reshape(-1, *logits.shape[2:])
+        return (loss_sum / total, logits), jax.tree.map(lambda g: g / total, grad_sum)
+
+    if microbatches == 1:
+        accumulate = estimate  # noqa: F811  (one part: the plain estimator)
+
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(base_key, state.step)
-        (loss, logits), grads = estimate(state.params, batch, key)
+        (loss, logits), grads = accumulate(state.params, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        on = batch.loss_mask > 0
-        right = (jnp.argmax(logits, -1) == batch.targets) & on
+        on = at_loss_positions(batch.loss_mask) > 0
+        right = (jnp.argmax(logits, -1) == at_loss_positions(batch.targets)) & on
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
@@ -480,6 +523,11 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
         _check_int(name, c[name], 1)
     _check_eval_passes(c["eval_passes"])
     _check_data_parallel(c["data_parallel"], c["batch_size"])
+    _check_int("microbatches", c["microbatches"], 1)
+    if c["batch_size"] % c["microbatches"]:
+        raise ValueError(
+            f"batch_size {c['batch_size']} is not divisible by microbatches={c['microbatches']}"
+        )
     return RunSpec(task=task, model_config=model_config, schedule=schedule, window=window)
 
 
@@ -555,6 +603,7 @@ def train_step_from_config(c: dict[str, Any], spec: RunSpec, tx, mesh=None):
         tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
         grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
         es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"], mesh=mesh,
+        loss_positions=spec.task.answer_positions, microbatches=c["microbatches"],
     )  # fmt: skip
 
 

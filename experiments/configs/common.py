@@ -90,6 +90,9 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     # Scale-out (docs_scale.md): False/1 = one device; True = data-parallel over every
     # device (of every process); n = over the first n. batch_size must divide evenly.
     c.data_parallel = config_dict.FieldReference(False, field_type=object)  # bool or int
+    # Gradient accumulation over this many parts of each batch (same step up to rounding);
+    # on CPU smaller parts stay in cache: make_cpu uses 4 (BUILD_NOTES.md, issue 10).
+    c.microbatches = 1
     return c
 
 

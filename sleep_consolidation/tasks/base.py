@@ -157,6 +157,13 @@ class Task:
         """depth -> exact-answer accuracy of uniform random guessing."""
         raise NotImplementedError
 
+    @property
+    def answer_positions(self) -> tuple[int, ...] | None:
+        """Every position where `loss_mask` can be nonzero (static, from the knobs), or None
+        for "anywhere". The train step computes logits only there (`forward(positions=)`);
+        `batch` and `eval_batch` check every batch against it."""
+        return None
+
     # ---- provided -----------------------------------------------------------------
     @property
     def _salt(self) -> int:
@@ -168,7 +175,20 @@ class Task:
         step = _check_seed("step", step)
         batch_size = _check_seed("batch_size", batch_size)
         rng = np.random.default_rng([seed, _TRAIN_STREAM, step, self._salt])
-        return self._generate(rng, batch_size)
+        return self._checked(self._generate(rng, batch_size))
+
+    def _checked(self, batch: Batch) -> Batch:
+        """Raises if `batch` supervises a position outside `answer_positions` (a generator
+        bug would otherwise silently drop those answers from the loss)."""
+        pos = self.answer_positions
+        if pos is not None:
+            outside = np.ones(batch.loss_mask.shape[1], bool)
+            outside[list(pos)] = False
+            if np.any(np.asarray(batch.loss_mask)[:, outside] != 0):
+                raise ValueError(
+                    f"{type(self).__name__} supervises positions outside its answer_positions"
+                )
+        return batch
 
     def eval_batch(self, seed: int, size: int) -> Batch:
         """The held-out set of `size` examples for `seed` (a stream disjoint from
@@ -179,7 +199,7 @@ class Task:
         for c in range(max(1, -(-size // EVAL_CHUNK))):
             rng = np.random.default_rng([seed, _EVAL_STREAM, c, self._salt])
             chunks.append(self._generate(rng, EVAL_CHUNK))
-        return _concat(chunks)[:size]
+        return self._checked(_concat(chunks)[:size])
 
     def describe(self, batch: Batch, i: int) -> str:
         """Human-readable rendering of example i: one line per window, answer tokens

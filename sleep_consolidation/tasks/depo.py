@@ -117,6 +117,11 @@ class Depo(Task):
         return self.alphabet + 2 + self.max_hops
 
     @property
+    def answer_positions(self) -> tuple[int, ...]:
+        G, ql, nt = self.graph_tokens, self.query_len, self.name_tokens
+        return tuple(G + q * ql + 1 + nt + i for q in range(self.num_queries) for i in range(nt))
+
+    @property
     def seq_len(self) -> int:
         return self.graph_tokens + self.num_queries * self.query_len
 

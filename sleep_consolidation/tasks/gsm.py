@@ -109,6 +109,10 @@ class GSM(Task):
         return _FIRST_VALUE + self.modulus + self.num_vars
 
     @property
+    def answer_positions(self) -> tuple[int, ...]:
+        return (self.seq_len - 1,)
+
+    @property
     def default_window(self) -> int:
         return self.window
 

@@ -72,6 +72,10 @@ class Recall(Task):
         return 1 + self.num_keys + self.num_values
 
     @property
+    def answer_positions(self) -> tuple[int, ...]:
+        return tuple(range(2 * self.window - self.num_queries, 2 * self.window))
+
+    @property
     def seq_len(self) -> int:
         return 2 * self.window
 

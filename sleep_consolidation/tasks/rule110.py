@@ -76,6 +76,11 @@ class Rule110(Task):
         return 2 + self.num_states
 
     @property
+    def answer_positions(self) -> tuple[int, ...]:
+        q0 = self.num_states * self.width
+        return tuple(range(q0, self.seq_len))
+
+    @property
     def seq_len(self) -> int:
         return self.num_states * self.width + self.num_states
 
