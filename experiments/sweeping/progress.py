@@ -142,7 +142,8 @@ class SweepProgress:
                     "-" if r.loss is None else f"{r.loss:.4f}",
                     "-" if r.sec_per_step is None else f"{r.sec_per_step:.3f}",
                 )
-        return Group(Text(self.headline(), style="bold"), table)
+        head = Text(self.headline(), style="bold")
+        return Group(head, table) if table.row_count else Group(head)
 
     def line(self) -> str:
         """The plain view: the headline and `name step/steps loss` per running run."""
