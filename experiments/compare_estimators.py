@@ -26,7 +26,7 @@ from sleep_consolidation import estimators, train
 _OUT = flags.DEFINE_string("out", "results/meta_rule", "Directory of estimators.md/.png.")
 _RUNS = flags.DEFINE_string("runs", "/tmp/compare_estimators", "Run workdirs.")
 _TRAINED = flags.DEFINE_string(
-    "trained", "/tmp/meta_rule_runs/parametric_seed0", "A trained parametric workdir."
+    "trained", "/tmp/meta_rule_runs/rule=parametric,seed=0", "A trained parametric workdir."
 )
 _STEPS = flags.DEFINE_integer("steps", 400, "Training steps per estimator.")
 _PASSES = flags.DEFINE_integer("passes", 3, "N for the comparison (truncation needs N >= 2).")

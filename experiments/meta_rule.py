@@ -4,27 +4,31 @@
 
 Trains `experiments/configs/parametric.py:meta` (rule="parametric", Hebbian init, theta
 learned by AdamW at theta_learning_rate) and the same config with each built-in rule, for
-each seed, one run after another in this process (a persistent compilation cache under
---runs makes the seeds of one rule share a compile). Writes to --out:
+each seed: a sweep over `rule` run by the sweep runner (`experiments/sweeping`), so its
+flags apply (--launcher=local|slurm|debug, --slurm_*, --dry_run, --on_config_change);
+--parallel runs at once (default: one per usable core), sharing a persistent compilation
+cache under --runs so that the seeds of one rule share a compile. Writes to --out:
   summary.md  final eval accuracy per depth (mean +- std over seeds) per rule; the learned
               coefficients per head at the end and the nearest built-in point; run times.
   theta.png   the coefficient trajectories of every seed and head during training.
-Run workdirs (config.json, metrics.jsonl, theta.jsonl, checkpoints) go under --runs; a
-rerun reuses finished runs.
+Run workdirs (`rule=<rule>,seed=<s>/`: config.json, metrics.jsonl, theta.jsonl,
+checkpoints) go under --runs; a rerun reuses finished runs of the same config.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
+import sys
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.configs import parametric as parametric_config
-from sleep_consolidation import parametric, train
+from experiments.sweeping import cli, grid, launch, lock, runner
+from experiments.sweeping.rundir import RunDir
+from sleep_consolidation import parametric
 
 _OUT = flags.DEFINE_string("out", "results/meta_rule", "Directory of summary.md and theta.png.")
 _RUNS = flags.DEFINE_string("runs", "/tmp/meta_rule_runs", "Directory of the run workdirs.")
@@ -34,50 +38,40 @@ _RULES = flags.DEFINE_list(
 )
 _STEPS = flags.DEFINE_integer("steps", None, "Override the config's steps (None: keep).")
 _VARIANT = flags.DEFINE_string("variant", "meta", "parametric.py variant (e.g. 'meta,tiny').")
+_PARALLEL = flags.DEFINE_integer("parallel", None, "Runs at once (default: the usable cores).")
+
+CONFIG_FILE = "experiments/configs/parametric.py"
 
 
-def run_all(rules, seeds, runs_dir, variant="meta", steps=None) -> dict:
-    """Trains every (rule, seed); returns {rule: [summary dict per seed]}."""
+def meta_sweep(rules, seeds: int, variant="meta", steps=None, parallel=1) -> grid.Sweep:
+    """The sweep over `rule` x seeds 0..seeds-1, runs named rule=<rule>,seed=<s>."""
+    fixed = {}
+    if steps is not None:
+        fixed = {"steps": steps, "checkpoint_every": steps, "eval_every": max(steps // 6, 1)}
+    return grid.Sweep(config=CONFIG_FILE, config_arg=variant, axes={"rule": list(rules)},
+                      fixed=fixed, seeds=tuple(range(seeds)), parallel=parallel,
+                      name_by_changes=False)  # fmt: skip
+
+
+def by_rule(records) -> dict:
+    """{rule: [summary dict per seed, with its "workdir"]} from the sweep's records."""
     out = {}
-    for rule in rules:
-        for seed in range(seeds):
-            c = parametric_config.get_config(variant)
-            c.rule, c.seed = rule, seed
-            if steps is not None:
-                c.steps = c.checkpoint_every = steps
-                c.eval_every = max(steps // 6, 1)
-            workdir = os.path.join(runs_dir, f"{rule}_seed{seed}")
-            summary = _finished(workdir, c.steps)
-            if summary is None:
-                logging.info("meta_rule: %s seed %d -> %s", rule, seed, workdir)
-                summary = train.train_and_evaluate(c, workdir)
-            summary["workdir"] = workdir
-            out.setdefault(rule, []).append(summary)
+    for r in sorted(records, key=lambda r: r["seed"]):
+        summary = RunDir(r["run_dir"]).summary() or {"eval": r["eval"]}
+        out.setdefault(r["overrides"]["rule"], []).append({**summary, "workdir": r["run_dir"]})
     return out
-
-
-def _finished(workdir: str, steps: int) -> dict | None:
-    """The summary of a finished run of `steps` steps (kept: its timings), else None."""
-    try:
-        with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
-            s = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return s if s.get("status") == "completed" and s.get("step") == steps else None
 
 
 def _eval_at(workdir: str, step: int) -> float | None:
     """eval/acc logged at the eval step nearest to `step`."""
-    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
-        evals = [json.loads(ln) for ln in f if '"eval/acc"' in ln]
+    evals = [m for m in RunDir(workdir).metrics() if "eval/acc" in m]
     if not evals:
         return None
     return min(evals, key=lambda m: abs(m["step"] - step))["eval/acc"]
 
 
 def _theta_lines(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, train.THETA_FILE)) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+    return RunDir(workdir).theta()
 
 
 def _ms(xs) -> str:
@@ -210,11 +204,26 @@ def plot_theta(param_summaries: list, path: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel = _PARALLEL.value or max(len(launch.available_cores()), 1)
+    sweep = meta_sweep(_RULES.value, _SEEDS.value, _VARIANT.value, _STEPS.value, parallel)
+    try:
+        if cli.DRY_RUN.value:
+            planned = runner.plan(sweep, _RUNS.value, cli.ON_CONFIG_CHANGE.value)
+            print(runner.describe(planned, parallel))
+            return
+        records = runner.run_sweep(
+            sweep, _RUNS.value, cli.make_launcher(_RUNS.value, parallel), runs_dir=_RUNS.value,
+            on_config_change=cli.ON_CONFIG_CHANGE.value, plain_every=cli.PLAIN_EVERY.value,
+            train_flags=[f"--compilation_cache_dir={os.path.join(_RUNS.value, 'jax_cache')}"],
+        )  # fmt: skip
+    except (ValueError, lock.LockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    bad = [os.path.basename(r["run_dir"]) for r in records if r["status"] != "completed"]
+    if bad:
+        raise SystemExit(f"runs not completed: {bad}")
+    results = by_rule(records)
     os.makedirs(_OUT.value, exist_ok=True)
-    os.makedirs(_RUNS.value, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    results = run_all(_RULES.value, _SEEDS.value, _RUNS.value, _VARIANT.value, _STEPS.value)
     command = "taskset -c 1 python -m experiments.meta_rule " + " ".join(
         a for a in argv_flags() if not a.startswith("--runs")
     )
@@ -225,8 +234,6 @@ def main(argv):
 
 
 def argv_flags() -> list[str]:
-    import sys
-
     return [a for a in sys.argv[1:] if a.startswith("--")]
 
 

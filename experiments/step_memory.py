@@ -18,7 +18,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleep_consolidation import sweep, train
+from experiments.sweeping import grid
+from sleep_consolidation import train
 from sleep_consolidation.model import init_params
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "sweep file (as for experiments.sweep)")
@@ -55,19 +56,16 @@ def step_cost(config, reps: int) -> tuple[float | None, float]:
 def main(argv):
     del argv
     s = _SWEEP.value
-    axes, fixed = sweep.axes_and_fixed(s)
-    base = sweep.load_config_file(s.config, s.get("config_arg", ""))
-    runs = sweep.expand_grid(axes, [0])
-    sweep.check_fields(base, runs)
+    axes, fixed = grid.axes_and_fixed(s)
+    base = grid.load_config_file(s.config, s.get("config_arg", ""))
+    runs = grid.expand_grid(axes, [0])
+    grid.check_fields(base, runs)
     print(f"| point | step temp MiB | step ms | (1 process, {jax.devices()[0].platform}) |")
     print("|---|---|---|---|")
     for run in runs:
-        config = sweep.load_config_file(s.config, s.get("config_arg", ""))
-        for field, value in {**fixed, **dict(run.point)}.items():
-            node, *path = [config, *field.split(".")]
-            for part in path[:-1]:
-                node = node[part]
-            setattr(node, path[-1], value)
+        # The config a sweep run of this point trains (the same override flags).
+        overrides = grid.override_flags({**fixed, **dict(run.point)})
+        config = grid.load_config_file(s.config, s.get("config_arg", ""), overrides)
         mib, sec = step_cost(config, _REPS.value)
         mem = "n/a" if mib is None else f"{mib:.1f}"
         print(f"| {run.point_name} | {mem} | {sec * 1e3:.0f} | |", flush=True)

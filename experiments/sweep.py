@@ -2,30 +2,44 @@
 
     python -m experiments.sweep --sweep=experiments/configs/sweeps.py:main --workdir=runs/main
 
-The sweep file's `get_config(arg)` returns: `config` (the base config file), `config_arg`
-(its variant, e.g. "tiny"), `axes` (dotted field -> list of values; join fields with "+" to
-vary them together), `fixed` (overrides for every run), `seeds`, `parallel` (processes at
-once, one per core), `baseline` (the paired point each point is compared against, default
-{"passes": 1}), `x_field` (the plot's x axis), `metric`, and `frontier` (a threshold: also
-tabulate each run's depth frontier, `sweep.frontier_table`). Override any of them with
---sweep.<field>=... . Outputs under --workdir: runs/<changes>,seed=<s>/ (each a normal
-training workdir, named by the fields it changes in the base config; "base" if none),
-results.jsonl, summary.md, sweep.png. Rerunning skips finished runs and resumes unfinished
-ones. Sweeps of one base config given the same --runs_dir share their runs: e.g. the
-beyond-the-paper sweeps reuse the main job's N = 1, 2, 4 runs.
+The sweep file's `get_config(arg)` returns (`experiments/configs/sweeps.py`): `config` (the
+base config file), `config_arg` (its variant, e.g. "tiny"), `axes` (dotted field -> tuple
+of values; join fields with "+" to vary them together), `fixed` (overrides for every run),
+`seeds`, `parallel` (runs at once, one per core), `baseline` (the paired point each point
+is compared against), `x_field` (the plot's x axis), `metric`, `frontier` (a threshold:
+also tabulate each run's depth frontier) and `est_run_s` (seconds per run, for the ETA
+before any run is measured). Override any of them, or add axes and fixed overrides, from
+the command line: --sweep.seeds=0,1,2  --sweep.axes.passes=1,8  --sweep.fixed.steps=500.
+
+Outputs under --workdir: runs/<changes>,seed=<s>/ (each a normal training workdir with
+its command.sh and stdout.log, named by the fields it changes in the base config; "base"
+if none), results.jsonl, summary.md, sweep.png, submitit/ (job logs). Rerunning skips
+finished runs and resumes unfinished ones -- if their recorded config.json equals what
+the sweep launches now (else see --on_config_change). --dry_run lists the runs and the
+estimated time. A lock (sweep.lock) keeps a second sweep off the same workdir. Sweeps of
+one base config given the same --runs_dir share their runs: e.g. the beyond-the-paper
+sweeps reuse the main job's N = 1, 2, 4 runs.
+
+On a Slurm cluster: --launcher=slurm --slurm_partition=gpu --slurm_gpus_per_node=1
+--slurm_cpus_per_task=8 --slurm_time_min=120 [--slurm_mem_gb, --slurm_account,
+--slurm_qos, --slurm_constraint, --slurm_setup='module load cuda'] (run it where sbatch
+works; each run is one task of a job array, `parallel` at once).
 """
 
 from __future__ import annotations
 
-import os
+import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleep_consolidation import sweep
+from experiments.sweeping import cli, grid, lock, report, runner
 
-_SWEEP = config_flags.DEFINE_config_file("sweep", None, "sweep file (get_config returns the sweep)")
+_SWEEP = config_flags.DEFINE_config_file(
+    "sweep", None, "sweep file (get_config returns the sweep)", lock_config=False,
+    accept_new_attributes=True,  # new axes / fixed overrides; top-level names are checked
+)  # fmt: skip
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory of the whole sweep")
 _RUNS_DIR = flags.DEFINE_string(
     "runs_dir",
@@ -33,48 +47,35 @@ _RUNS_DIR = flags.DEFINE_string(
     "where the runs live (default <workdir>/runs); sweeps of one base "
     "config given the same runs_dir reuse each other's finished runs",
 )
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", None, "persistent XLA compilation cache shared by the runs"
+)
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 
 def main(argv):
-    del argv
-    s = _SWEEP.value
-    workdir = _WORKDIR.value
-    axes, fixed = sweep.axes_and_fixed(s)
-    base = sweep.load_config_file(s.config, s.get("config_arg", ""))
-    start = time.time()
-    records = sweep.run_sweep(
-        s.config,
-        s.get("config_arg", ""),
-        axes,
-        list(s.seeds),
-        workdir,
-        parallel=s.get("parallel", 2),
-        fixed=fixed,
-        base_config=base,
-        runs_dir=_RUNS_DIR.value,
-    )
-    baseline = sweep.plain(s.get("baseline", {"passes": 1}))
-    metric = s.get("metric", "acc")
-    table = sweep.summary_table(records, metric=metric, baseline=baseline)
-    cross = sweep.eval_n_table(records, metric=metric)
-    if cross is not None:
-        table += "\n\n" + cross
-    if s.get("frontier") is not None:
-        table += "\n\n" + sweep.frontier_table(records, s.frontier, metric=metric)
-    png = sweep.plot_sweep(
-        records,
-        os.path.join(workdir, "sweep.png"),
-        x_field=s.get("x_field", "passes"),
-        metric=metric,
-    )
-    with open(os.path.join(workdir, sweep.SUMMARY_MD), "w") as f:
-        f.write(
-            f"# Sweep {s.config}:{s.get('config_arg', '')}\n\naxes: {axes}\nfixed: {fixed}\n"
-            f"seeds: {list(s.seeds)}\n\n{table}\n\n![sweep](sweep.png)\n"
-        )
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    s, workdir = _SWEEP.value, _WORKDIR.value
+    try:
+        sweep = grid.Sweep.from_config(s)
+        if cli.DRY_RUN.value:
+            runs_dir = _RUNS_DIR.value or f"{workdir}/runs"
+            planned = runner.plan(sweep, runs_dir, cli.ON_CONFIG_CHANGE.value)
+            print(runner.describe(planned, sweep.parallel, sweep.est_run_s))
+            return
+        start = time.time()
+        records = runner.run_sweep(
+            sweep, workdir, cli.make_launcher(workdir, sweep.parallel), runs_dir=_RUNS_DIR.value,
+            on_config_change=cli.ON_CONFIG_CHANGE.value, plain_every=cli.PLAIN_EVERY.value,
+            train_flags=[f"--compilation_cache_dir={_CACHE.value}"] if _CACHE.value else [],
+        )  # fmt: skip
+    except (ValueError, lock.LockedError) as e:  # config errors, changed runs, a held lock
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    table = report.write_report(workdir, s, records)
     print(table)
-    print(f"\nplot: {png}\nsummary: {os.path.join(workdir, sweep.SUMMARY_MD)}")
+    print(f"\nplot: {workdir}/{report.PLOT_FILE}\nsummary: {workdir}/{report.SUMMARY_MD}")
     print(f"sweep wall time: {time.time() - start:.0f}s")
     bad = [r["point"] + f" seed {r['seed']}" for r in records if r["status"] != "completed"]
     if bad:

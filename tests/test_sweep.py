@@ -1,110 +1,44 @@
-"""Sweeps: grid expansion, field checks, and a tiny end-to-end sweep with resume."""
+"""Sweeps: the grid, launching through submitit, resume and skip, config identity, the
+lock, the progress display, the dry run, overrides from the command line, the report."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
+from rich.console import Console
 
-from sleep_consolidation import sweep
+from experiments.sweeping import grid, launch, lock, progress, report, runner
+from experiments.sweeping.rundir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAKE_TRAIN = (sys.executable, os.path.join(REPO, "tests", "fake_train.py"))
+
+
+# --- the grid -------------------------------------------------------------------------
 
 
 def test_expand_grid_pairs_seeds_and_zips():
-    runs = sweep.expand_grid({"passes": [1, 2], "window+steps": [(8, 10), (16, 20)]}, seeds=[0, 1])
+    runs = grid.expand_grid({"passes": [1, 2], "window+steps": [(8, 10), (16, 20)]}, seeds=[0, 1])
     assert len(runs) == 8
     assert {r.seed for r in runs} == {0, 1}
     assert runs[0].overrides() == {"passes": 1, "steps": 10, "window": 8, "seed": 0}
     with pytest.raises(ValueError, match="at least one seed"):
-        sweep.expand_grid({"passes": [1]}, seeds=[])
+        grid.expand_grid({"passes": [1]}, seeds=[])
     with pytest.raises(ValueError, match="2-tuples"):
-        sweep.expand_grid({"a+b": [1]}, seeds=[0])
+        grid.expand_grid({"a+b": [1]}, seeds=[0])
 
 
 def test_check_fields_names_the_unknown_field():
     from ml_collections import ConfigDict
 
     base = ConfigDict({"passes": 1, "seed": 0, "task": {"window": 8}})
-    sweep.check_fields(base, sweep.expand_grid({"passes": [1], "task.window": [4]}, [0]))
+    grid.check_fields(base, grid.expand_grid({"passes": [1], "task.window": [4]}, [0]))
     with pytest.raises(ValueError, match="'passess' does not exist"):
-        sweep.check_fields(base, sweep.expand_grid({"passess": [1]}, [0]))
-
-
-def test_summary_table_reports_paired_differences():
-    recs = []
-    for n, accs in ((1, (0.5, 0.6)), (2, (0.7, 0.65))):
-        for seed, a in enumerate(accs):
-            recs.append(
-                {
-                    "point": f"passes={n}",
-                    "overrides": {"passes": n},
-                    "seed": seed,
-                    "status": "completed",
-                    "eval": {"acc/d=4": a, "acc": a},
-                    "run_dir": "/nonexistent",
-                }
-            )
-    table = sweep.summary_table(recs)
-    assert "passes=2" in table and "+0.200 +0.050" in table
-
-
-def test_eval_n_table_reads_the_extra_eval_passes():
-    recs = [
-        {"point": "passes=2", "overrides": {"passes": 2}, "seed": s, "status": "completed",
-         "eval": {"acc": 0.5, "N1/acc": 0.1 + s, "N1/acc/d=4": 0.0, "N4/acc": 0.3}}
-        for s in (0, 1)
-    ]  # fmt: skip
-    table = sweep.eval_n_table(recs)
-    assert "| eval N=1 | eval N=4 |" in table
-    assert "| passes=2 | 0.600 ± 0.707 | 0.300 ± 0.000 |" in table
-    assert sweep.eval_n_table([{**recs[0], "eval": {"acc": 0.5}}]) is None
-
-
-def test_frontier_is_the_largest_depth_passed_without_a_gap():
-    def rec(seed, accs):
-        ev = {f"acc/d={d}": a for d, a in zip((1, 2, 4), accs, strict=True)}
-        return {"point": "passes=1", "overrides": {"passes": 1}, "seed": seed,
-                "status": "completed", "eval": ev}  # fmt: skip
-
-    recs = [rec(0, (0.9, 0.6, 0.8)), rec(1, (0.9, 0.3, 0.8)), rec(2, (0.2, 0.9, 0.9))]
-    table = sweep.frontier_table(recs, threshold=0.5)
-    assert "| passes=1 | 4 1 0 | 1.67 |" in table  # a gap at d=2 stops seed 1 at d=1
-
-
-def _run_sweep(workdir, extra=()):
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.sweep",
-        "--sweep=experiments/configs/sweeps.py:tiny",
-        f"--workdir={workdir}",
-        *extra,
-    ]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-
-
-@pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
-def test_tiny_sweep_end_to_end_and_resume(tmp_path):
-    wd = tmp_path / "sweep"
-    out = _run_sweep(wd)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    lines = [json.loads(x) for x in (wd / "results.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(r["status"] == "completed" for r in lines)
-    assert any(k.startswith("acc/d=") for k in lines[0]["eval"])
-    assert "passes=2" in (wd / "summary.md").read_text()
-    assert (wd / "sweep.png").stat().st_size > 1000
-    again = _run_sweep(wd)
-    assert again.returncode == 0
-    assert again.stdout.count("skip finished") + again.stderr.count("skip finished") == 2
-
-
-def test_unknown_sweep_field_fails_before_training(tmp_path):
-    out = _run_sweep(tmp_path / "bad", extra=["--sweep.axes.no_such_field=(1,2)"])
-    assert out.returncode != 0
-    assert "no_such_field" in out.stdout + out.stderr
-    assert not (tmp_path / "bad" / "runs").exists()
+        grid.check_fields(base, grid.expand_grid({"passess": [1]}, [0]))
 
 
 def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
@@ -116,9 +50,9 @@ def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
 
     def stored(name, fixed=None):
         s = sweeps.get_config(name)
-        runs = sweep.expand_grid(s.axes.to_dict(), s.seeds)
-        sweep.check_fields(base, runs)
-        return {r.point_name + f",{r.seed}": r for r in sweep.store_as_changes(runs, base, fixed)}
+        runs = grid.expand_grid(grid.axes_and_fixed(s)[0], s.seeds)
+        grid.check_fields(base, runs)
+        return {r.point_name + f",{r.seed}": r for r in grid.store_as_changes(runs, base, fixed)}
 
     main, reset = stored("main"), stored("reset")
     assert main["passes=1,0"].name == "base,seed=0"
@@ -129,11 +63,316 @@ def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
     )
     changed = stored("main", fixed={"steps": 7})
     assert changed["passes=1,0"].name == "steps=7,seed=0"
-    cmd = sweep.run_command("c.py", "capacity", changed["passes=2,0"], "/tmp/x")
-    assert cmd[-3:] == ["--config.passes=2", "--config.steps=7", "--config.seed=0"]
+    flags = grid.override_flags(grid.launch_overrides(changed["passes=2,0"]))
+    assert flags == ["--config.passes=2", "--config.steps=7", "--config.seed=0"]
     trunc = stored("truncation")  # None (the base's grad_passes) is not passed on
     run = trunc["estimator=full,grad_passes=None,passes=4,2"]
     assert run.name == "passes=4,seed=2"
+
+
+def test_launch_config_is_what_the_training_flags_build():
+    """The sweep compares config.json with the config its own flags build: a tuple field
+    and a None placeholder survive the round trip through the command line."""
+    flags = grid.override_flags({"layout": ("attn", "attn"), "window": 64, "passes": 4})
+    c = grid.load_config_file("experiments/configs/recall.py", "tiny", flags)
+    assert tuple(c.layout) == ("attn", "attn") and c.window == 64 and c.passes == 4
+    assert grid.load_config_file("experiments/configs/recall.py", "tiny").window is None
+
+
+def test_declared_baselines_are_taken_whole():
+    from experiments.configs import sweeps
+
+    assert sweeps.rules().baseline.to_dict() == {"rule": "delta"}
+    assert sweeps.main().baseline.to_dict() == {"passes": 1}
+
+
+def test_fake_trainer_writes_the_files_the_library_names():
+    from sleep_consolidation import checkpointing, train
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import fake_train
+
+    assert (fake_train.CONFIG_FILE, fake_train.METRICS_FILE, fake_train.SUMMARY_FILE) == (
+        checkpointing.CONFIG_FILE, train.METRICS_FILE, train.SUMMARY_FILE,
+    )  # fmt: skip
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def test_summary_table_reports_paired_differences():
+    recs = []
+    for n, accs in ((1, (0.5, 0.6)), (2, (0.7, 0.65))):
+        for seed, a in enumerate(accs):
+            recs.append({"point": f"passes={n}", "overrides": {"passes": n}, "seed": seed,
+                         "status": "completed", "eval": {"acc/d=4": a, "acc": a},
+                         "run_dir": "/nonexistent"})  # fmt: skip
+    table = report.summary_table(recs)
+    assert "passes=2" in table and "+0.200 +0.050" in table
+
+
+def test_eval_n_table_reads_the_extra_eval_passes():
+    recs = [
+        {"point": "passes=2", "overrides": {"passes": 2}, "seed": s, "status": "completed",
+         "eval": {"acc": 0.5, "N1/acc": 0.1 + s, "N1/acc/d=4": 0.0, "N4/acc": 0.3}}
+        for s in (0, 1)
+    ]  # fmt: skip
+    table = report.eval_n_table(recs)
+    assert "| eval N=1 | eval N=4 |" in table
+    assert "| passes=2 | 0.600 ± 0.707 | 0.300 ± 0.000 |" in table
+    assert report.eval_n_table([{**recs[0], "eval": {"acc": 0.5}}]) is None
+
+
+def test_frontier_is_the_largest_depth_passed_without_a_gap():
+    def rec(seed, accs):
+        ev = {f"acc/d={d}": a for d, a in zip((1, 2, 4), accs, strict=True)}
+        return {"point": "passes=1", "overrides": {"passes": 1}, "seed": seed,
+                "status": "completed", "eval": ev}  # fmt: skip
+
+    recs = [rec(0, (0.9, 0.6, 0.8)), rec(1, (0.9, 0.3, 0.8)), rec(2, (0.2, 0.9, 0.9))]
+    table = report.frontier_table(recs, threshold=0.5)
+    assert "| passes=1 | 4 1 0 | 1.67 |" in table  # a gap at d=2 stops seed 1 at d=1
+
+
+# --- the run directory reader ---------------------------------------------------------
+
+
+def test_run_dir_reader_drops_a_torn_metrics_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "loss": 2.0}\n{"step": 10, "lo')
+    (tmp_path / "summary.json").write_text('{"status": "compl')  # caught mid-write
+    rd = RunDir(str(tmp_path))
+    assert rd.metrics() == [{"step": 5, "loss": 2.0}]
+    assert rd.summary() is None and not rd.finished() and rd.config() is None
+
+
+# --- the lock -------------------------------------------------------------------------
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / lock.LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": None}))
+        with pytest.raises(lock.LockedError, match=f"pid {holder.pid}"):
+            lock.DirLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The same lock file, its holder now dead: taken over, and released on exit.
+    with lock.DirLock(str(tmp_path)) as held:
+        assert held.holder()["pid"] == os.getpid()
+        with pytest.raises(lock.LockedError):  # held by a live process (this one)
+            lock.DirLock(str(tmp_path)).acquire()
+    assert not (tmp_path / lock.LOCK_FILE).exists()
+
+
+# --- the progress display -------------------------------------------------------------
+
+
+def _metrics(run_dir, lines):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in lines)
+
+
+def test_eta_from_measured_step_rates(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    # 10 s of startup, then 0.5 s per step: step 10 at 15 s, step 20 at 20 s.
+    _metrics(a, [{"step": 10, "loss": 2.0, "elapsed_s": 15.0},
+                 {"step": 20, "loss": 1.5, "elapsed_s": 20.0}])  # fmt: skip
+    runs = [progress.RunProgress("a", a, 40, progress.RUNNING),
+            progress.RunProgress("b", b, 40, progress.QUEUED)]  # fmt: skip
+    for r in runs:
+        r.read()
+    assert runs[0].step == 20 and runs[0].sec_per_step == pytest.approx(0.5)
+    assert runs[0].overhead_s == pytest.approx(10.0)
+    # a: 20 steps left = 10 s; b: 10 s startup + 40 steps = 30 s; over two slots: 20 s.
+    assert progress.remaining_s(runs, parallel=2) == pytest.approx(20.0)
+    assert progress.remaining_s(runs, parallel=1) == pytest.approx(40.0)
+    assert progress.remaining_s([progress.RunProgress("b", b, 40)], 1) is None
+    assert progress.remaining_s([progress.RunProgress("b", b, 40)], 1, prior_run_s=7) == 7
+
+
+def test_progress_display_on_a_non_terminal_stream(tmp_path):
+    a = str(tmp_path / "passes=2,seed=0")
+    _metrics(a, [{"step": 10, "loss": 2.25, "elapsed_s": 15.0},
+                 {"step": 20, "loss": 1.75, "elapsed_s": 20.0}])  # fmt: skip
+    runs = [
+        progress.RunProgress("passes=2,seed=0", a, 40, progress.RUNNING),
+        progress.RunProgress("passes=1,seed=0", str(tmp_path / "b"), 40),
+        progress.RunProgress("base,seed=1", str(tmp_path / "c"), 40, progress.SKIPPED),
+    ]
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    assert not console.is_terminal
+    with progress.SweepProgress("sweep tiny", runs, 2, console, plain_every=0):
+        pass
+    text = out.getvalue()
+    assert "[sweep] sweep tiny: 1/3 done, 1 running, 1 queued" in text
+    assert "passes=2,seed=0 20/40 loss 1.7500" in text and "ETA 0m20s" in text
+    assert "\x1b[" not in text  # plain lines, no terminal control codes
+    table = io.StringIO()
+    Console(file=table, width=200).print(progress.SweepProgress("t", runs, 2).render())
+    assert "passes=2,seed=0" in table.getvalue() and "20/40" in table.getvalue()
+    assert "passes=1,seed=0" not in table.getvalue()  # queued runs get no row
+
+
+# --- sweeps through submitit, with a stand-in trainer ---------------------------------
+
+
+def _base(tmp_path, steps=10):
+    path = tmp_path / "base.py"
+    path.write_text(
+        textwrap.dedent(f"""
+        from ml_collections import ConfigDict
+        def get_config(arg=None):
+            return ConfigDict({{"steps": {steps}, "passes": 1, "seed": 0, "log_every": 5}})
+    """)
+    )
+    return grid.Sweep(config=str(path), axes={"passes": [1, 2]}, seeds=(0,), parallel=2)
+
+
+def _run(sweep, workdir, kind="local", **kw):
+    out = io.StringIO()
+    launcher = launch.Launcher(kind, os.path.join(workdir, "submitit"), sweep.parallel)
+    records = runner.run_sweep(sweep, workdir, launcher, train_command=FAKE_TRAIN,
+                               console=Console(file=out, width=200), poll_s=0.1,
+                               plain_every=0, **kw)  # fmt: skip
+    return records, out.getvalue()
+
+
+def _launches(run_dir):
+    path = os.path.join(run_dir, "launches.txt")
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
+def test_local_submitit_sweep_resumes_and_skips_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")  # long enough to be seen running
+    sweep, wd = _base(tmp_path), str(tmp_path / "sweep")
+    records, out = _run(sweep, wd)
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert [r["eval"]["acc"] for r in records] == pytest.approx([0.6, 0.7])
+    assert "2 of 2 runs to go, 2 at a time (local launcher)" in out
+    assert "2/2 done" in out and "ETA" in out
+    dirs = [r["run_dir"] for r in records]
+    assert [os.path.basename(d) for d in dirs] == ["base,seed=0", "passes=2,seed=0"]
+    assert [_launches(d) for d in dirs] == [1, 1]
+    assert "--config.passes=2" in open(os.path.join(dirs[1], runner.COMMAND_FILE)).read()
+    jobs = [d for d in os.listdir(os.path.join(wd, "submitit")) if d.isdigit()]
+    assert len(jobs) == 2  # one submitit job (a local process id) per run
+    assert not os.path.exists(os.path.join(wd, lock.LOCK_FILE))  # released
+    # Rerun: both skipped, nothing launched.
+    _, out = _run(sweep, wd)
+    assert out.count("skip finished") == 2 and [_launches(d) for d in dirs] == [1, 1]
+    # An interrupted run (same config) is resumed; the finished one is still skipped.
+    summary = os.path.join(dirs[1], "summary.json")
+    json.dump({"status": "interrupted"}, open(summary, "w"))
+    with open(os.path.join(dirs[1], "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 5, "loss": 0.2, "elapsed_s": 1.0}) + "\n")
+    planned = runner.plan(sweep, os.path.join(wd, "runs"))
+    assert [p.status for p in planned] == [runner.FINISHED, runner.RESUME]
+    records, out = _run(sweep, wd)
+    assert [_launches(d) for d in dirs] == [1, 2] and "start passes=2,seed=0 (resume" in out
+    assert RunDir(dirs[1]).summary()["resumed_from"] == 5
+
+
+def test_changed_config_is_refused_or_rerun_under_a_new_name(tmp_path):
+    wd = str(tmp_path / "sweep")
+    _run(_base(tmp_path, steps=10), wd, kind="debug")
+    changed = _base(tmp_path, steps=20)  # the base config file now says 20 steps
+    with pytest.raises(runner.ConfigChangedError, match=r"steps: 10 -> 20"):
+        _run(changed, wd, kind="debug")
+    runs_dir = os.path.join(wd, "runs")
+    assert sorted(os.listdir(runs_dir)) == ["base,seed=0", "passes=2,seed=0"]  # untouched
+    assert not os.path.exists(os.path.join(wd, lock.LOCK_FILE))  # released on the error
+    records, _ = _run(changed, wd, kind="debug", on_config_change="rerun")
+    assert all(r["status"] == "completed" for r in records)
+    new = [os.path.basename(r["run_dir"]) for r in records]
+    assert all(",cfg=" in n for n in new) and len(os.listdir(runs_dir)) == 4
+    assert all(RunDir(r["run_dir"]).config()["config"]["steps"] == 20 for r in records)
+    assert RunDir(os.path.join(runs_dir, "base,seed=0")).config()["config"]["steps"] == 10
+    # The renamed runs are now the ones this config reuses.
+    plan = runner.plan(changed, runs_dir, "rerun")
+    assert [p.status for p in plan] == [runner.FINISHED] * 2
+
+
+def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
+    wd = tmp_path / "sweep"
+    wd.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (wd / lock.LOCK_FILE).write_text(json.dumps({"pid": holder.pid}))
+        with pytest.raises(lock.LockedError, match="another sweep"):
+            _run(_base(tmp_path), str(wd), kind="debug")
+        assert not (wd / "runs").exists()  # nothing planned or launched
+    finally:
+        holder.kill()
+        holder.wait()
+    records, _ = _run(_base(tmp_path), str(wd), kind="debug")  # stale now: taken over
+    assert all(r["status"] == "completed" for r in records)
+
+
+def test_slurm_flags_reach_the_sbatch_file(tmp_path, monkeypatch):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for tool in ("srun", "sbatch"):
+        (fake_bin / tool).write_text("#!/bin/sh\nexit 1\n")
+        (fake_bin / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    opts = launch.SlurmOptions(partition="gpu", time_min=90, cpus_per_task=8, gpus_per_node=1,
+                               account="proj", setup=("module load cuda",))  # fmt: skip
+    launcher = launch.Launcher("slurm", str(tmp_path / "submitit"), parallel=3, slurm=opts)
+    assert launcher.free_slots(5) == 5  # the whole array at once; Slurm runs 3 at a time
+    text = launcher.executor._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--time=90", "--cpus-per-task=8", "--gpus-per-node=1",
+                 "--account=proj", "module load cuda"):  # fmt: skip
+        assert line in text, text
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def _sweep_cli(workdir, *extra, timeout=900):
+    cmd = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}",
+           "--sweep=experiments/configs/sweeps.py:tiny", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_lists_the_runs_with_seeds_from_the_command_line(tmp_path):
+    wd = tmp_path / "dry"
+    out = _sweep_cli(wd, "--dry_run", "--sweep.seeds=3,4", "--sweep.fixed.log_every=5")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [ln for ln in out.stdout.splitlines() if ",seed=" in ln]
+    assert len(rows) == 4 and sum("seed=3 " in r for r in rows) == 2, out.stdout
+    assert all("log_every=5" in r and " new " in r for r in rows)
+    assert "4 of 4 runs to go, 2 at a time; estimated 1m00s" in out.stdout  # est_run_s=30
+    assert not wd.exists()  # started nothing, wrote nothing
+    one = _sweep_cli(wd, "--dry_run", "--sweep.seeds=7")
+    assert one.returncode == 0 and one.stdout.count(",seed=7") == 2, one.stderr[-2000:]
+
+
+def test_unknown_sweep_field_fails_before_training(tmp_path):
+    out = _sweep_cli(tmp_path / "bad", "--sweep.axes.no_such_field=(1,2)")
+    assert out.returncode != 0
+    assert "no_such_field" in out.stdout + out.stderr
+    assert not (tmp_path / "bad" / "runs").exists()
+    out = _sweep_cli(tmp_path / "bad", "--dry_run", "--sweep.seedz=1")
+    assert out.returncode != 0 and "seedz" in out.stderr
+
+
+@pytest.mark.slow  # trains two tiny runs through submitit in subprocesses (~1-2 min)
+def test_tiny_sweep_end_to_end_and_resume(tmp_path):
+    wd = tmp_path / "sweep"
+    out = _sweep_cli(wd)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = [json.loads(x) for x in (wd / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(r["status"] == "completed" for r in lines)
+    assert any(k.startswith("acc/d=") for k in lines[0]["eval"])
+    assert "passes=2" in (wd / "summary.md").read_text()
+    assert (wd / "sweep.png").stat().st_size > 1000
+    assert "2/2 done" in out.stdout
+    again = _sweep_cli(wd)
+    assert again.returncode == 0
+    assert again.stdout.count("skip finished") == 2
 
 
 @pytest.mark.slow  # compiles two tiny train steps in a subprocess
@@ -146,10 +385,3 @@ def test_step_memory_reports_every_point():
     assert len(rows) == 2, out.stdout
     mib = [float(r.split("|")[2]) for r in rows]
     assert all(m > 0 for m in mib) and mib[1] > mib[0]  # N=2 keeps more for the backward
-
-
-def test_declared_baselines_are_taken_whole():
-    from experiments.configs import sweeps
-
-    assert sweeps.rules().baseline.to_dict() == {"rule": "delta"}
-    assert sweeps.main().baseline.to_dict() == {"passes": 1}

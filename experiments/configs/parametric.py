@@ -20,7 +20,9 @@ Run-book (variants after the colon: "" recall, "depo", "meta", each optionally "
   meta: the size of experiments/meta_rule.py (recall, n in {2, 4, 6} pairs, d=32,
   attn+ssm, N=2, 1500 AdamW steps): ~30-40 s per run on one core of a 2-core CPU.
   taskset -c 1 python -m experiments.meta_rule --out=results/meta_rule   (3 seeds x 5 rules,
-  7.6 min). Result (results/meta_rule/summary.md): eval acc 1.000 +- 0.000 (delta 0.998,
+  7.6 min; a sweep over `rule` through experiments/sweeping: --dry_run lists the runs,
+  --parallel=2 without taskset runs one per core, --launcher=slurm goes to a cluster).
+  Result (results/meta_rule/summary.md): eval acc 1.000 +- 0.000 (delta 0.998,
   hebbian 0.991, gated_hebbian 0.90, gated_delta 0.86); in every seed one head grows a
   delta-style erase (c_erase ~0.5) and c_decay turns slightly negative.
 

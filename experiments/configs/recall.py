@@ -21,6 +21,8 @@ Run-book:
   evaluated at N in {1, 2, 4, 8} besides the training N. One run takes about 2.5 min (N=1)
   to 5 min (N=4) on one core of a 2-core CPU.
   python -m experiments.train --config=experiments/configs/recall.py:capacity --workdir=/tmp/cap
+  The sweep over N (add --dry_run to list its 6 runs and the estimated time):
+  python -m experiments.sweep --sweep=experiments/configs/sweeps.py:main --workdir=runs/main
 """
 
 from experiments.configs import common

@@ -12,7 +12,8 @@ Run-book:
   Expected result (paper): exact accuracy (all 4 labels; chance 1/16) ~10% at N=1, ~20% at
   N=2, >30% at N=3-4 (`eval/acc/d=32` in metrics.jsonl / summary.json).
 
-  CPU scale (`:cpu`, swept in experiments/configs/sweeps.py:rule110): 4 states of 8 bits
+  CPU scale (`:cpu`, swept by `python -m experiments.sweep
+  --sweep=experiments/configs/sweeps.py:rule110 --workdir=runs/rule110`): 4 states of 8 bits
   (T=36, L=8), t drawn per example from {1,2,3,4} (depth = t), d=32 attn+GDN, 2000 steps,
   2.5-11 min per run on one core of the loaded 2-core CPU (N=1 fastest). Exact-match
   accuracy over the 4 answer bits; the best constant answer scores 0.148 / 0.077 / 0.075 /

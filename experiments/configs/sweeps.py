@@ -1,5 +1,7 @@
 """Sweep declarations, run as
-`python -m experiments.sweep --sweep=experiments/configs/sweeps.py:<name> --workdir=...`.
+`python -m experiments.sweep --sweep=experiments/configs/sweeps.py:<name> --workdir=...`
+(add --dry_run to list the runs and the estimated time first; --launcher=slurm on a cluster).
+Every field is overridable: --sweep.seeds=0,1,2 --sweep.axes.passes=1,8 --sweep.parallel=1.
 
 Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
@@ -10,19 +12,26 @@ Variants (each function's docstring says what it asks):
                     with the main job through --runs_dir).
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 _RECALL = "experiments/configs/recall.py"
+
+
+def _tuples(x):
+    """Lists -> tuples, so that the command line can override them (--sweep.seeds=0,1,2)."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
 def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
     c = ConfigDict()
     c.config = config
     c.config_arg = config_arg
-    c.axes = axes
+    c.axes = {k: _tuples(v) for k, v in axes.items()}
     c.fixed = fixed or {}
-    c.seeds = list(seeds)
+    c.seeds = _tuples(seeds)
     c.parallel = 2
+    c.frontier = config_dict.placeholder(float)  # set: also tabulate the depth frontier
+    c.est_run_s = config_dict.placeholder(float)  # seconds per run, for the first ETA
     # Set whole: ConfigDict.update would merge a given baseline into this default.
     c.baseline = extra.pop("baseline", {"passes": 1})
     c.x_field = "passes"
@@ -37,6 +46,7 @@ def tiny():
         {"passes": [1, 2]},
         seeds=[0],
         config_arg="tiny",
+        est_run_s=30.0,
         fixed={
             "steps": 20,
             "eval_every": 20,
@@ -53,7 +63,9 @@ def main():
     6 runs, 2 at a time (one per core); about 11 min on a 2-core CPU. Question: does N > 1
     gain most at the largest number of pairs n (depth)?
     """
-    return _sweep(_RECALL, {"passes": [1, 2, 4]}, seeds=[0, 1], config_arg="capacity")
+    return _sweep(
+        _RECALL, {"passes": [1, 2, 4]}, seeds=[0, 1], config_arg="capacity", est_run_s=220.0
+    )
 
 
 # --- reproduction study at CPU scale (3 seeds each) -------------------------------------

@@ -1,0 +1,53 @@
+"""The command-line flags every sweep entry point shares (launcher, Slurm resources,
+dry run, config changes), and the `Launcher` they describe."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from experiments.sweeping import launch, runner
+
+LAUNCHER = flags.DEFINE_enum(
+    "launcher", "local", launch.LAUNCHERS,
+    "local: runs on this machine, one per core (submitit LocalExecutor); slurm: one Slurm "
+    "job array (submitit AutoExecutor); debug: in this process, one after another.",
+)  # fmt: skip
+DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "List the runs and the estimated time; start nothing."
+)
+ON_CONFIG_CHANGE = flags.DEFINE_enum(
+    "on_config_change", "refuse", runner.ON_CONFIG_CHANGE,
+    "A run directory that recorded another config than the sweep launches now: refuse, or "
+    "rerun it under <name>,cfg=<hash>.",
+)  # fmt: skip
+PLAIN_EVERY = flags.DEFINE_float(
+    "progress_every", 30.0, "Seconds between progress lines when stdout is not a terminal."
+)
+SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "Slurm partition.")
+SLURM_TIME_MIN = flags.DEFINE_integer("slurm_time_min", 240, "Slurm time limit per run, minutes.")
+SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", 1, "CPUs per run.")
+SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_node", 0, "GPUs per run.")
+SLURM_MEM_GB = flags.DEFINE_float("slurm_mem_gb", None, "Memory per run, GB.")
+SLURM_ACCOUNT = flags.DEFINE_string("slurm_account", None, "Slurm account.")
+SLURM_QOS = flags.DEFINE_string("slurm_qos", None, "Slurm QOS.")
+SLURM_CONSTRAINT = flags.DEFINE_string("slurm_constraint", None, "Slurm node constraint.")
+SLURM_SETUP = flags.DEFINE_multi_string(
+    "slurm_setup", [], "A shell line run before each job (repeatable), e.g. 'module load cuda'."
+)
+
+
+def slurm_options() -> launch.SlurmOptions:
+    return launch.SlurmOptions(
+        partition=SLURM_PARTITION.value, time_min=SLURM_TIME_MIN.value,
+        cpus_per_task=SLURM_CPUS.value, gpus_per_node=SLURM_GPUS.value,
+        mem_gb=SLURM_MEM_GB.value, account=SLURM_ACCOUNT.value, qos=SLURM_QOS.value,
+        constraint=SLURM_CONSTRAINT.value, setup=tuple(SLURM_SETUP.value),
+    )  # fmt: skip
+
+
+def make_launcher(workdir: str, parallel: int) -> launch.Launcher:
+    """The launcher the flags ask for; its job logs go to `<workdir>/submitit/`."""
+    folder = os.path.join(workdir, runner.SUBMITIT_DIR)
+    return launch.Launcher(LAUNCHER.value, folder, parallel, slurm_options())

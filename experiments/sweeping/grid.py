@@ -1,0 +1,251 @@
+"""A sweep's grid: its runs (grid points x paired seeds), their names and launch configs.
+
+A sweep is a base config (file + optional arg, as for `experiments/train.py`), a grid of
+overrides (`axes`: dotted config field -> list of values) and a list of seeds. Every grid
+point runs once per seed with the *same* seed across points, so each point of a given seed
+starts from the same initialisation and sees the same data order (paired seeds). Pure
+config code: nothing here starts a process or writes a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import flags
+from ml_collections import config_flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a sweep: a grid point and a seed."""
+
+    point: tuple[tuple[str, Any], ...]  # sorted (field, value) overrides, seed excluded
+    seed: int
+    # What the run is launched with and stored under (`store_as_changes`): the point and the
+    # sweep's fixed overrides, less the values the base config already has. None: the point.
+    stored: tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def point_name(self) -> str:
+        return _name(self.point)
+
+    @property
+    def name(self) -> str:
+        """Its run directory: runs equal as configs have equal names, so sweeps that share
+        a runs directory share their runs (e.g. every sweep's N=1 point)."""
+        return f"{_name(self.point if self.stored is None else self.stored)},seed={self.seed}"
+
+    def overrides(self) -> dict[str, Any]:
+        return {**dict(self.point), "seed": self.seed}
+
+
+def _name(point) -> str:
+    return ",".join(f"{k}={_fmt(v)}" for k, v in point) if point else "base"
+
+
+def _lookup(config, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node.to_dict() if hasattr(node, "to_dict") else node
+
+
+def store_as_changes(runs: Sequence[Run], base_config, fixed: Mapping[str, Any] | None = None):
+    """Each run with `stored` set: its point plus `fixed`, without the fields whose value
+    equals `base_config`'s (call `check_fields` first)."""
+    out = []
+    for run in runs:
+        every = {**(fixed or {}), **dict(run.point)}
+        changed = {k: v for k, v in every.items() if _freeze(_lookup(base_config, k)) != _freeze(v)}
+        out.append(dataclasses.replace(run, stored=point_key(changed)))
+    return out
+
+
+def load_config_file(path: str, arg: str | None = None, overrides: Sequence[str] = ()):
+    """The config `python -m experiments.train --config=path:arg *overrides` trains.
+
+    Parsed by ml_collections' own flag parser (the one the training entry point uses), so
+    the sweep compares a run's recorded config with exactly what it would launch.
+    """
+    spec = path + (f":{arg}" if arg else "")
+    argv = ["sweep", f"--config={spec}", *overrides]
+    values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    values(argv)
+    return holder.value
+
+
+def plain(x):
+    """ConfigDict values -> plain Python (lists/tuples/dicts)."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    return x
+
+
+def axes_and_fixed(sweep_config) -> tuple[dict, dict]:
+    """A sweep file's `axes` and `fixed` as plain dicts, list values made tuples."""
+    tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    axes = {k: [tup(v) for v in vals] for k, vals in plain(sweep_config.axes).items()}
+    fixed = {k: tup(v) for k, v in plain(sweep_config.get("fixed", {})).items()}
+    return axes, fixed
+
+
+def _freeze(v):
+    """Lists (e.g. from JSON or ConfigDict) -> tuples, recursively, so points compare equal."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def point_key(overrides: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(((k, _freeze(v)) for k, v in overrides.items()), key=lambda kv: kv[0]))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return "(" + "-".join(_fmt(x) for x in v) + ")"
+    return str(v)
+
+
+def expand_grid(axes: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> list[Run]:
+    """Cartesian product of `axes` (field -> values) times `seeds`, as `Run`s.
+
+    A key may join several fields with "+" to vary them together, e.g.
+    `{"passes+steps": [(1, 2000), (4, 500)]}` (zipped, not crossed).
+    """
+    if not seeds:
+        raise ValueError("a sweep needs at least one seed")
+    names = list(axes)
+    for name in names:
+        if not isinstance(axes[name], (list, tuple)) or not axes[name]:
+            raise ValueError(f"sweep axis {name!r} must be a non-empty list of values")
+    runs = []
+    for combo in itertools.product(*(axes[n] for n in names)):
+        point = {}
+        for name, value in zip(names, combo):
+            fields = name.split("+")
+            if len(fields) > 1:
+                if not isinstance(value, (list, tuple)) or len(value) != len(fields):
+                    raise ValueError(f"axis {name!r} needs {len(fields)}-tuples, got {value!r}")
+                point.update(zip(fields, value))
+            else:
+                point[name] = value
+        if "seed" in point:
+            raise ValueError("put seeds in `seeds`, not in the axes")
+        key = point_key(point)
+        runs.extend(Run(key, int(s)) for s in seeds)
+    return runs
+
+
+def check_fields(config, runs: Sequence[Run]) -> None:
+    """Every overridden field must exist in the base config (ml_collections ConfigDict)."""
+    for run in runs:
+        for field in run.overrides():
+            node = config
+            for part in field.split("."):
+                if not hasattr(node, "keys") or part not in node.keys():
+                    raise ValueError(
+                        f"sweep field {field!r} does not exist in the base config; "
+                        f"known top-level fields: {', '.join(sorted(config.keys()))}"
+                    )
+                node = node[part]
+
+
+def launch_overrides(run: Run, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config overrides a run is launched with: `fixed` and its point (or exactly its
+    `stored` overrides, when set), and its seed."""
+    if run.stored is None:
+        return {**(fixed or {}), **run.overrides()}
+    return {**dict(run.stored), "seed": run.seed}
+
+
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+    """`--config.<field>=<value>` flags, as `experiments.train` parses them."""
+    return [_override_flag(k, v) for k, v in overrides.items()]
+
+
+def train_command(spec: str, run_dir: str, overrides: Sequence[str], extra=()) -> list[str]:
+    """The `experiments.train` command line of one run (`spec`: "path[:arg]")."""
+    return [sys.executable, "-m", "experiments.train", f"--config={spec}",
+            f"--workdir={run_dir}", *overrides, *extra]  # fmt: skip
+
+
+def _override_flag(field: str, value) -> str:
+    if isinstance(value, (tuple, list)):
+        value = (
+            "("
+            + ",".join(repr(x) if isinstance(x, str) else str(x) for x in value)
+            + ("," if len(value) == 1 else "")
+            + ")"
+        )
+    return f"--config.{field}={value}"
+
+
+def baseline_of(point: Mapping[str, Any], baseline: Mapping[str, Any]) -> tuple:
+    """The point's paired baseline: the same overrides with the baseline fields swapped in."""
+    return point_key({**point, **baseline})
+
+
+# The fields a sweep file's get_config() may set (experiments/configs/sweeps.py).
+SWEEP_FIELDS = ("config", "config_arg", "axes", "fixed", "seeds", "parallel", "baseline",
+                "x_field", "metric", "frontier", "est_run_s")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A base config, its grid and seeds, and how many runs go at once."""
+
+    config: str  # base config file
+    config_arg: str = ""  # its variant ("tiny", "capacity", ...)
+    axes: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: Sequence[int] = (0,)
+    parallel: int = 2
+    # Runs named by what they change in the base config (so sweeps share runs); False:
+    # by their grid point.
+    name_by_changes: bool = True
+    est_run_s: float | None = None  # expected seconds per run before any is measured
+
+    @classmethod
+    def from_config(cls, s) -> Sweep:
+        """From a sweep file's ConfigDict; unknown top-level fields are refused."""
+        unknown = sorted(set(s.keys()) - set(SWEEP_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown sweep field(s) {unknown}; known: {list(SWEEP_FIELDS)}")
+        axes, fixed = axes_and_fixed(s)
+        seeds = plain(s.seeds)
+        seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+        return cls(config=s.config, config_arg=s.get("config_arg") or "", axes=axes,
+                   fixed=fixed, seeds=tuple(int(x) for x in seeds),
+                   parallel=int(s.get("parallel") or 2),
+                   est_run_s=s.get("est_run_s"))  # fmt: skip
+
+    @property
+    def spec(self) -> str:
+        return self.config + (f":{self.config_arg}" if self.config_arg else "")
+
+    def base_config(self):
+        return load_config_file(self.config, self.config_arg)
+
+    def runs(self) -> list[Run]:
+        """Every run of the grid, fields checked against the base config.
+
+        Raises:
+          ValueError: a bad axis or seed list, or a field the base config does not have.
+        """
+        runs = expand_grid(self.axes, self.seeds)
+        base = self.base_config()
+        check_fields(base, runs + [Run(point_key(self.fixed), 0)])
+        return store_as_changes(runs, base, self.fixed) if self.name_by_changes else runs
+
+    def overrides(self, run: Run) -> list[str]:
+        """The `--config.` flags `run` is launched with."""
+        return override_flags(launch_overrides(run, self.fixed))
