@@ -42,10 +42,10 @@ def init_attention(key, cfg: ModelConfig) -> dict:
 def _qkv(p, cfg: ModelConfig, x, positions):
     """Projects x [B, T, D] to rotated q, k and plain v, each [B, T, H, dh]."""
     B, T, _ = x.shape
-    split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.dh)
-    q = rope(split(x @ p["wq"]), positions, cfg.rope_base)
-    k = rope(split(x @ p["wk"]), positions, cfg.rope_base)
-    return q, k, split(x @ p["wv"])
+    # One matmul for q|k|v (x read once; one dx and one weight-gradient matmul backward).
+    qkv = x @ jnp.concatenate([p["wq"], p["wk"], p["wv"]], axis=1)
+    q, k, v = (y.reshape(B, T, cfg.num_heads, cfg.dh) for y in jnp.split(qkv, 3, axis=-1))
+    return rope(q, positions, cfg.rope_base), rope(k, positions, cfg.rope_base), v
 
 
 def _attend(p, q, k, v, mask):

@@ -127,12 +127,7 @@ def block_keys_values(mixer: dict, cfg, x):
     """The keys and values an ssm block writes for normed inputs x [B, T, D] (window start at
     position 0, empty conv buffer): projections -> causal conv -> SiLU, keys L2-normalised;
     the computation of `fast_weights.fast_weight_window`. Returns (k, v), each [B, T, H, dh]."""
-    T = x.shape[1]
-    u = fast_weights._project(mixer, x)
-    K = cfg.conv_size
-    u_pad = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
-    conv_out = sum(mixer["conv"][j] * u_pad[:, j : j + T] for j in range(K))
-    _, k, v = fast_weights._features(cfg, conv_out)
+    _, k, v, _, _, _ = fast_weights.window_features(mixer, cfg, x)
     return k, v
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sleep_consolidation import rules
 from sleep_consolidation.config import ModelConfig
@@ -57,8 +58,21 @@ def init_fast_weight_mixer(key, cfg: ModelConfig) -> dict:
 
 
 def _project(p, x):
-    """Pre-conv q|k|v projections: [..., D] -> [..., 3 H dh]."""
-    return jnp.concatenate([x @ p["wq"], x @ p["wk"], x @ p["wv"]], axis=-1)
+    """Every input projection of the block in one matmul: x @ [wq | wk | wv | wg | wa | wb].
+
+    One wide matmul instead of six narrow ones: x is read once, and the backward pass does
+    one dx matmul and one weight-gradient matmul (the weights stay separate parameters, so
+    Muon still orthogonalises each matrix on its own).
+
+    Returns:
+      (u [..., 3 H dh] pre-conv q|k|v, z_g [..., H dh] output-gate pre-activation,
+       z_a [..., H] decay pre-activation, z_b [..., H] write-strength pre-activation).
+    """
+    names = ("wq", "wk", "wv", "wg", "wa", "wb")
+    y = x @ jnp.concatenate([p[n] for n in names], axis=1)
+    cuts = np.cumsum([p[n].shape[1] for n in names])[:-1]
+    zq, zk, zv, z_g, z_a, z_b = jnp.split(y, cuts, axis=-1)
+    return jnp.concatenate([zq, zk, zv], axis=-1), z_g, z_a, z_b
 
 
 def _features(cfg: ModelConfig, conv_out):
@@ -69,18 +83,41 @@ def _features(cfg: ModelConfig, conv_out):
     return _l2_normalize(heads(q)), _l2_normalize(heads(k)), heads(v)
 
 
+def _gates(p, z_a, z_b):
+    alpha = jnp.exp(-jnp.exp(p["a_log"]) * jax.nn.softplus(z_a + p["dt_bias"]))
+    return alpha, jax.nn.sigmoid(z_b)
+
+
 def gates(p, x):
     """alpha (decay) and beta (write strength), each [..., H] in (0, 1)."""
-    alpha = jnp.exp(-jnp.exp(p["a_log"]) * jax.nn.softplus(x @ p["wa"] + p["dt_bias"]))
-    beta = jax.nn.sigmoid(x @ p["wb"])
-    return alpha, beta
+    return _gates(p, x @ p["wa"], x @ p["wb"])
 
 
-def _output(p, cfg: ModelConfig, o, x):
-    """o [..., H, dh] -> gated RMSNorm -> out projection [..., D]."""
+def _output(p, cfg: ModelConfig, o, z_g):
+    """o [..., H, dh] -> RMSNorm gated by SiLU(z_g) -> out projection [..., D]."""
     o = rms_norm(o, p["o_norm"])
-    o = o.reshape(*o.shape[:-2], cfg.num_heads * cfg.dh) * jax.nn.silu(x @ p["wg"])
+    o = o.reshape(*o.shape[:-2], cfg.num_heads * cfg.dh) * jax.nn.silu(z_g)
     return o @ p["wo"]
+
+
+def window_features(p, cfg: ModelConfig, x):
+    """What an ssm block computes from its normed window input before the rule.
+
+    Args:
+      x: [B, T, D] normed inputs at window positions 0..T-1 (empty conv buffer at 0).
+
+    Returns:
+      (q, k [B, T, H, dh] L2-normalised, v [B, T, H, dh], alpha, beta [B, T, H],
+       z_g [B, T, H dh] output-gate pre-activation).
+    """
+    T = x.shape[1]
+    u, z_g, z_a, z_b = _project(p, x)
+    K = cfg.conv_size
+    u_pad = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
+    conv_out = sum(p["conv"][j] * u_pad[:, j : j + T] for j in range(K))
+    q, k, v = _features(cfg, conv_out)
+    alpha, beta = _gates(p, z_a, z_b)
+    return q, k, v, alpha, beta, z_g
 
 
 def fast_weight_window(p, cfg: ModelConfig, x, S, valid=None):
@@ -93,13 +130,7 @@ def fast_weight_window(p, cfg: ModelConfig, x, S, valid=None):
     Returns:
       (y [B, T, D], S_new).
     """
-    T = x.shape[1]
-    u = _project(p, x)
-    K = cfg.conv_size
-    u_pad = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
-    conv_out = sum(p["conv"][j] * u_pad[:, j : j + T] for j in range(K))
-    q, k, v = _features(cfg, conv_out)
-    alpha, beta = gates(p, x)
+    q, k, v, alpha, beta, z_g = window_features(p, cfg, x)
     rule = rules.get_rule(cfg.rule)
     o, S_new = rules.apply_rule(
         rule,
@@ -114,7 +145,7 @@ def fast_weight_window(p, cfg: ModelConfig, x, S, valid=None):
         impl=cfg.impl,
         chunk_size=cfg.chunk_size,
     )
-    return _output(p, cfg, o, x), S_new
+    return _output(p, cfg, o, z_g), S_new
 
 
 def fast_weight_step(p, cfg: ModelConfig, x, S, conv_buf):
@@ -126,10 +157,10 @@ def fast_weight_step(p, cfg: ModelConfig, x, S, conv_buf):
     Returns:
       (y [B, D], S_new, conv_buf_new).
     """
-    u = _project(p, x)
+    u, z_g, z_a, z_b = _project(p, x)
     window = jnp.concatenate([conv_buf, u[:, None]], axis=1)  # [B, K, 3 H dh]
     conv_out = jnp.einsum("bkc,kc->bc", window, p["conv"])
     q, k, v = _features(cfg, conv_out)
-    alpha, beta = gates(p, x)
+    alpha, beta = _gates(p, z_a, z_b)
     S_new, o = rules.rule_step(rules.get_rule(cfg.rule), p.get("theta"), S, q, k, v, alpha, beta)
-    return _output(p, cfg, o, x), S_new, window[:, 1:]
+    return _output(p, cfg, o, z_g), S_new, window[:, 1:]

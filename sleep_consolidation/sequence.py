@@ -2,7 +2,8 @@
 
 `forward` computes exactly what the streaming loop of `wake_sleep.py` computes (tested),
 but with each window's pass done over all of its positions at once and the windows and
-sleep passes looped with `loops.scan` (`lax.scan`, unrolled when short), so it can be jitted and differentiated end to end.
+sleep passes looped with `loops.scan` (`lax.scan`, unrolled when short), so it can be
+jitted and differentiated end to end.
 """
 
 from __future__ import annotations

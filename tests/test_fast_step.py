@@ -1,0 +1,159 @@
+"""The fast train step against its reference (issue 10).
+
+The fast path = unrolled short loops (`loops.scan`), the chunked rule, logits only at the
+task's answer positions, fused input projections, and gradient accumulation over
+micro-batches. The reference = `lax.scan` everywhere (no unrolling), the per-token rule,
+logits at every position, one batch. They must agree in loss and gradients (float
+tolerance: the sums are reordered), for every built-in rule and N in {1, 2, 3}.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import sleep_consolidation as sc
+from sleep_consolidation import fast_weights, loops, train
+from sleep_consolidation.tasks import make_task
+
+RULES = ("gated_delta", "delta", "gated_hebbian", "hebbian")
+TASK = make_task("recall", num_pairs_values=(2, 4), num_keys=8, num_values=8, window=8,
+                 num_queries=4)  # fmt: skip
+
+
+def _params(rule, impl, seed=0):
+    cfg = sc.ModelConfig(
+        vocab_size=TASK.vocab_size, d_model=16, num_heads=2, layout=("attn", "ssm"),
+        rule=rule, impl=impl, chunk_size=4, mlp_ratio=2,
+    )  # fmt: skip
+    return sc.init_params(cfg, jax.random.key(seed))
+
+
+def _loss_and_grad(params, batch, passes, positions, microbatches):
+    tx = optax.sgd(1.0)  # the update is -grad: the new params carry the gradient exactly
+    step = train.make_train_step(
+        tx, window=TASK.default_window, passes=passes, reinject_embedding=True,
+        loss_positions=positions, microbatches=microbatches,
+    )  # fmt: skip
+    state = train.init_train_state(params, tx)
+    new, metrics = step(state, batch)
+    grads = jax.tree.map(lambda a, b: a - b, state.params, new.params)
+    return float(metrics["loss"]), grads, float(metrics["token_acc"])
+
+
+# A covering subset by default (every rule, every N once); the whole grid under -m slow.
+_DEFAULT = {("gated_delta", 3), ("delta", 1), ("gated_hebbian", 2), ("hebbian", 3)}
+_GRID = [
+    pytest.param(r, n, marks=() if (r, n) in _DEFAULT else pytest.mark.slow)
+    for r in RULES
+    for n in (1, 2, 3)
+]
+
+
+@pytest.mark.parametrize("rule, passes", _GRID)
+def test_fast_step_equals_reference(rule, passes, monkeypatch):
+    batch = TASK.batch(0, 0, 8)
+    fast = _loss_and_grad(_params(rule, "chunked"), batch, passes, TASK.answer_positions, 4)
+    monkeypatch.setattr(loops, "MAX_UNROLL", 0)  # every loop a lax.scan
+    ref = _loss_and_grad(_params(rule, "scan"), batch, passes, None, 1)
+    np.testing.assert_allclose(fast[0], ref[0], rtol=1e-5)
+    assert fast[2] == ref[2]
+    for g_fast, g_ref in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(ref[1]), strict=True):
+        np.testing.assert_allclose(g_fast, g_ref, rtol=2e-4, atol=2e-6)
+
+
+def test_microbatches_give_the_same_parameters_over_steps():
+    """Two AdamW steps with M=4 micro-batches vs one batch (uneven answer counts: the
+    weighting by answers is what makes them equal)."""
+    params = _params("gated_delta", "chunked")
+    tx = optax.adamw(1e-2)
+    out = []
+    for m in (1, 4):
+        step = train.make_train_step(tx, window=TASK.default_window, passes=2, microbatches=m)
+        state = train.init_train_state(params, tx)
+        for i in range(2):
+            b = TASK.batch(0, i, 8)
+            mask = np.asarray(b.loss_mask).copy()
+            mask[1::4, -2:] = 0.0  # micro-batch 1 has fewer answers than the others
+            state, _ = step(state, b.replace(loss_mask=mask))
+        out.append(state.params)
+    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_microbatches_must_divide_the_batch():
+    step = train.make_train_step(optax.sgd(1.0), window=8, microbatches=3)
+    params = _params("delta", "chunked")
+    with pytest.raises(ValueError, match="not divisible"):
+        step(train.init_train_state(params, optax.sgd(1.0)), TASK.batch(0, 0, 8))
+    with pytest.raises(ValueError, match="microbatches"):
+        train.make_train_step(optax.sgd(1.0), window=8, microbatches=0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 9])
+def test_loops_scan_matches_lax_scan(n):
+    xs = jnp.arange(max(n, 1) * 3, dtype=jnp.float32).reshape(max(n, 1), 3)[:n]
+
+    def f(c, x):
+        return c * 0.5 + jnp.sin(x), (c.sum(), x * c)
+
+    def total(c0, fn):
+        c, (s, y) = fn(f, c0, xs)
+        return c.sum() + s.sum() + y.sum()
+
+    c0 = jnp.ones(3)
+    ref = jax.value_and_grad(lambda c: total(c, jax.lax.scan))(c0)
+    got = jax.value_and_grad(lambda c: total(c, loops.scan))(c0)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
+    carry, ys = loops.scan(lambda c, _: (c + 1, None), 0.0, None, length=3)
+    assert float(carry) == 3.0 and ys is None
+
+
+def test_forward_positions_equal_the_full_logits():
+    params = _params("gated_delta", "chunked")
+    tokens = jnp.asarray(TASK.batch(0, 0, 2).tokens)
+    full = sc.forward(params, tokens, window=8, passes=2)
+    pos = (0, 5, 6, 7, 12, 15)  # several runs
+    got = sc.forward(params, tokens, window=8, passes=2, positions=pos)
+    np.testing.assert_allclose(got, full[:, list(pos)], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="positions"):
+        sc.forward(params, tokens, window=8, passes=2, positions=(16,))
+
+
+def test_fused_projection_equals_separate_matmuls():
+    params = _params("gated_delta", "chunked")
+    p = params.blocks[1]["mixer"]
+    x = jax.random.normal(jax.random.key(3), (2, 5, 16))
+    u, z_g, z_a, z_b = fast_weights._project(p, x)
+    want_u = jnp.concatenate([x @ p["wq"], x @ p["wk"], x @ p["wv"]], -1)
+    for got, want in ((u, want_u), (z_g, x @ p["wg"]), (z_a, x @ p["wa"]), (z_b, x @ p["wb"])):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, knobs",
+    [
+        ("recall", {}),
+        ("recall", {"num_pairs_values": (4, 8, 16), "window": 32}),
+        ("rule110", {}),
+        ("depo", {}),
+        ("gsm", {}),
+    ],
+)
+def test_answer_positions_cover_every_supervised_position(name, knobs):
+    task = make_task(name, **knobs)
+    for step in range(5):  # Task.batch itself raises if a batch supervises elsewhere
+        mask = np.asarray(task.batch(step, step, 64).loss_mask)
+        hit = np.flatnonzero(mask.any(0))
+        assert set(hit) <= set(task.answer_positions)
+
+
+def test_a_batch_outside_its_answer_positions_is_refused(monkeypatch):
+    task = make_task("rule110")
+    monkeypatch.setattr(type(task), "answer_positions", property(lambda self: (99,)))
+    with pytest.raises(ValueError, match="answer_positions"):
+        task.batch(0, 0, 4)
