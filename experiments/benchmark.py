@@ -17,6 +17,10 @@ default: the JSON path with a .md suffix). Sections:
            over chunk sizes, with GFLOP/s from formulas and the agreement of the two.
   train    value_and_grad of a masked cross-entropy of `forward` vs N: step time, forward
            time, peak temporary memory (XLA's memory_analysis), plain vs rematerialised.
+  research the CLI's train step for the CPU-scale configs (recall:capacity, rule110:cpu,
+           depo:cpu) vs the reference step: tokens/s, model FLOP/s, share of the matmul
+           ceiling and a profile breakdown (bench_research.py). Run it on one core:
+           taskset -c 0 python -m experiments.benchmark --sections=ceiling,research
 
 Timing: every program is compiled first (`jit(...).lower(...).compile()`), warmed up, then
 the variants of one comparison are run interleaved, `jax.block_until_ready` on the whole
@@ -43,6 +47,7 @@ import numpy as np
 from absl import app, flags
 
 import sleep_consolidation as sc
+from experiments import bench_research
 from sleep_consolidation import rules, streaming
 
 FLAGS = flags.FLAGS
@@ -50,10 +55,10 @@ flags.DEFINE_string("out", "benchmarks/results.json", "Where to write the JSON r
 flags.DEFINE_string("md", None, "Where to write the markdown table (default: --out with .md).")
 flags.DEFINE_enum("mode", "full", ["full", "quick", "smoke"], "Problem sizes and repetitions.")
 flags.DEFINE_bool("quick", False, "Shorthand for --mode=quick (< 2 minutes on a 2-core CPU).")
-flags.DEFINE_list("sections", "ceiling,wake,latency,sleep,train", "Sections to run.")
+flags.DEFINE_list("sections", "ceiling,wake,latency,sleep,train,research", "Sections to run.")
 flags.DEFINE_integer("reps", None, "Timed repetitions per variant (default: from the mode).")
 
-SECTIONS = ("ceiling", "wake", "latency", "sleep", "train")
+SECTIONS = ("ceiling", "wake", "latency", "sleep", "train", "research")
 
 # One jitted instance of each step, shared by all sections (so compilations are reused).
 _wake = jax.jit(sc.wake_step)
@@ -85,6 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_chunk=32,
         train_rule_L=1024,
         train_rule_N=(1, 2, 4, 8),
+        research=(("recall:capacity", (1, 2, 4)), ("rule110:cpu", (1, 4)), ("depo:cpu", (1, 4))),
     ),
     "quick": dict(
         reps=5,
@@ -110,6 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_rule_L=512,
         train_rule_N=(1, 4),
         train_rule_variants=("scan_plain", "chunked_remat_pass"),
+        research=(("recall:capacity", (1, 4)),),
     ),
     "smoke": dict(
         reps=2,
@@ -135,6 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_rule_L=64,
         train_rule_N=(2,),
         train_rule_variants=("scan_plain", "chunked_remat_pass"),
+        research=(("recall:tiny", (1,)),),
     ),
 }
 
@@ -823,6 +831,8 @@ def run(
             res[sec] = bench_sleep(p, reps, ceiling)
         elif sec == "train":
             res[sec] = bench_train(p, reps)
+        elif sec == "research":
+            res[sec] = bench_research.bench_research(p, reps, ceiling, time_interleaved, log)
         res[sec]["seconds"] = time.perf_counter() - t0
         log(f"[benchmark] {sec}: {res[sec]['seconds']:.1f}s")
     res["targets"] = evaluate_targets(res)
@@ -1013,6 +1023,9 @@ def to_markdown(res: dict) -> str:
                 for r in rl["rows"]
             ],
         )
+    if "research" in res:
+        ceiling = res.get("ceiling", {}).get("gflops")
+        lines += [""] + bench_research.to_markdown(res["research"], ceiling)
     return "\n".join(lines) + "\n"
 
 

@@ -137,7 +137,8 @@ def op_categories(hlo: str) -> dict[str, str]:
 
 
 def profile(fn: Callable, args: tuple, steps: int = 10) -> dict:
-    """Runs `fn(*args)` (a jitted function) `steps` times under the profiler.
+    """Runs `fn(*args)` (a jitted or an AOT-compiled function) `steps` times under the
+    profiler.
 
     Returns:
       {"ms_per_call": wall ms per call, "ops_per_call": executed ops per call,
@@ -146,7 +147,7 @@ def profile(fn: Callable, args: tuple, steps: int = 10) -> dict:
       inside them are attributed too, so category sums can exceed the wall time: the
       shares are reported against the sum over top-level ops only.
     """
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*args).compile() if hasattr(fn, "lower") else fn  # jitted or compiled
     cats = op_categories(compiled.as_text())
     jax.block_until_ready(fn(*args))
     with tempfile.TemporaryDirectory() as d:

@@ -29,8 +29,35 @@ def test_smoke_run_writes_expected_keys(tmp_path):
     for r in data["train"]["rows"]:
         assert {"N", "variant", "median_s", "temp_mib", "forward_s", "step_over_forward"} <= set(r)
     assert data["targets"] and all(t["status"] in ("pass", "miss", "n/a") for t in data["targets"])
+    for r in data["research"]["rows"]:
+        assert r["tokens_per_s"] > 0 and r["model_gflops_per_s"] > 0 and r["speedup"] > 0
+        assert abs(sum(r["shares"].values()) - 1.0) < 1e-6
     text = open(md).read()
     assert "## Targets" in text and "Training step vs N" in text
+    assert "Research-scale train step" in text
+
+
+def test_model_flops_formula_by_hand():
+    """recall:tiny (T=16, L=8, d=32, 2 heads of 16, MLP 2, attn+ssm, V=8+8+...): the
+    formula against a hand count, and the sleep term is N-1 extra passes over window 1."""
+    from experiments import bench_research
+    from experiments.configs import recall
+    from sleep_consolidation import train
+
+    c = recall.get_config("tiny").to_dict()
+    c.update(passes=1)
+    spec = train.resolve_config(c)
+    D, H, dh, V, B = 32, 2, 16, spec.model_config.vocab_size, c["batch_size"]
+    T, L, answers = 16, 8, 4
+    mlp = 2 * 2 * D * (2 * D)
+    attn = 2 * 4 * D * H * dh + 4 * (L + 1) / 2 * H * dh
+    ssm = 2 * (D * (4 * H * dh + 2 * H) + H * dh * D) + 6 * H * dh**2
+    per_pass = 2 * mlp + attn + ssm
+    want = 3 * B * (T * per_pass + answers * 2 * D * V)
+    assert bench_research.model_flops_per_step(c, spec) == pytest.approx(want)
+    c3 = dict(c, passes=3)
+    extra = bench_research.model_flops_per_step(c3, train.resolve_config(c3)) - want
+    assert extra == pytest.approx(3 * B * L * 2 * per_pass)
 
 
 def test_run_checks_arguments():
