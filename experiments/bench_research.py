@@ -94,10 +94,11 @@ def bench_research(p, reps, ceiling_gflops, time_interleaved, log=print):
         for passes in passes_list:
             c, spec, fast, state, batch = _step(CONFIGS[name](), passes, reference=False)
             _, _, ref, ref_state, _ = _step(CONFIGS[name](), passes, reference=True)
-            t = time_interleaved(
-                {"fast": lambda: fast(state, batch), "reference": lambda: ref(ref_state, batch)},
-                reps,
-            )
+            calls = {
+                "fast": lambda f=fast, s=state, b=batch: f(s, b),
+                "reference": lambda f=ref, s=ref_state, b=batch: f(s, b),
+            }
+            t = time_interleaved(calls, reps)
             tokens = c["batch_size"] * spec.task.seq_len
             flops = model_flops_per_step(c, spec)
             t0 = time.perf_counter()
