@@ -1,10 +1,20 @@
-"""What a run logs while it runs: `metrics.jsonl` and, for rule="parametric",
-`theta.jsonl`. Only process 0 writes; the other processes of a multi-host run hold a
-`RunLog` that writes nothing."""
+"""What a run logs while it runs: `metrics.jsonl`, TensorBoard event files and, for
+rule="parametric", `theta.jsonl`. Only process 0 writes; the other processes of a
+multi-host run hold a `RunLog` that writes nothing.
+
+TensorBoard gets every number of a metrics line: the train metrics as `train/{key}` and
+the eval metrics under their own keys with characters a TensorBoard tag may not hold
+made `_` (`eval/acc/d_4`, `eval_N1/loss`, ...; `tensorboard_tag`), so that
+
+    tensorboard --logdir runs/
+
+shows the train and eval curves of every run under runs/.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -12,6 +22,13 @@ import jax
 from sleep_consolidation import parametric
 from sleep_consolidation.model import Params
 from sleep_consolidation.run_dir import METRICS_FILE, THETA_FILE, append_jsonl, truncate_jsonl
+
+
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a `metrics.jsonl` key: train metrics (no "/") go under
+    "train/"; characters other than letters, digits, `_`, `-`, `.` and `/` become `_`
+    (TensorBoard's rule for tag names, which its writers otherwise apply with a warning)."""
+    return re.sub(r"[^-/\w.]", "_", key if "/" in key else f"train/{key}")
 
 
 def theta_record(params: Params, step: int) -> dict[str, Any]:
@@ -38,12 +55,23 @@ class RunLog:
         self.log_theta = main and log_theta
         self.metrics_path = os.path.join(workdir, METRICS_FILE)
         self.theta_path = os.path.join(workdir, THETA_FILE)
+        self.workdir = workdir
+        self._tb = None  # the TensorBoard writer, opened by `start`
 
     def start(self, params: Params, step: int) -> None:
         """Drops what was logged after `step` (the restored checkpoint; 0 for a fresh run)
         and, on a fresh start, logs the initial theta."""
         if self.main:
             truncate_jsonl(self.metrics_path, step)
+            # Imported here: it takes a while, and only process 0 of a run needs it.
+            from tensorboardX import SummaryWriter
+
+            # A resumed run appends a new event file; purge_step makes TensorBoard drop
+            # the older files' events after the restored step (they are logged again).
+            # The suffix keeps two starts within one second (the name's timestamp) apart.
+            self._tb = SummaryWriter(
+                self.workdir, purge_step=step + 1 if step else None, filename_suffix=f".from{step}"
+            )
         if self.log_theta:  # step 0 (the init) is logged by a fresh start only
             truncate_jsonl(self.theta_path, step if step else -1)
             if not step:
@@ -53,6 +81,12 @@ class RunLog:
         """Appends one `metrics.jsonl` line (its `step` key gives the step)."""
         if self.main:
             append_jsonl(self.metrics_path, line)
+        if self._tb is not None:
+            step = line["step"]
+            for k, v in line.items():
+                if k != "step" and v is not None:  # None: a NaN metric, or no rate yet
+                    self._tb.add_scalar(tensorboard_tag(k), v, step)
+            self._tb.flush()
 
     def theta(self, params: Params, step: int) -> None:
         """Appends `theta_record(params, step)` to `theta.jsonl` (rule="parametric")."""
@@ -60,4 +94,7 @@ class RunLog:
             append_jsonl(self.theta_path, theta_record(params, step))
 
     def close(self) -> None:
-        """Flushes and closes whatever the log holds open."""
+        """Flushes and closes the TensorBoard writer."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

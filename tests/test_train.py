@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -300,3 +301,43 @@ def test_eval_passes_logs_other_n(tmp_path):
                 np.testing.assert_allclose([got_line, got_summary], v, rtol=1e-5, err_msg=k)
     assert len(summary["eval"]) == 3 * len(want)
     assert line["eval_N1/loss"] != line["eval_N3/loss"]
+
+
+def _tensorboard_scalars(workdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(workdir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_match_the_metrics_and_survive_a_resume(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    config = attn_config(log_every=1, checkpoint_every=2)
+    original = Recall.batch
+
+    def crash_before_step_4(self, seed, step, batch_size):
+        if step == 3:  # batch i makes step i + 1: steps 1-3 logged, step 2 checkpointed
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", crash_before_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, workdir)
+    monkeypatch.setattr(Recall, "batch", original)
+    train.train_and_evaluate(config, workdir)  # resumes from step 2; steps 3-6 again
+    events = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    assert len(events) == 2, events  # one file per start
+
+    scalars = _tensorboard_scalars(workdir)
+    lines = read_metrics(workdir)
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "grad_norm", "token_acc", "lr"):
+        # Step 3 was logged by both starts; TensorBoard keeps only the second one's.
+        assert [s for s, _ in scalars[f"train/{key}"]] == [1, 2, 3, 4, 5, 6], key
+        np.testing.assert_allclose(
+            [v for _, v in scalars[f"train/{key}"]], [m[key] for m in lines], rtol=1e-6
+        )
+    for key, tag in [("eval/acc", "eval/acc"), ("eval/loss/d=2", "eval/loss/d_2")]:
+        assert [s for s, _ in scalars[tag]] == [6], tag
+        np.testing.assert_allclose(scalars[tag][0][1], lines[-1][key], rtol=1e-6)
