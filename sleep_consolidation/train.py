@@ -61,7 +61,9 @@ from sleep_consolidation.run_dir import (
     SUMMARY_FILE,
     THETA_FILE,
     ConfigConflictError,
+    RunIOError,
     check_workdir,
+    io_error,
     run_record,
     write_json,
 )
@@ -79,7 +81,7 @@ from sleep_consolidation.train_step import (
 __all__ = [
     "CONFIG_FIELDS", "ESTIMATOR_FIELDS", "LOOP_FIELDS", "LR_SCHEDULES", "METRICS_FILE",
     "MODEL_FIELDS", "NOT_MUON", "OPTIMIZERS", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS",
-    "SUMMARY_FILE", "THETA_FILE", "ConfigConflictError", "NonFiniteError", "RunSpec",
+    "SUMMARY_FILE", "THETA_FILE", "ConfigConflictError", "NonFiniteError", "RunIOError", "RunSpec",
     "TrainState", "Trainer", "check_finite", "check_workdir", "config_to_dict", "evaluate",
     "import_rule_module", "init_train_state", "learning_rate_schedule", "make_optimizer",
     "make_train_step", "masked_cross_entropy", "muon_labels", "optimizer_from_config",
@@ -167,9 +169,10 @@ class Trainer:
 
     Args:
       config: the run config (`resolve_config`); workdir: the run directory.
+      allow_config_change: continue a saved run under changed fields (`check_workdir`).
     """
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, *, allow_config_change: bool = False):
         self.t0 = time.time()
         self.spec = spec = resolve_config(config)
         self.c = c = config_to_dict(config)
@@ -178,11 +181,15 @@ class Trainer:
         if mesh is not None:
             sharding.check_batch_size(c["batch_size"], mesh)
         self.main = sharding.is_main_process()
-        os.makedirs(workdir, exist_ok=True)
-        record = run_record(config, spec)
-        check_workdir(workdir, record)
-        if self.main:
-            write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            record = check_workdir(
+                workdir, run_record(config, spec), allow_config_change=allow_config_change
+            )
+            if self.main:
+                write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+        except OSError as e:
+            raise io_error(e, workdir) from e
 
         self.tx = optimizer_from_config(c)
         self.lr_fn = lr_schedule_from_config(c)
@@ -273,11 +280,22 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains to `config.steps` (resuming from the workdir's latest checkpoint) and
-        evaluates; writes summary.json however it ends. Returns the summary dict."""
+        evaluates; writes summary.json however it ends. Returns the summary dict.
+
+        Raises:
+          NonFiniteError: NaN/Inf loss or grad norm (the bad state is not saved).
+          RunIOError: a write failed (full disk, unwritable workdir); the message names
+            the path. The last good checkpoint is kept.
+        """
         c, spec = self.c, self.spec
         clock = _Clock(self.t0, c["batch_size"] * spec.task.seq_len)
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
-        with checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"]) as ckpt:
+        try:
+            ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"])
+        except OSError as e:
+            raise io_error(e, self.workdir) from e
+        failure: BaseException | None = None  # the first error; nothing after it hides it
+        try:
             state, start = self._restore(ckpt)
             summary["resumed_from"] = start if start else None
             self.log.start(state.params, start)
@@ -288,33 +306,71 @@ class Trainer:
                 "1 device" if self.mesh is None else f"data-parallel over "
                 f"{self.mesh.devices.size} devices ({jax.process_count()} process(es))",
             )  # fmt: skip
-            try:
-                state = self._train(ckpt, state, start, clock, summary)
-                if start >= c["steps"]:
-                    logging.info("%s is already trained to step %d (steps=%d)", self.workdir,
-                                 start, c["steps"])  # fmt: skip
-                    summary["eval"] = summary_metrics(self.evaluator(state.params))
-                summary.update(status="completed", step=int(jax.device_get(state.step)))
-            except NonFiniteError as e:
-                summary.update(status="failed", error=str(e), failed_step=e.step)
-                logging.error("%s", e)
-                raise
-            except BaseException as e:
-                summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
-                raise
-            finally:
-                summary.update(
-                    last_checkpoint=ckpt.latest_step(), startup_s=clock.startup_s,
-                    train_s=clock.train_s, tokens_per_s=clock.tokens_per_s(),
-                    wall_s=time.time() - self.t0,
-                )  # fmt: skip
-                if self.main:
-                    write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
-                self.log.close()
+            state = self._train(ckpt, state, start, clock, summary)
+            if start >= c["steps"]:
+                logging.info("%s is already trained to step %d (steps=%d)", self.workdir,
+                             start, c["steps"])  # fmt: skip
+                summary["eval"] = summary_metrics(self.evaluator(state.params))
+            ckpt.wait()  # an asynchronous save that failed raises here, before "completed"
+            summary.update(status="completed", step=int(jax.device_get(state.step)))
+        except NonFiniteError as e:
+            failure = e
+            summary.update(status="failed", error=str(e), failed_step=e.step)
+            logging.error("%s", e)
+            raise
+        except OSError as e:
+            try:  # a save in flight may finish, so that the message names the right step
+                ckpt.wait()
+            except Exception as e2:
+                logging.error("could not also finish saving in %s: %s", self.workdir, e2)
+            failure = io_error(e, self.workdir)
+            summary.update(status="failed", error=str(failure))
+            logging.error("%s", failure)
+            raise failure from e
+        except BaseException as e:
+            failure = e
+            summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            summary.update(
+                last_checkpoint=ckpt.latest_step(), startup_s=clock.startup_s,
+                train_s=clock.train_s, tokens_per_s=clock.tokens_per_s(),
+                wall_s=time.time() - self.t0,
+            )  # fmt: skip
+            self._finish(ckpt, summary, failure)
         return summary
 
+    def _finish(self, ckpt, summary: dict[str, Any], failure: BaseException | None) -> None:
+        """Writes summary.json, then closes the logs and the checkpointer (which waits for
+        a save in flight), each tried whatever the others did. An error here is raised
+        only if the run had none; after a first error it is logged, so it cannot hide it."""
+        first: Exception | None = None
+        for what, fn in [
+            ("write the summary of", functools.partial(self._write_summary, summary)),
+            ("close the logs of", self.log.close),
+            ("close the checkpoints of", ckpt.close),
+        ]:
+            try:
+                fn()
+            except Exception as e:
+                if failure is None and first is None:
+                    first = e
+                else:
+                    logging.error("could not also %s %s: %s: %s", what, self.workdir,
+                                  type(e).__name__, e)  # fmt: skip
+        if isinstance(first, OSError):
+            raise io_error(first, self.workdir) from first
+        if first is not None:
+            raise first
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        if self.main:
+            write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
+
+
+def train_and_evaluate(
+    config, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Trains and evaluates one config, resuming from `workdir` if it holds a checkpoint.
 
     Writes `config.json`, `metrics.jsonl` (one object per logged step: `step`, `loss`
@@ -333,13 +389,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     Args:
       config: the run config (a ConfigDict or a mapping with every field of CONFIG_FIELDS).
       workdir: the run directory (created if needed).
+      allow_config_change: continue the run saved in `workdir` although a field that
+        changes what is computed differs (passes, seed, window, ...; `check_workdir`); the
+        change is appended to config.json's `config_changes`.
 
     Returns:
       the summary dict.
 
     Raises:
       ValueError: an invalid config (before anything is compiled).
-      ConfigConflictError: `workdir` holds a run of a different model/task/optimizer.
+      ConfigConflictError: `workdir` holds a run of a different config (`check_workdir`).
       NonFiniteError: NaN/Inf loss or grad norm; the bad state is not checkpointed.
+      RunIOError: an OSError writing the run (full disk, unwritable workdir); the message
+        names the path; the last good checkpoint is kept.
     """
-    return Trainer(config, workdir).run()
+    return Trainer(config, workdir, allow_config_change=allow_config_change).run()
