@@ -8,13 +8,16 @@ made `_` (`eval/acc/d_4`, `eval_N1/loss`, ...; `tensorboard_tag`), so that
 
     tensorboard --logdir runs/
 
-shows the train and eval curves of every run under runs/.
+shows the train and eval curves of every run under runs/. `StepMetrics` and `Throughput`
+compute a line's train metrics and tokens/s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import time
 from typing import Any
 
 import jax
@@ -22,6 +25,7 @@ import jax
 from sleep_consolidation import parametric
 from sleep_consolidation.model import Params
 from sleep_consolidation.run_dir import METRICS_FILE, THETA_FILE, append_jsonl, truncate_jsonl
+from sleep_consolidation.train_step import check_finite
 
 
 def tensorboard_tag(key: str) -> str:
@@ -98,3 +102,82 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class StepMetrics:
+    """The train step's device metrics, fetched one step late (so that the host prepares
+    the next batch while the device runs), checked finite, and averaged over the steps
+    since the last logged line."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._pending = None  # (step, device metrics) not fetched yet
+
+    def push(self, step: int, metrics) -> None:
+        """Fetches the previous step's metrics and holds `step`'s (device arrays)."""
+        self.fetch()
+        self._pending = (step, metrics)
+
+    def fetch(self) -> None:
+        """Fetches the pending step's metrics; raises NonFiniteError on NaN/Inf."""
+        if self._pending is None:
+            return
+        step, m = self._pending
+        self._pending = None
+        m = jax.device_get(m)
+        check_finite(step, m)
+        for k, v in m.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._count += 1
+
+    def mean(self) -> dict[str, float]:
+        """Every step so far fetched and checked; their mean metrics, then a fresh start."""
+        self.fetch()
+        out = {k: v / self._count for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return out
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Training throughput, timed in laps between logged lines. It excludes startup (the
+    first step included: it compiles) and the time spent evaluating, logging and saving
+    between laps.
+
+    Attributes:
+      t0: when the run started; tokens_per_step: batch size x sequence length.
+      startup_s, train_s, timed_steps: startup time, timed training time and its steps.
+      mark: (time, step) where the current lap began; None before the first step.
+    """
+
+    t0: float
+    tokens_per_step: int
+    startup_s: float | None = None
+    train_s: float = 0.0
+    timed_steps: int = 0
+    mark: tuple[float, int] | None = None  # (time, step) where the current lap began
+
+    def start(self, step: int) -> None:
+        """Startup ends (after the first step, `step`); the first lap begins."""
+        self.startup_s = time.time() - self.t0
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        """A new lap begins after `step`."""
+        self.mark = (time.time(), step)
+
+    def lap(self, step: int) -> tuple[float | None, float]:
+        """Ends the lap at `step`; returns (tokens/s over it or None, the time now)."""
+        now = time.time()
+        t, s = self.mark
+        self.train_s, self.timed_steps = self.train_s + now - t, self.timed_steps + step - s
+        return ((step - s) * self.tokens_per_step / (now - t) if step > s else None), now
+
+    def eta(self, steps_left: int) -> float:
+        """Seconds to train `steps_left` more steps at the rate measured so far."""
+        return self.train_s / max(self.timed_steps, 1) * steps_left
+
+    def tokens_per_s(self) -> float | None:
+        """Tokens per second over every timed lap (None before the first)."""
+        return self.timed_steps * self.tokens_per_step / self.train_s if self.train_s else None

@@ -10,7 +10,7 @@ own modules and are re-exported here:
     evaluation.py   evaluate, Evaluator (the eval at every N of a run)
     run_config.py   resolve_config: every field validated before anything is compiled
     run_dir.py      the workdir's files, its record (config.json), the identity check
-    run_log.py      metrics.jsonl / theta.jsonl as the run goes
+    run_log.py      metrics.jsonl, TensorBoard, theta.jsonl; step-metric means, tokens/s
 
     tx = make_optimizer("muon", learning_rate=2e-3)
     state = init_train_state(init_params(cfg, key), tx)
@@ -20,7 +20,6 @@ own modules and are re-exported here:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -67,7 +66,7 @@ from sleep_consolidation.run_dir import (
     run_record,
     write_json,
 )
-from sleep_consolidation.run_log import RunLog, theta_record
+from sleep_consolidation.run_log import RunLog, StepMetrics, Throughput, theta_record
 from sleep_consolidation.train_step import (
     NonFiniteError,
     TrainState,
@@ -94,73 +93,6 @@ def _eta(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-class _StepMetrics:
-    """The train step's device metrics, fetched one step late (so that the host prepares
-    the next batch while the device runs), checked finite, and averaged over the steps
-    since the last logged line."""
-
-    def __init__(self):
-        self._sums: dict[str, float] = {}
-        self._count = 0
-        self._pending = None  # (step, device metrics) not fetched yet
-
-    def push(self, step: int, metrics) -> None:
-        self.fetch()
-        self._pending = (step, metrics)
-
-    def fetch(self) -> None:
-        """Fetches the pending step's metrics; raises NonFiniteError on NaN/Inf."""
-        if self._pending is None:
-            return
-        step, m = self._pending
-        self._pending = None
-        m = jax.device_get(m)
-        check_finite(step, m)
-        for k, v in m.items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v)
-        self._count += 1
-
-    def mean(self) -> dict[str, float]:
-        """Every step so far fetched and checked; their mean metrics, then a fresh start."""
-        self.fetch()
-        out = {k: v / self._count for k, v in self._sums.items()}
-        self._sums, self._count = {}, 0
-        return out
-
-
-@dataclasses.dataclass
-class _Clock:
-    """Training throughput. It excludes startup (the first step included: it compiles) and
-    the time spent evaluating, logging and saving between laps."""
-
-    t0: float
-    tokens_per_step: int
-    startup_s: float | None = None
-    train_s: float = 0.0
-    timed_steps: int = 0
-    mark: tuple[float, int] | None = None  # (time, step) where the current lap began
-
-    def start(self, step: int) -> None:
-        self.startup_s = time.time() - self.t0
-        self.restart(step)
-
-    def restart(self, step: int) -> None:
-        self.mark = (time.time(), step)
-
-    def lap(self, step: int) -> tuple[float | None, float]:
-        """Ends the lap at `step`; returns (tokens/s over it or None, the time now)."""
-        now = time.time()
-        t, s = self.mark
-        self.train_s, self.timed_steps = self.train_s + now - t, self.timed_steps + step - s
-        return ((step - s) * self.tokens_per_step / (now - t) if step > s else None), now
-
-    def eta(self, steps_left: int) -> float:
-        return self.train_s / max(self.timed_steps, 1) * steps_left
-
-    def tokens_per_s(self) -> float | None:
-        return self.timed_steps * self.tokens_per_step / self.train_s if self.train_s else None
 
 
 class Trainer:
@@ -237,7 +169,7 @@ class Trainer:
         ))  # fmt: skip
         return metrics_line(evals), summary
 
-    def _line(self, i: int, means: dict[str, float], clock: _Clock) -> dict[str, Any]:
+    def _line(self, i: int, means: dict[str, float], clock: Throughput) -> dict[str, Any]:
         """The metrics.jsonl line of step i + 1 (without eval), logged as a progress line."""
         step, steps = i + 1, self.c["steps"]
         rate, now = clock.lap(step)
@@ -250,11 +182,11 @@ class Trainer:
         )  # fmt: skip
         return line
 
-    def _train(self, ckpt, state: TrainState, start: int, clock: _Clock, summary) -> TrainState:
+    def _train(self, ckpt, state: TrainState, start: int, clock: Throughput, summary) -> TrainState:
         """Steps start+1..steps: logs every log_every, evaluates every eval_every and saves
         every checkpoint_every step (and all three at the last step)."""
         c, task = self.c, self.spec.task
-        steps, step_metrics = c["steps"], _StepMetrics()
+        steps, step_metrics = c["steps"], StepMetrics()
         for i in range(start, steps):
             step = i + 1
             batch = self.place_batch(task.batch(c["seed"], i, c["batch_size"]))
@@ -288,7 +220,7 @@ class Trainer:
             the path. The last good checkpoint is kept.
         """
         c, spec = self.c, self.spec
-        clock = _Clock(self.t0, c["batch_size"] * spec.task.seq_len)
+        clock = Throughput(self.t0, c["batch_size"] * spec.task.seq_len)
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
         try:
             ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"])
