@@ -311,7 +311,8 @@ def train_and_evaluate(
     in `eval_passes`), checkpoints and `summary.json` (its `eval` dict: the last eval, keys
     without the `eval/` prefix, `N{M}/...` for eval_passes). With rule="parametric" it
     also writes `theta.jsonl` (`theta_record`: every ssm layer's coefficients and nearest
-    built-in rule) at step 0 and at every eval step.
+    built-in rule) at step 0 and at every eval step. The numbers of every metrics line also
+    go to TensorBoard event files in `workdir` (`run_log.py`).
 
     `config.data_parallel` (True: all devices; n: the first n) trains data-parallel over a
     mesh (`sharding.py`). In a multi-process run (`sharding.maybe_initialize_distributed`)
