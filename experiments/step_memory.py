@@ -32,7 +32,7 @@ flags.mark_flags_as_required(["sweep"])
 def step_cost(config, reps: int) -> tuple[float | None, float]:
     """(peak temporary MiB of the compiled train step, median seconds per step)."""
     spec = train.resolve_config(config)
-    c = train._to_dict(config)
+    c = train.config_to_dict(config)
     tx = train.optimizer_from_config(c)
     step = train.train_step_from_config(c, spec, tx)
     state = train.init_train_state(init_params(spec.model_config, jax.random.key(0)), tx)

@@ -4,8 +4,10 @@
         --workdir=runs/rule110_n4 --config.passes=4
 
 Each config file's docstring is its run-book. Outputs under --workdir: config.json,
-metrics.jsonl, summary.json, checkpoints/. Exits non-zero on an invalid config, a workdir
-holding a different model/task, or a NaN/Inf loss or gradient norm.
+metrics.jsonl, summary.json, checkpoints/, TensorBoard event files
+(`tensorboard --logdir runs/`). Exits non-zero on an invalid config, a workdir holding a
+run of a different config (rerun with --allow_config_change to continue it under the new
+values anyway), a NaN/Inf loss or gradient norm, or a full disk / unwritable workdir.
 
 Several devices: --config.data_parallel=True (or a device count). Several hosts: the same
 command on every host with --coordinator_address=HOST0:PORT --num_processes=P
@@ -26,6 +28,14 @@ from sleep_consolidation import sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Continue the run in --workdir although a field that changes what it computes differs "
+    "from its config.json (passes, seed, window, batch_size, ...); the change is recorded "
+    "in config.json's config_changes. Steps and the log/eval/checkpoint cadence may change "
+    "without it.",
+)
 _CACHE = flags.DEFINE_string(
     "compilation_cache_dir", None, "Persistent XLA compilation cache (optional)."
 )
@@ -78,8 +88,12 @@ def main(argv):
         jax.devices(),
     )  # fmt: skip
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, train.NonFiniteError) as e:  # config errors and conflicts included
+        train.train_and_evaluate(
+            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
+        )
+    # Config errors and conflicts (ValueError), NaN/Inf, and I/O errors (full disk,
+    # unwritable workdir: the message names the path).
+    except (ValueError, train.NonFiniteError, OSError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -28,6 +28,7 @@ from sleep_consolidation.streaming import stream
 from sleep_consolidation.train import (
     ConfigConflictError,
     NonFiniteError,
+    RunIOError,
     TrainState,
     evaluate,
     init_train_state,
@@ -46,6 +47,7 @@ __all__ = [
     "Checkpointer",
     "ConfigConflictError",
     "NonFiniteError",
+    "RunIOError",
     "TrainState",
     "evaluate",
     "init_train_state",

@@ -3,6 +3,7 @@ MemoryState round trip."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 
 import sleep_consolidation as sc
 from experiments.configs import recall
-from sleep_consolidation import checkpointing, train
+from sleep_consolidation import checkpointing, run_dir, train
 from sleep_consolidation.tasks import Recall
 
 
@@ -177,3 +178,97 @@ def test_systematic_restore_failure_moves_nothing(tmp_path, monkeypatch):
         ckpt.restore_params(wrong)
     assert sorted(os.listdir(workdir / checkpointing.CHECKPOINT_DIR)) == steps_before
     assert not (workdir / checkpointing.CORRUPT_DIR).exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Torn files and I/O errors
+# ---------------------------------------------------------------------------------------
+
+
+def test_truncate_jsonl_drops_a_torn_last_line_and_later_steps(tmp_path, caplog):
+    path = str(tmp_path / "metrics.jsonl")
+    with open(path, "w") as f:
+        f.write('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    run_dir.truncate_jsonl(path, 2)
+    with open(path) as f:
+        assert f.read() == '{"step": 1}\n{"step": 2}\n'
+    assert "dropped 1 unreadable line(s) (line 4)" in caplog.text
+    with open(path, "a") as f:  # a whole last line that only lost its newline is kept
+        f.write('{"step": 3}')
+    run_dir.truncate_jsonl(path, 5)
+    with open(path) as f:
+        assert f.read() == '{"step": 1}\n{"step": 2}\n{"step": 3}\n'
+
+
+def test_resume_survives_a_torn_metrics_line(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=4), workdir)
+    with open(os.path.join(workdir, train.METRICS_FILE), "a") as f:
+        f.write('{"step": 5, "loss": 0.12')  # a kill in the middle of an append
+    summary = train.train_and_evaluate(attn_config(steps=6), workdir)
+    assert summary["resumed_from"] == 4 and summary["status"] == "completed"
+    assert [m["step"] for m in read_metrics(workdir)] == [2, 4, 6]
+    assert "unreadable line" in caplog.text
+
+
+class _FailingWrites:
+    """Makes os.open (the metrics append) and open (summary.json's temporary file) raise
+    ENOSPC for the matching paths: a full disk, for the writes of a run only."""
+
+    def __init__(self, monkeypatch, metrics_after=None, summary=False):
+        self.metrics_after, self.summary, self.appends = metrics_after, summary, 0
+        self._os_open, self._open = os.open, open
+        monkeypatch.setattr(os, "open", self.os_open)
+        monkeypatch.setattr("builtins.open", self.open)
+
+    def _full(self, path):
+        return OSError(errno.ENOSPC, "No space left on device", path)
+
+    def os_open(self, path, *args, **kwargs):
+        if self.metrics_after is not None and str(path).endswith(train.METRICS_FILE):
+            self.appends += 1
+            if self.appends > self.metrics_after:
+                raise self._full(path)
+        return self._os_open(path, *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        if self.summary and str(path).endswith(train.SUMMARY_FILE + ".tmp"):
+            raise self._full(path)
+        return self._open(path, *args, **kwargs)
+
+
+def test_a_full_disk_stops_the_run_naming_the_path_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    metrics = os.path.join(workdir, train.METRICS_FILE)
+    _FailingWrites(monkeypatch, metrics_after=1)  # the line of step 2 is written, not 4
+    with pytest.raises(train.RunIOError, match="No space left") as e:
+        train.train_and_evaluate(attn_config(), workdir)
+    assert f"I/O error on {metrics}" in str(e.value)
+    assert "last checkpoint (step 2) is kept" in str(e.value)
+    assert e.value.errno == errno.ENOSPC
+    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["status"] == "failed" and metrics in summary["error"]
+    assert summary["last_checkpoint"] == 2
+    monkeypatch.undo()  # space freed: the same command resumes
+    summary = train.train_and_evaluate(attn_config(), workdir)
+    assert summary["resumed_from"] == 2 and summary["status"] == "completed"
+    assert [m["step"] for m in read_metrics(workdir)] == [2, 4, 6]
+
+
+def test_a_failing_summary_write_does_not_hide_the_first_error(tmp_path, monkeypatch, caplog):
+    workdir = str(tmp_path / "run")
+    _FailingWrites(monkeypatch, metrics_after=0, summary=True)
+    with pytest.raises(train.RunIOError, match=train.METRICS_FILE):
+        train.train_and_evaluate(attn_config(steps=2), workdir)
+    assert "could not also write the summary" in caplog.text
+    assert train.SUMMARY_FILE + ".tmp" in caplog.text
+
+
+def test_a_failing_summary_write_of_a_finished_run_is_raised(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    _FailingWrites(monkeypatch, summary=True)
+    with pytest.raises(train.RunIOError, match=rf"I/O error on .*{train.SUMMARY_FILE}\.tmp"):
+        train.train_and_evaluate(attn_config(steps=2), workdir)
+    with checkpointing.Checkpointer(workdir) as ckpt:
+        assert ckpt.all_steps() == [2]  # the checkpointer was still closed cleanly

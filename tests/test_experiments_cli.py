@@ -62,9 +62,28 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, env):
     assert conflict.returncode != 0
     assert "model.d_model: saved 32, requested 64" in conflict.stderr
 
+    # A change of what is computed needs --allow_config_change, and is then recorded.
+    changed = [*common, "--config.steps=30", "--config.passes=3"]
+    refused = run(env, *changed)
+    assert refused.returncode != 0 and "passes: saved 2, requested 3" in refused.stderr
+    allowed = run(env, *changed, "--allow_config_change")
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    with open(os.path.join(workdir, "config.json")) as f:
+        record = json.load(f)
+    assert record["config"]["passes"] == 3
+    assert record["config_changes"][-1]["fields"]["passes"] == [2, 3]
+
 
 def test_cli_unknown_field_fails_clearly(tmp_path, env):
     out = run(env, TINY, f"--workdir={tmp_path / 'run'}", "--config.nonexistent=1")
     assert out.returncode != 0
     assert "no such config field 'nonexistent'" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_unwritable_workdir_fails_naming_the_path(tmp_path, env):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a directory cannot be made under a file, even by root
+    out = run(env, TINY, f"--workdir={blocker / 'run'}")
+    assert out.returncode == 1
+    assert f"error: I/O error on {blocker / 'run'}" in out.stderr

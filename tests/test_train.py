@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -300,3 +301,139 @@ def test_eval_passes_logs_other_n(tmp_path):
                 np.testing.assert_allclose([got_line, got_summary], v, rtol=1e-5, err_msg=k)
     assert len(summary["eval"]) == 3 * len(want)
     assert line["eval_N1/loss"] != line["eval_N3/loss"]
+
+
+def _tensorboard_scalars(workdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(workdir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_match_the_metrics_and_survive_a_resume(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    config = attn_config(log_every=1, checkpoint_every=2)
+    original = Recall.batch
+
+    def crash_before_step_4(self, seed, step, batch_size):
+        if step == 3:  # batch i makes step i + 1: steps 1-3 logged, step 2 checkpointed
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", crash_before_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, workdir)
+    monkeypatch.setattr(Recall, "batch", original)
+    train.train_and_evaluate(config, workdir)  # resumes from step 2; steps 3-6 again
+    events = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    assert len(events) == 2, events  # one file per start
+
+    scalars = _tensorboard_scalars(workdir)
+    lines = read_metrics(workdir)
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "grad_norm", "token_acc", "lr"):
+        # Step 3 was logged by both starts; TensorBoard keeps only the second one's.
+        assert [s for s, _ in scalars[f"train/{key}"]] == [1, 2, 3, 4, 5, 6], key
+        np.testing.assert_allclose(
+            [v for _, v in scalars[f"train/{key}"]], [m[key] for m in lines], rtol=1e-6
+        )
+    for key, tag in [("eval/acc", "eval/acc"), ("eval/loss/d=2", "eval/loss/d_2")]:
+        assert [s for s, _ in scalars[tag]] == [6], tag
+        np.testing.assert_allclose(scalars[tag][0][1], lines[-1][key], rtol=1e-6)
+    # A kill mid-write tears the last event record; the reader skips it and reads the rest.
+    newest = max(events, key=os.path.getmtime)
+    os.truncate(newest, os.path.getsize(newest) - 5)
+    assert [s for s, _ in _tensorboard_scalars(workdir)["train/loss"]][:5] == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------
+# Run identity: what a rerun of a workdir may change
+# ---------------------------------------------------------------------------------------
+
+
+def _saved_run(tmp_path, config, checkpoint_step=4):
+    """A workdir as a run of `config` leaves it (config.json and a finished checkpoint
+    step directory), without training."""
+    workdir = tmp_path / "run"
+    (workdir / checkpointing.CHECKPOINT_DIR / str(checkpoint_step)).mkdir(parents=True)
+    record = train.run_record(config, train.resolve_config(config))
+    with open(workdir / checkpointing.CONFIG_FILE, "w") as f:
+        json.dump(record, f)
+    return str(workdir)
+
+
+def _record(config):
+    return train.run_record(config, train.resolve_config(config))
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"passes": 3}, "passes: saved 2, requested 3"),
+        ({"seed": 1}, "seed: saved 0, requested 1"),
+        ({"batch_size": 4}, "batch_size: saved 8, requested 4"),
+        ({"window": 4}, "window: saved 8, requested 4"),  # saved: the task's window (None)
+        ({"eviction": "sliding"}, "eviction"),
+        ({"reinject_embedding": True}, "reinject_embedding"),
+        ({"learning_rate": 1e-3}, "learning_rate"),
+        ({"remat": "pass"}, "remat"),
+        ({"estimator": "truncated", "grad_passes": 1}, "estimator"),
+        ({"eval_size": 32}, "eval_size"),
+    ],
+)
+def test_a_change_of_what_is_computed_is_refused_unless_allowed(tmp_path, override, field):
+    workdir = _saved_run(tmp_path, attn_config())
+    record = _record(attn_config(**override))
+    with pytest.raises(train.ConfigConflictError, match=field) as e:
+        train.check_workdir(workdir, record)
+    assert "--allow_config_change" in str(e.value)
+    allowed = train.check_workdir(workdir, record, allow_config_change=True)
+    (change,) = allowed["config_changes"]
+    assert change["step"] == 4 and change["allowed"] is True
+    assert field.split(":")[0] in change["fields"]
+    assert allowed["config"] == record["config"]  # config.json takes the new values
+
+
+def test_steps_cadence_and_eval_passes_may_change_freely(tmp_path):
+    workdir = _saved_run(tmp_path, attn_config())
+    free = dict(steps=12, log_every=3, eval_every=4, checkpoint_every=3, keep_checkpoints=1,
+                eval_passes=(1, 3), eval_batch_size=8)  # fmt: skip
+    record = train.check_workdir(workdir, _record(attn_config(**free)))
+    (change,) = record["config_changes"]  # recorded all the same
+    assert change["allowed"] is False and set(change["fields"]) == set(free)
+    same = train.check_workdir(workdir, _record(attn_config()))
+    assert "config_changes" not in same
+
+
+def test_steps_may_not_change_under_a_cosine_schedule(tmp_path):
+    # Cosine decays over `steps`: more steps would raise the LR of the steps still to run.
+    workdir = _saved_run(tmp_path, attn_config(lr_schedule="cosine"))
+    with pytest.raises(train.ConfigConflictError, match="steps: saved 6, requested 12"):
+        train.check_workdir(workdir, _record(attn_config(lr_schedule="cosine", steps=12)))
+
+
+def test_model_changes_are_refused_even_when_allowed_and_no_checkpoint_starts_afresh(tmp_path):
+    workdir = _saved_run(tmp_path, attn_config())
+    record = _record(attn_config(d_model=64))
+    with pytest.raises(train.ConfigConflictError, match="model.d_model: saved 32"):
+        train.check_workdir(workdir, record, allow_config_change=True)
+    os.rmdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR, "4"))
+    assert train.check_workdir(workdir, record) == record  # nothing trained: a fresh start
+
+
+def test_allow_config_change_continues_the_run_and_records_the_change(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=2), workdir)
+    changed = attn_config(steps=4, learning_rate=1e-3)
+    with pytest.raises(train.ConfigConflictError, match="learning_rate"):
+        train.train_and_evaluate(changed, workdir)
+    summary = train.train_and_evaluate(changed, workdir, allow_config_change=True)
+    assert summary["resumed_from"] == 2 and summary["step"] == 4
+    saved = checkpointing.read_run_config(workdir)
+    assert saved["config"]["learning_rate"] == 1e-3
+    (change,) = saved["config_changes"]
+    assert change == {"step": 2, "allowed": True,
+                      "fields": {"learning_rate": [2e-3, 1e-3], "steps": [2, 4]}}  # fmt: skip
+    train.train_and_evaluate(changed, workdir)  # the same config again: no new entry
+    assert len(checkpointing.read_run_config(workdir)["config_changes"]) == 1

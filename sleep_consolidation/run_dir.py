@@ -1,0 +1,261 @@
+"""A run's directory: its file names, its record (`config.json`), the check that a rerun
+continues the same run, and the JSON I/O, written so that a kill mid-write leaves a file
+that the next run can read.
+
+Layout (checkpoints: see `checkpointing.py`):
+
+    workdir/config.json     `run_record`: the requested config and what it resolved to
+    workdir/metrics.jsonl   one JSON object per logged step (appended, whole lines)
+    workdir/theta.jsonl     rule="parametric": the rule's coefficients at eval steps
+    workdir/summary.json    the run's status and last eval (rewritten atomically)
+    workdir/events.out.tfevents.*  TensorBoard (train and eval curves)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from absl import logging
+
+from sleep_consolidation import checkpointing
+from sleep_consolidation.run_config import MODEL_FIELDS, RunSpec, config_to_dict
+
+CONFIG_FILE = checkpointing.CONFIG_FILE
+METRICS_FILE = "metrics.jsonl"
+THETA_FILE = "theta.jsonl"  # rule="parametric": describe_theta per ssm layer at eval steps
+SUMMARY_FILE = "summary.json"
+
+
+class ConfigConflictError(ValueError):
+    """The workdir holds a run whose config differs from the requested one in a field
+    that changes what is computed (`check_workdir`)."""
+
+
+class RunIOError(OSError):
+    """Writing a run's outputs failed (a full disk, an unwritable workdir); the run stopped
+    and its last good checkpoint is kept."""
+
+
+def latest_checkpoint_on_disk(workdir: str) -> int | None:
+    """The newest finished checkpoint step under `workdir` (Orbax renames a step's
+    directory to its number when the step is complete), or None."""
+    try:
+        names = os.listdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
+    except OSError:
+        return None
+    return max((int(n) for n in names if n.isdigit()), default=None)
+
+
+def io_error(e: OSError, workdir: str) -> RunIOError:
+    """`e` as a `RunIOError` whose message names the path and the checkpoint kept.
+
+    Args:
+      e: the error; workdir: the run directory.
+
+    Returns:
+      the error to raise (`from e`), with `e`'s errno.
+    """
+    path = e.filename or workdir
+    step = latest_checkpoint_on_disk(workdir)
+    kept = (
+        "it has no checkpoint yet" if step is None else f"its last checkpoint (step {step}) is kept"
+    )
+    err = RunIOError(
+        f"I/O error on {path}: {e.strerror or e}. The run stopped; {kept}. Free disk space "
+        f"or make {workdir} writable, then rerun the same command to resume."
+    )
+    err.errno = e.errno  # not filename: OSError's str would then ignore the message
+    return err
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x))
+
+
+def run_record(config, spec: RunSpec) -> dict[str, Any]:
+    """What `config.json` holds: the requested config and what it resolved to.
+
+    Args:
+      config: the run config; spec: `resolve_config(config)`.
+
+    Returns:
+      a JSON-able dict with `config`, `model_config`, `task`, `window` and `seq_len`.
+    """
+    task = {"name": spec.task.name, **dataclasses.asdict(spec.task)}
+    return _jsonable(
+        {
+            "config": config_to_dict(config),
+            "model_config": dataclasses.asdict(spec.model_config),
+            "task": task,
+            "window": spec.window,
+            "seq_len": spec.task.seq_len,
+        }
+    )
+
+
+# What may change when a run is continued: how long it trains, how often the loop logs,
+# evaluates and saves, at which extra N it evaluates, and how the work is split
+# (eval_batch_size; data_parallel and microbatches, which change results by rounding
+# only). Every other
+# field changes what is computed. `steps` too, under lr_schedule="cosine" (see
+# `_guarded`): there it sets the decay horizon, so the LR of the steps left would change.
+RESUME_FREE_FIELDS = frozenset({
+    "steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "eval_passes", "eval_batch_size", "data_parallel", "microbatches",
+})  # fmt: skip
+
+
+def _fields(record) -> dict[str, Any]:
+    # The resolved model and task (so e.g. window=None and the task's window compare
+    # equal), then the other config fields.
+    skip = {"task", "window", *MODEL_FIELDS}
+    return {
+        **{f"model.{k}": v for k, v in record["model_config"].items()},
+        **{f"task.{k}": v for k, v in record["task"].items()},
+        "window": record["window"],
+        **{k: v for k, v in record["config"].items() if k not in skip},
+    }
+
+
+def _structural(field: str) -> bool:
+    # Fixes the checkpoint's shapes or the meaning of the data: no flag continues it.
+    return field.startswith(("model.", "task.")) or field == "optimizer"
+
+
+def _guarded(field: str, saved: dict[str, Any], requested: dict[str, Any]) -> bool:
+    if field == "steps":
+        return "cosine" in (saved.get("lr_schedule"), requested.get("lr_schedule"))
+    return field not in RESUME_FREE_FIELDS
+
+
+def check_workdir(
+    workdir: str, record: dict[str, Any], *, allow_config_change: bool = False
+) -> dict[str, Any]:
+    """Checks that `record` (`run_record`) continues the run saved in `workdir`.
+
+    A run is its whole resolved config. Fields in `RESUME_FREE_FIELDS` may change (and
+    `steps`, unless lr_schedule is "cosine"); a change of any other field would continue
+    the saved run under a label it was not trained with, so it is refused unless
+    `allow_config_change`. The model, the task and the optimizer are refused always. A
+    workdir without a checkpoint has nothing to continue: any config starts afresh.
+
+    Args:
+      workdir: the run directory; record: the record of the config to run now.
+      allow_config_change: continue under the changed fields anyway.
+
+    Returns:
+      the record to write to config.json: `record`, plus `config_changes`, the saved
+      run's list of changes with this one appended (`step`: the latest checkpoint, the
+      step from which the new values apply; `fields`: {name: [saved, requested]};
+      `allowed`: whether it needed allow_config_change).
+
+    Raises:
+      ConfigConflictError: naming each refused field with its saved and requested value.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        saved = checkpointing.read_run_config(workdir)
+    except ValueError as e:  # written atomically, so never torn by this code
+        raise ConfigConflictError(f"{path} is unreadable ({e}); fix or delete it") from e
+    if saved is None:
+        return record
+    old, new = _fields(saved), _fields(record)
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)}  # fmt: skip
+    records = saved.get("config_changes", [])
+    if not changed:
+        return {**record, "config_changes": records} if records else record
+    step = latest_checkpoint_on_disk(workdir)
+    if step is None:  # nothing was trained under the saved config: a fresh start
+        logging.info("%s has no checkpoint: starting afresh under the new config", workdir)
+        return record
+
+    def describe(keys):
+        return "; ".join(f"{k}: saved {changed[k][0]!r}, requested {changed[k][1]!r}" for k in keys)
+
+    structural = [k for k in changed if _structural(k)]
+    if structural:
+        raise ConfigConflictError(
+            f"workdir {workdir} holds a run with a different model/task/optimizer ("
+            f"{describe(structural)}). Use a new --workdir, or delete this one to start over."
+        )
+    guarded = [k for k in changed if _guarded(k, saved["config"], record["config"])]
+    if guarded and not allow_config_change:
+        raise ConfigConflictError(
+            f"workdir {workdir} holds a run with a different config ({describe(guarded)}): "
+            "continuing it would label a run trained under the saved values with the new "
+            "ones. Use a new --workdir, or pass --allow_config_change "
+            "(allow_config_change=True) to continue it under the new values from its "
+            f"latest checkpoint (recorded in {CONFIG_FILE} under config_changes)."
+        )
+    logging.info("continuing %s from step %s with changed fields [saved, now]: %s",
+                 workdir, step, changed)  # fmt: skip
+    entry = {"step": step, "fields": changed, "allowed": bool(guarded)}
+    return {**record, "config_changes": [*records, entry]}
+
+
+# ---------------------------------------------------------------------------------------
+# JSON I/O
+# ---------------------------------------------------------------------------------------
+
+
+def write_json(path: str, obj) -> None:
+    """Writes `obj` to `path` atomically (a temporary file, synced, then `os.replace`), so
+    that a reader sees the old file or the new one, never a torn one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: str, obj) -> None:
+    """Appends `obj` to `path` as one whole JSON line.
+
+    The line goes out in one unbuffered `os.write` (looped only if the OS takes part of
+    it), so a kill leaves at most the last line torn, and `truncate_jsonl` drops that.
+    """
+    data = (json.dumps(obj) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Drops the lines of `path` logged after `last_step` (they will be logged again).
+
+    A line that is not a JSON object with a `step` (a torn last line: a kill or a full
+    disk during an append) is dropped with a warning, so the run can resume.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        raw = f.read().split(b"\n")
+    kept, torn = [], []
+    for n, ln in enumerate(raw, 1):
+        if not ln.strip():
+            continue
+        try:
+            step = json.loads(ln)["step"]
+        except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+            torn.append(n)
+            continue
+        if step <= last_step:
+            kept.append(ln + b"\n")
+    if torn:
+        lines = ", ".join(map(str, torn))
+        logging.warning("%s: dropped %d unreadable line(s) (line %s): a write cut off by a "
+                        "kill or a full disk", path, len(torn), lines)  # fmt: skip
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
