@@ -91,9 +91,7 @@ def evaluate(
         part_batch = padded[i : i + chunk]
         if mesh is not None:
             part_batch = sharding.shard_batch(part_batch, mesh)
-        part = sums_fn(
-            params, part_batch, window, passes, schedule, depths, task.answer_positions
-        )
+        part = sums_fn(params, part_batch, window, passes, schedule, depths, task.answer_positions)
         sums = part if sums is None else jax.tree_util.tree_map(jnp.add, sums, part)
     return {k: float(v) for k, v in metrics_from_sums(sums, depths).items()}
 
