@@ -171,4 +171,3 @@ def to_markdown(sec: dict, ceiling_gflops) -> list[str]:
         shares = " | ".join(f"{100 * r['shares'][k]:.0f}%" for k in cats)
         lines.append(f"| {r['config']} | {r['N']} | {r['ops_per_step']:.0f} | {shares} |")
     return lines + [""]
-

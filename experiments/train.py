@@ -12,7 +12,8 @@ values anyway), a NaN/Inf loss or gradient norm, or a full disk / unwritable wor
 Several devices: --config.data_parallel=True (or a device count). Several hosts: the same
 command on every host with --coordinator_address=HOST0:PORT --num_processes=P
 --process_id=i (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; or
---distributed on a cluster JAX detects: Cloud TPU, SLURM, Open MPI). See docs_scale.md.
+--distributed on a cluster JAX detects: Cloud TPU, SLURM, Open MPI). See the README,
+"Launching on several GPUs or TPU hosts".
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 so `jax.jit`, `jax.grad` and optax act on it directly and step functions need no separate
 config argument. Two evaluation forms share every block:
   * `window_pass`: a block range over a whole window at once (training form, sleep);
-  * `token_step`: all blocks for one token (wake form), with explicit caches.
+  * `block_step`: one block for one token (wake form), with explicit caches.
 """
 
 from __future__ import annotations

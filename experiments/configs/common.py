@@ -53,7 +53,7 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.loop_blocks = config_dict.placeholder(tuple)  # None: all blocks; else (start, stop)
     c.grad_passes = config_dict.placeholder(int)  # k: last k passes (estimator="truncated")
     c.remat = "none"  # "pass" or "window" to bound memory at large N
-    # Meta-gradient estimator (docs_estimators.md): "full" (backprop through every pass),
+    # Meta-gradient estimator (estimators.py): "full" (backprop through every pass),
     # "truncated" (the last grad_passes passes) or "es" (antithetic ES with es_pairs pairs
     # at scale es_sigma on the rule's theta, es_scope="theta", the rest by backprop; or on
     # every parameter, es_scope="all", forward evaluations only).
@@ -87,7 +87,7 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.keep_checkpoints = 3
     c.eval_passes = ()  # extra eval N's, e.g. (1, 4, 8): logged as eval_N{M}/... (tuple)
 
-    # Scale-out (docs_scale.md): False/1 = one device; True = data-parallel over every
+    # Scale-out (README, "Launching on several GPUs"): False/1 = one device; True = over every
     # device (of every process); n = over the first n. batch_size must divide evenly.
     c.data_parallel = config_dict.FieldReference(False, field_type=object)  # bool or int
     c.microbatches = 1  # gradient accumulation over this many parts of each batch

@@ -4,7 +4,7 @@
     batch = task.batch(seed=0, step=17, batch_size=512)      # numpy Batch
     metrics = per_depth_metrics(logits, batch, task.depths)  # jax scalars
 
-Formats and choices are documented in docs_tasks.md and in each task module.
+Formats and choices are documented in BUILD_NOTES.md ("Tasks") and in each task module.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared pieces of the synthetic tasks: the `Batch` container, the `Task` base class and
 the per-depth answer metric.
 
-Conventions every task follows (see docs_tasks.md):
+Conventions every task follows (see BUILD_NOTES.md, "Tasks"):
   * `targets[b, t]` is the token to predict at position t (next-token style, so the model's
     logits at t are compared with it); 0 where unused.
   * `loss_mask` is 1.0 exactly where `targets` holds an answer token.
