@@ -127,9 +127,12 @@ def check_state(state, cfg: ModelConfig | None = None, *, caller: str = "state")
         H, dh, K = cfg.num_heads, cfg.dh, cfg.conv_size
         source = "the model config"
     else:  # no config (evict): the state must agree with itself
-        ref = state.fast[0] if n_ssm else state.keys[0] if n_attn else None
-        H, dh = (ref.shape[1], ref.shape[-1]) if ref is not None else (0, 0)
-        K = state.conv[0].shape[1] + 1 if state.conv else 1
+        dims = lambda x, n: tuple(jnp.shape(x)) if jnp.ndim(x) == n else (-1,) * n
+        if n_ssm:  # [B, H, dh, dh]
+            _, H, _, dh = dims(state.fast[0], 4)
+        else:  # [B, L, H, dh] (or no layers at all: nothing to compare)
+            _, _, H, dh = dims(state.keys[0], 4) if n_attn else (0, 0, 0, 0)
+        K = dims(state.conv[0], 3)[1] + 1 if state.conv else 1
         source = "the state's own features and first layer"
     P = L - 1 if state.schedule.eviction == "sliding" else 0
     want = {
