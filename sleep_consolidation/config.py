@@ -7,6 +7,7 @@ Both are frozen, hashable dataclasses so they can ride along as static metadata 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 BLOCK_KINDS = ("attn", "ssm")
 EVICTIONS = ("hard", "sliding")
@@ -62,6 +63,12 @@ class ModelConfig:
         _check_int("mlp_ratio", self.mlp_ratio, 1)
         _check_int("conv_size", self.conv_size, 1)
         _check_int("chunk_size", self.chunk_size, 1)
+        rope_ok = isinstance(self.rope_base, int | float) and not isinstance(self.rope_base, bool)
+        if not (rope_ok and math.isfinite(self.rope_base) and self.rope_base > 0):
+            raise ValueError(
+                f"rope_base must be a finite number > 0 (RoPE frequency base), "
+                f"got {self.rope_base!r}"
+            )
         if not self.layout:
             raise ValueError(f"layout must not be empty; allowed block kinds: {BLOCK_KINDS}")
         for kind in self.layout:
@@ -148,6 +155,19 @@ def check_window_and_passes(window, passes) -> None:
     """Validates the two schedule integers shared by `forward` and the streaming API."""
     _check_int("window", window, 1)
     _check_int("passes", passes, 1)
+
+
+def check_grad_passes(grad_passes, passes) -> None:
+    """`grad_passes` (truncated backprop) is None or an int k in [1, passes]: a k larger than
+    the number of passes would silently mean full backprop, so it is refused."""
+    if grad_passes is None:
+        return
+    _check_int("grad_passes", grad_passes, 1)
+    if grad_passes > passes:
+        raise ValueError(
+            f"grad_passes={grad_passes} exceeds passes={passes}: truncation to the last k "
+            f"passes needs k <= passes (use grad_passes=None for full backprop)"
+        )
 
 
 def check_tokens(tokens, vocab_size: int, rank: int, name: str = "tokens") -> None:

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from sleep_consolidation import estimators
-from sleep_consolidation.config import ModelConfig, Schedule, check_window_and_passes
+from sleep_consolidation.config import (
+    ModelConfig,
+    Schedule,
+    check_grad_passes,
+    check_window_and_passes,
+)
 from sleep_consolidation.optimizers import LR_SCHEDULES, OPTIMIZERS
 from sleep_consolidation.sequence import REMAT_MODES
 from sleep_consolidation.tasks import Task, make_task
@@ -66,11 +71,11 @@ def _check_optional_int(name, value, minimum):
 
 
 def _check_float(name, value, lo, hi=math.inf, lo_open=False):
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value <= hi
-    ok = ok and (value > lo if lo_open else value >= lo)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and value <= hi and (value > lo if lo_open else value >= lo)
     if not ok:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise ValueError(f"{name} must be a number in {rng}, got {value!r}")
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi == math.inf else ']'}"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
 
 
 def config_to_dict(config) -> dict[str, Any]:
@@ -109,7 +114,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     schedule.loop_range(model_config)
     window = task.default_window if c["window"] is None else c["window"]
     check_window_and_passes(window, c["passes"])
-    _check_optional_int("grad_passes", c["grad_passes"], 1)
+    check_grad_passes(c["grad_passes"], c["passes"])
     if c["remat"] not in REMAT_MODES:
         raise ValueError(f"config.remat must be one of {REMAT_MODES}, got {c['remat']!r}")
     if c["optimizer"] not in OPTIMIZERS:

@@ -12,7 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from sleep_consolidation import attention, loops, model
-from sleep_consolidation.config import Schedule, check_tokens, check_window_and_passes
+from sleep_consolidation.config import (
+    Schedule,
+    check_grad_passes,
+    check_tokens,
+    check_window_and_passes,
+)
 from sleep_consolidation.model import Params
 
 REMAT_MODES = ("none", "pass", "window")
@@ -163,10 +168,7 @@ def forward(
     schedule.loop_range(cfg)
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-    if grad_passes is not None and (
-        isinstance(grad_passes, bool) or not isinstance(grad_passes, int) or grad_passes < 1
-    ):
-        raise ValueError(f"grad_passes must be None or an int >= 1, got {grad_passes!r}")
+    check_grad_passes(grad_passes, passes)
     check_tokens(tokens, cfg.vocab_size, rank=2)
     B, T = tokens.shape
     if T < 1:

@@ -86,3 +86,78 @@ def init_state(
         schedule=schedule,
         rope_base=cfg.rope_base,
     )
+
+
+def check_state(state, cfg: ModelConfig | None = None, *, caller: str = "state") -> None:
+    """Host-side check (shapes only, so it also runs at trace time under jit) that `state` is
+    a `MemoryState` whose arrays fit together and, given `cfg`, fit that model config: the
+    layer counts, batch, heads, head width, d_model, conv width, window and prefix length,
+    and the static `rope_base`.
+
+    Raises:
+      ValueError: naming the first mismatched field and the shape it should have (a state
+        built by `init_state` for another config, or pieced together by hand).
+    """
+    if not isinstance(state, MemoryState):
+        raise ValueError(
+            f"{caller}: state must be a MemoryState (init_state), got {type(state).__name__}"
+        )
+    hint = "a state built for another config? make it with init_state(params.config, B, L)"
+
+    def fail(msg):
+        raise ValueError(f"{caller}: {msg} ({hint})")
+
+    feat = tuple(state.features.shape)
+    if len(feat) != 3:
+        fail(f"state.features must be [B, L, D], got shape {feat}")
+    B, L, D = feat
+    pos_shape, pos_dtype = tuple(jnp.shape(state.pos)), jnp.result_type(state.pos)
+    if pos_shape != () or not jnp.issubdtype(pos_dtype, jnp.integer):
+        fail(f"state.pos must be an integer scalar, got shape {pos_shape} dtype {pos_dtype}")
+    n_ssm, n_attn = len(state.fast), len(state.keys)
+    if cfg is not None:
+        if n_ssm != len(cfg.ssm_blocks):
+            fail(f"state.fast has {n_ssm} layer(s) but the model has {len(cfg.ssm_blocks)} ssm")
+        if n_attn != len(cfg.attn_blocks):
+            fail(f"state.keys has {n_attn} layer(s) but the model has {len(cfg.attn_blocks)} attn")
+        if D != cfg.d_model:
+            fail(f"state.features has d_model {D} but the model config has {cfg.d_model}")
+        if state.rope_base != cfg.rope_base:
+            fail(f"state.rope_base={state.rope_base} but the model's rope_base={cfg.rope_base}")
+        H, dh, K = cfg.num_heads, cfg.dh, cfg.conv_size
+        source = "the model config"
+    else:  # no config (evict): the state must agree with itself
+        dims = lambda x, n: tuple(jnp.shape(x)) if jnp.ndim(x) == n else (-1,) * n
+        if n_ssm:  # [B, H, dh, dh]
+            _, H, _, dh = dims(state.fast[0], 4)
+        else:  # [B, L, H, dh] (or no layers at all: nothing to compare)
+            _, _, H, dh = dims(state.keys[0], 4) if n_attn else (0, 0, 0, 0)
+        K = dims(state.conv[0], 3)[1] + 1 if state.conv else 1
+        source = "the state's own features and first layer"
+    P = L - 1 if state.schedule.eviction == "sliding" else 0
+    want = {
+        "loop_input": (B, L, D),
+        "prefix_valid": (P,),
+        **{f"fast[{j}]": (B, H, dh, dh) for j in range(n_ssm)},
+        **{f"fast_at_window_start[{j}]": (B, H, dh, dh) for j in range(n_ssm)},
+        **{f"conv[{j}]": (B, K - 1, 3 * H * dh) for j in range(n_ssm)},
+        **{f"keys[{j}]": (B, L, H, dh) for j in range(n_attn)},
+        **{f"values[{j}]": (B, L, H, dh) for j in range(n_attn)},
+        **{f"prefix_keys[{j}]": (B, P, H, dh) for j in range(n_attn)},
+        **{f"prefix_values[{j}]": (B, P, H, dh) for j in range(n_attn)},
+    }
+    for name, n in (("fast_at_window_start", n_ssm), ("conv", n_ssm)):
+        if len(getattr(state, name)) != n:
+            fail(f"state.{name} has {len(getattr(state, name))} layer(s), state.fast has {n}")
+    for name in ("values", "prefix_keys", "prefix_values"):
+        if len(getattr(state, name)) != n_attn:
+            fail(f"state.{name} has {len(getattr(state, name))} layer(s), state.keys has {n_attn}")
+    for name, shape in want.items():
+        field, _, idx = name.partition("[")
+        leaf = getattr(state, field)
+        leaf = leaf[int(idx[:-1])] if idx else leaf
+        if tuple(jnp.shape(leaf)) != shape:
+            fail(
+                f"state.{name} has shape {tuple(jnp.shape(leaf))}, expected {shape} from "
+                f"{source} (B={B}, L={L}, H={H}, dh={dh}, D={D}, conv_size={K}, P={P})"
+            )

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from sleep_consolidation.config import check_tokens
 from sleep_consolidation.model import Params
-from sleep_consolidation.state import MemoryState
+from sleep_consolidation.state import MemoryState, check_state
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
 
 
@@ -71,8 +71,7 @@ def stream(params: Params, state: MemoryState, tokens, passes: int = 1):
         raise ValueError(
             f"params must be a Params pytree (init_params), got {type(params).__name__}"
         )
-    if not isinstance(state, MemoryState):
-        raise ValueError(f"state must be a MemoryState (init_state), got {type(state).__name__}")
+    check_state(state, params.config, caller="stream")
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be an int >= 1, got {passes!r}")
     check_tokens(tokens, params.config.vocab_size, rank=2)

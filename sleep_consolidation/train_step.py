@@ -20,10 +20,10 @@ import numpy as np
 import optax
 
 from sleep_consolidation import estimators, sharding
-from sleep_consolidation.config import Schedule, check_window_and_passes
+from sleep_consolidation.config import Schedule, check_grad_passes, check_window_and_passes
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import Params
-from sleep_consolidation.run_config import RunSpec, _check_int, _check_optional_int
+from sleep_consolidation.run_config import RunSpec, _check_int
 from sleep_consolidation.sequence import REMAT_MODES, forward
 
 
@@ -125,7 +125,7 @@ def make_train_step(
     check_window_and_passes(window, passes)
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-    _check_optional_int("grad_passes", grad_passes, 1)
+    check_grad_passes(grad_passes, passes)
     _check_int("microbatches", microbatches, 1)
     if estimator is None:
         estimator = "full" if grad_passes is None else "truncated"

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from sleep_consolidation import attention, model
 from sleep_consolidation.config import check_tokens
 from sleep_consolidation.model import Params
-from sleep_consolidation.state import MemoryState
+from sleep_consolidation.state import MemoryState, check_state
 
 
 def _prefixes(cfg, state: MemoryState) -> dict:
@@ -37,13 +37,18 @@ def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, 
 
     Args:
       params: slow weights.
-      state: streaming state whose window is not full.
+      state: streaming state whose window is not full, built for `params.config`
+        (`init_state`); a state of another shape raises ValueError naming the field.
       tokens: int [B] token ids at this position.
 
     Returns:
-      (new state, logits [B, V]).
+      (new state, logits [B, V]). On a full window this raises ValueError when `state.pos`
+      is concrete; inside jit it cannot be checked on the host, and the write (clamped onto
+      the window's last position) would be silently wrong, so that step's logits are NaN
+      instead (the state after it is not meaningful: sleep and evict before the next token).
     """
     cfg = params.config
+    check_state(state, cfg, caller="wake_step")
     check_tokens(tokens, cfg.vocab_size, rank=1)
     if tokens.shape[0] != state.features.shape[0]:
         raise ValueError(
@@ -84,7 +89,8 @@ def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, 
         loop_input=loop_input,
         pos=i + 1,
     )
-    return new_state, model.logits(params, h)
+    overfull = i >= state.window  # only possible inside jit (else refused above)
+    return new_state, jnp.where(overfull, jnp.nan, model.logits(params, h))
 
 
 def sleep_step(params: Params, state: MemoryState) -> MemoryState:
@@ -95,6 +101,7 @@ def sleep_step(params: Params, state: MemoryState) -> MemoryState:
     reset_between_passes), rewrites the fast weights and refreshes features and KV.
     """
     cfg = params.config
+    check_state(state, cfg, caller="sleep_step")
     sched = state.schedule
     start, stop = sched.loop_range(cfg)
     looped = range(start, stop)
@@ -119,7 +126,9 @@ def evict(state: MemoryState) -> MemoryState:
 
     Under sliding eviction the most recent L-1 tokens' keys/values are kept as the next
     window's prefix, re-rotated so that positions stay relative to the new window.
+    Takes no config, so it checks only that the state's arrays agree with each other.
     """
+    check_state(state, caller="evict")
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state)
     new = zeros.replace(fast=state.fast, fast_at_window_start=state.fast)
     if state.schedule.eviction == "sliding":

@@ -1,0 +1,203 @@
+"""Bad input is refused on the host with a ValueError naming the field, before anything is
+compiled; the one fault that cannot be seen on the host (a full window written inside jit)
+gives NaN logits instead of a silently wrong result."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import sleep_consolidation as sc
+from experiments.configs import common
+from sleep_consolidation import train
+from sleep_consolidation.state import check_state
+
+CFG = sc.ModelConfig(vocab_size=7, d_model=8, num_heads=2, layout=("attn", "ssm"), mlp_ratio=1)
+B, L = 2, 3
+
+
+@pytest.fixture(scope="module")
+def params():
+    return sc.init_params(CFG, jax.random.key(0))
+
+
+def _tiny_run_config(**overrides):
+    c = common.base_config("recall")
+    common.make_tiny(c, num_pairs_values=(2,), num_keys=4, num_values=4, window=4, num_queries=2)
+    c.update(d_model=8, layout=("ssm",), mlp_ratio=1)
+    c.update(overrides)
+    return c
+
+
+# ---------------------------------------------------------------------------------------
+# ModelConfig and the run config
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, -10000, math.inf, -math.inf, math.nan, True, "1e4"])
+def test_rope_base_must_be_finite_and_positive(bad):
+    with pytest.raises(ValueError, match="rope_base"):
+        sc.ModelConfig(vocab_size=7, d_model=8, num_heads=2, rope_base=bad)
+    if isinstance(bad, float | int) and not isinstance(bad, bool):  # ConfigDict casts the rest
+        with pytest.raises(ValueError, match="invalid config: rope_base"):
+            train.resolve_config(_tiny_run_config(rope_base=float(bad)))
+
+
+def test_rope_base_accepts_positive_numbers():
+    assert sc.ModelConfig(vocab_size=7, d_model=8, num_heads=2, rope_base=500).rope_base == 500
+
+
+FLOAT_FIELDS = ["learning_rate", "adam_learning_rate", "theta_learning_rate", "min_lr_ratio",
+                "clip_norm", "weight_decay", "es_sigma"]  # fmt: skip
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_non_finite_floats_in_the_run_config_are_refused(field, bad):
+    with pytest.raises(ValueError, match=rf"invalid config: {field} must be a finite number"):
+        train.resolve_config(_tiny_run_config(**{field: bad}))
+
+
+def test_the_run_config_floats_accept_finite_values():
+    train.resolve_config(_tiny_run_config(learning_rate=1e3, weight_decay=1e6, clip_norm=0.0))
+
+
+def test_grad_passes_beyond_passes_is_refused_in_the_run_config():
+    with pytest.raises(ValueError, match=r"grad_passes=3 exceeds passes=2"):
+        train.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=3))
+    with pytest.raises(ValueError, match=r"grad_passes=2 exceeds passes=1"):
+        train.resolve_config(_tiny_run_config(passes=1, estimator="es", grad_passes=2))
+    train.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=2))
+
+
+def test_grad_passes_beyond_passes_is_refused_by_forward_and_make_train_step(params):
+    tokens = jnp.zeros((B, 2 * L), jnp.int32)
+    with pytest.raises(ValueError, match=r"grad_passes=4 exceeds passes=3"):
+        sc.forward(params, tokens, window=L, passes=3, grad_passes=4)
+    with pytest.raises(ValueError, match=r"grad_passes"):
+        sc.forward(params, tokens, window=L, passes=3, grad_passes=0)
+    with pytest.raises(ValueError, match=r"grad_passes=2 exceeds passes=1"):
+        train.make_train_step(optax.sgd(0.1), window=L, passes=1, grad_passes=2)
+    train.make_train_step(optax.sgd(0.1), window=L, passes=2, grad_passes=2)  # k = N is fine
+
+
+# ---------------------------------------------------------------------------------------
+# A MemoryState that does not fit the model
+# ---------------------------------------------------------------------------------------
+
+
+def _other(**kw):
+    fields = dict(vocab_size=7, d_model=8, num_heads=2, layout=("attn", "ssm"), mlp_ratio=1)
+    return sc.ModelConfig(**{**fields, **kw})
+
+
+MISFITS = {  # a state built for another config -> the field the message names
+    "heads": (lambda: sc.init_state(_other(num_heads=4), B, L), r"state\.fast\[0\] has shape"),
+    "head_dim": (lambda: sc.init_state(_other(head_dim=2), B, L), r"state\.fast\[0\] has shape"),
+    "d_model": (lambda: sc.init_state(_other(d_model=16), B, L), r"state\.features has d_model"),
+    "conv_size": (lambda: sc.init_state(_other(conv_size=2), B, L), r"state\.conv\[0\]"),
+    "rope_base": (lambda: sc.init_state(_other(rope_base=99.0), B, L), r"state\.rope_base"),
+    "missing ssm layer": (
+        lambda: sc.init_state(_other(layout=("attn",)), B, L),
+        r"state\.fast has 0 layer\(s\) but the model has 1 ssm",
+    ),
+    "extra attn layer": (
+        lambda: sc.init_state(_other(layout=("attn", "ssm", "attn")), B, L),
+        r"state\.keys has 2 layer\(s\) but the model has 1 attn",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(MISFITS))
+def test_a_state_of_another_config_is_refused_naming_the_field(params, what):
+    make, match = MISFITS[what]
+    state, tok = make(), jnp.zeros((B,), jnp.int32)
+    with pytest.raises(ValueError, match=rf"wake_step: {match}"):
+        sc.wake_step(params, state, tok)
+    with pytest.raises(ValueError, match=rf"sleep_step: {match}"):
+        sc.sleep_step(params, state)
+    with pytest.raises(ValueError, match=rf"stream: {match}"):
+        sc.stream(params, state, jnp.zeros((B, 2), jnp.int32))
+
+
+def _replace_first(state, field, new_leaf):
+    return state.replace(**{field: (new_leaf, *getattr(state, field)[1:])})
+
+
+def test_a_state_whose_arrays_disagree_is_refused_by_every_step(params):
+    good = sc.init_state(CFG, B, L)
+    check_state(good, CFG)
+    check_state(good)
+    bad = {
+        "fast[0]": _replace_first(good, "fast", jnp.zeros((B + 1, 2, 4, 4))),  # other batch
+        "fast_at_window_start[0]": _replace_first(
+            good, "fast_at_window_start", jnp.zeros((B, 2, 4, 5))
+        ),
+        "keys[0]": _replace_first(good, "keys", jnp.zeros((B, L + 1, 2, 4))),  # other window
+        "values[0]": _replace_first(good, "values", jnp.zeros((B, L, 2, 4, 1))),
+        "loop_input": good.replace(loop_input=jnp.zeros((B, L + 2, 8))),
+        "prefix_valid": good.replace(prefix_valid=jnp.zeros((L - 1,), bool)),  # sliding's P
+        "pos": good.replace(pos=jnp.zeros((B,), jnp.int32)),
+        "conv": good.replace(conv=()),
+    }
+    tok = jnp.zeros((B,), jnp.int32)
+    for field, state in bad.items():
+        pat = rf"state\.{re.escape(field)}"
+        with pytest.raises(ValueError, match=rf"wake_step: {pat}"):
+            sc.wake_step(params, state, tok)
+        with pytest.raises(ValueError, match=rf"sleep_step: {pat}"):
+            sc.sleep_step(params, state)
+        with pytest.raises(ValueError, match=rf"evict: {pat}"):
+            sc.evict(state)
+    with pytest.raises(ValueError, match="must be a MemoryState"):
+        sc.evict({"fast": ()})
+
+
+def test_a_sliding_state_keeps_its_prefix_length(params):
+    sliding = sc.init_state(CFG, B, L, eviction="sliding")
+    check_state(sliding, CFG)
+    hard_prefix = sliding.replace(prefix_valid=jnp.zeros((0,), bool))
+    with pytest.raises(ValueError, match=r"state\.prefix_valid has shape \(0,\), expected \(2,\)"):
+        sc.evict(hard_prefix)
+
+
+def test_a_state_of_another_batch_is_refused(params):
+    state = sc.init_state(CFG, B + 1, L)
+    with pytest.raises(ValueError, match=r"tokens has batch 2 but the state has 3"):
+        sc.wake_step(params, state, jnp.zeros((B,), jnp.int32))
+    with pytest.raises(ValueError, match=r"tokens has batch 2 but the state has 3"):
+        sc.stream(params, state, jnp.zeros((B, 2), jnp.int32))
+
+
+def test_the_state_checks_run_at_trace_time_under_jit(params):
+    state = sc.init_state(_other(num_heads=4), B, L)
+    with pytest.raises(ValueError, match=r"wake_step: state\.fast\[0\]"):
+        jax.jit(sc.wake_step)(params, state, jnp.zeros((B,), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# A full window written inside jit
+# ---------------------------------------------------------------------------------------
+
+
+def test_writing_a_full_window_inside_jit_gives_nan_logits(params):
+    wake = jax.jit(sc.wake_step)
+    state = sc.init_state(CFG, B, L)
+    tok = jnp.ones((B,), jnp.int32)
+    for _ in range(L):
+        state, logits = wake(params, state, tok)
+        assert np.isfinite(np.asarray(logits)).all()
+    assert bool(sc.window_full(state))
+    with pytest.raises(ValueError, match="full window"):  # on the host: refused
+        sc.wake_step(params, state, tok)
+    _, logits = wake(params, state, tok)  # inside jit: cannot be refused, so NaN
+    assert np.isnan(np.asarray(logits)).all()
+    after = sc.evict(sc.sleep_step(params, state))  # sleeping and evicting recovers
+    _, logits = wake(params, after, tok)
+    assert np.isfinite(np.asarray(logits)).all()
