@@ -67,7 +67,12 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
 
 
 def embed(params: Params, tokens):
-    """Token embeddings; out-of-range ids give NaN (visible) rather than a silent clamp."""
+    """Token embeddings; out-of-range ids on either side (< 0 or >= V) give NaN (visible)
+    rather than a silent clamp or a wrap-around to a real row (host-side callers refuse them
+    before compiling; inside jit the NaN reaches the logits)."""
+    V = params.embed.shape[0]
+    # `take` wraps negative ids (numpy indexing): map them past the end so they fill too.
+    tokens = jnp.where(tokens < 0, V, tokens)
     return jnp.take(params.embed, tokens, axis=0, mode="fill", fill_value=jnp.nan)
 
 

@@ -201,3 +201,11 @@ def test_writing_a_full_window_inside_jit_gives_nan_logits(params):
     after = sc.evict(sc.sleep_step(params, state))  # sleeping and evicting recovers
     _, logits = wake(params, after, tok)
     assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_out_of_range_ids_inside_jit_give_nan_on_both_sides():
+    cfg = sc.ModelConfig(vocab_size=11, d_model=16, num_heads=2, layout=("attn", "ssm"))
+    params = sc.init_params(cfg, jax.random.key(0))
+    emb = jax.jit(sc.model.embed)(params, jnp.array([[-1, 0, 10, 11, -11]]))
+    nan = jnp.isnan(emb).all(-1)[0]
+    assert nan.tolist() == [True, False, False, True, True]
