@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_consolidation.config import ModelConfig
+from sleep_consolidation.linear import linear
 
 _NEG = -1e30  # finite "minus infinity": masked rows never become all -inf (each query sees itself)
 
@@ -43,7 +44,7 @@ def _qkv(p, cfg: ModelConfig, x, positions):
     """Projects x [B, T, D] to rotated q, k and plain v, each [B, T, H, dh]."""
     B, T, _ = x.shape
     # One matmul for q|k|v (x read once; one dx and one weight-gradient matmul backward).
-    qkv = x @ jnp.concatenate([p["wq"], p["wk"], p["wv"]], axis=1)
+    qkv = linear(x, jnp.concatenate([p["wq"], p["wk"], p["wv"]], axis=1))
     q, k, v = (y.reshape(B, T, cfg.num_heads, cfg.dh) for y in jnp.split(qkv, 3, axis=-1))
     return rope(q, positions, cfg.rope_base), rope(k, positions, cfg.rope_base), v
 
@@ -54,7 +55,7 @@ def _attend(p, q, k, v, mask):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * dh**-0.5
     scores = jnp.where(mask[None, None], scores, _NEG)
     out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-    return out.reshape(B, Tq, H * dh) @ p["wo"]
+    return linear(out.reshape(B, Tq, H * dh), p["wo"])
 
 
 def _prefix_mask(query_pos, prefix_valid):

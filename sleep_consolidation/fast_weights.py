@@ -15,6 +15,7 @@ import numpy as np
 
 from sleep_consolidation import rules
 from sleep_consolidation.config import ModelConfig
+from sleep_consolidation.linear import linear
 
 
 def rms_norm(x, weight, eps: float = 1e-6):
@@ -69,7 +70,7 @@ def _project(p, x):
        z_a [..., H] decay pre-activation, z_b [..., H] write-strength pre-activation).
     """
     names = ("wq", "wk", "wv", "wg", "wa", "wb")
-    y = x @ jnp.concatenate([p[n] for n in names], axis=1)
+    y = linear(x, jnp.concatenate([p[n] for n in names], axis=1))
     cuts = np.cumsum([p[n].shape[1] for n in names])[:-1]
     zq, zk, zv, z_g, z_a, z_b = jnp.split(y, cuts, axis=-1)
     return jnp.concatenate([zq, zk, zv], axis=-1), z_g, z_a, z_b
@@ -97,7 +98,7 @@ def _output(p, cfg: ModelConfig, o, z_g):
     """o [..., H, dh] -> RMSNorm gated by SiLU(z_g) -> out projection [..., D]."""
     o = rms_norm(o, p["o_norm"])
     o = o.reshape(*o.shape[:-2], cfg.num_heads * cfg.dh) * jax.nn.silu(z_g)
-    return o @ p["wo"]
+    return linear(o, p["wo"])
 
 
 def window_features(p, cfg: ModelConfig, x):

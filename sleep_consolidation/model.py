@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from sleep_consolidation import attention, fast_weights
 from sleep_consolidation.config import ModelConfig
 from sleep_consolidation.fast_weights import rms_norm
+from sleep_consolidation.linear import linear
 
 
 @flax.struct.dataclass
@@ -77,12 +78,12 @@ def embed(params: Params, tokens):
 
 
 def logits(params: Params, h):
-    return rms_norm(h, params.final_norm) @ params.unembed
+    return linear(rms_norm(h, params.final_norm), params.unembed)
 
 
 def _mlp(block, h):
     x = rms_norm(h, block["norm2"])
-    return h + jax.nn.gelu(x @ block["w1"]) @ block["w2"]
+    return h + linear(jax.nn.gelu(linear(x, block["w1"])), block["w2"])
 
 
 def window_pass(params: Params, blocks: range, h, fast: dict, prefix: dict, valid=None):

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation import fast_weights, loops, train
+from sleep_consolidation import fast_weights, linear, loops, train
 from sleep_consolidation.tasks import make_task
 
 RULES = ("gated_delta", "delta", "gated_hebbian", "hebbian")
@@ -132,6 +132,20 @@ def test_fused_projection_equals_separate_matmuls():
     want_u = jnp.concatenate([x @ p["wq"], x @ p["wk"], x @ p["wv"]], -1)
     for got, want in ((u, want_u), (z_g, x @ p["wg"]), (z_a, x @ p["wa"]), (z_b, x @ p["wb"])):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape_in, d_out", [((2, 5, 16), 64), ((7, 64), 16), ((3, 4, 8), 8)])
+def test_linear_equals_the_plain_matmul_in_value_and_gradients(shape_in, d_out):
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape_in)
+    w = jax.random.normal(kw, (shape_in[-1], d_out))
+    g = jax.random.normal(kg, (*shape_in[:-1], d_out))
+    for fn in (linear.linear, linear.reference_linear):
+        np.testing.assert_allclose(fn(x, w), x @ w, rtol=1e-6, atol=1e-6)
+    want = jax.vjp(linear.reference_linear, x, w)[1](g)
+    got = jax.jit(jax.vjp(linear.linear, x, w)[1])(g)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
