@@ -101,6 +101,17 @@ def _output(p, cfg: ModelConfig, o, z_g):
     return linear(o, p["wo"])
 
 
+def _causal_conv(u, w):
+    """Causal depthwise conv over time: u [B, T, C], w [K, C] -> [B, T, C], zero history.
+
+    Shifted slices of a left-padded u: on XLA:CPU `lax.conv_general_dilated` with
+    feature_group_count=C made the whole recall:capacity step 6.7x slower (185 vs 28 ms).
+    """
+    T, K = u.shape[1], w.shape[0]
+    u_pad = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
+    return sum(w[j] * u_pad[:, j : j + T] for j in range(K))
+
+
 def window_features(p, cfg: ModelConfig, x):
     """What an ssm block computes from its normed window input before the rule.
 
@@ -111,11 +122,8 @@ def window_features(p, cfg: ModelConfig, x):
       (q, k [B, T, H, dh] L2-normalised, v [B, T, H, dh], alpha, beta [B, T, H],
        z_g [B, T, H dh] output-gate pre-activation).
     """
-    T = x.shape[1]
     u, z_g, z_a, z_b = _project(p, x)
-    K = cfg.conv_size
-    u_pad = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
-    conv_out = sum(p["conv"][j] * u_pad[:, j : j + T] for j in range(K))
+    conv_out = _causal_conv(u, p["conv"])
     q, k, v = _features(cfg, conv_out)
     alpha, beta = _gates(p, z_a, z_b)
     return q, k, v, alpha, beta, z_g
