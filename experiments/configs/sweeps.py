@@ -36,6 +36,7 @@ def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
     c.baseline = extra.pop("baseline", {"passes": 1})
     c.x_field = "passes"
     c.metric = "acc"
+    c.interval = "t"  # the report's 95% interval: "t" (paired t) or "bootstrap"
     c.update(extra)
     return c
 
