@@ -5,6 +5,8 @@ Everything a notebook needs is importable from here.
 """
 
 from sleep_consolidation import diagnostics, estimators, parametric  # noqa: F401  (registers "parametric")
+from sleep_consolidation import capacity, stopping  # noqa: F401
+from sleep_consolidation.adaptive import adaptive_sleep, window_recall
 from sleep_consolidation.checkpointing import (
     Checkpointer,
     load_memory_state,
@@ -44,6 +46,8 @@ from sleep_consolidation.train import (
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
 
 __all__ = [
+    "adaptive_sleep",
+    "window_recall",
     "Checkpointer",
     "ConfigConflictError",
     "NonFiniteError",
