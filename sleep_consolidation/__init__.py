@@ -4,8 +4,14 @@ attention + fast-weight sequence models, in JAX.
 Everything a notebook needs is importable from here.
 """
 
-from sleep_consolidation import diagnostics, estimators, parametric  # noqa: F401  (registers "parametric")
-from sleep_consolidation import capacity, stopping  # noqa: F401
+# parametric registers the "parametric" rule on import.
+from sleep_consolidation import (  # noqa: F401
+    capacity,
+    diagnostics,
+    estimators,
+    parametric,
+    stopping,
+)
 from sleep_consolidation.adaptive import adaptive_sleep, window_recall
 from sleep_consolidation.checkpointing import (
     Checkpointer,
