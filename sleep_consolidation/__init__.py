@@ -4,7 +4,15 @@ attention + fast-weight sequence models, in JAX.
 Everything a notebook needs is importable from here.
 """
 
-from sleep_consolidation import diagnostics, estimators, parametric  # noqa: F401  (registers "parametric")
+# parametric registers the "parametric" rule on import.
+from sleep_consolidation import (  # noqa: F401
+    capacity,
+    diagnostics,
+    estimators,
+    parametric,
+    stopping,
+)
+from sleep_consolidation.adaptive import adaptive_sleep, window_recall
 from sleep_consolidation.checkpointing import (
     Checkpointer,
     load_memory_state,
@@ -44,6 +52,8 @@ from sleep_consolidation.train import (
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
 
 __all__ = [
+    "adaptive_sleep",
+    "window_recall",
     "Checkpointer",
     "ConfigConflictError",
     "NonFiniteError",

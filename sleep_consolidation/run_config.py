@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sleep_consolidation import estimators
+from sleep_consolidation import estimators, stopping
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
@@ -39,6 +39,9 @@ OPTIMIZER_FIELDS = (
 # Meta-gradient estimator (estimators.py) and the module that registers a custom rule.
 ESTIMATOR_FIELDS = ("estimator", "es_pairs", "es_sigma", "es_scope")
 CONFIG_FIELDS_EXTRA = ("rule_module",)
+# The stopping rule (stopping.py); stop_patience=None (the default) turns it off, so a
+# run trains to `steps`. None in the others means: eval/acc, δ = 0, no least step.
+STOP_FIELDS = ("stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps")
 LOOP_FIELDS = (
     "window", "passes", "grad_passes", "remat", "batch_size", "steps", "seed", "log_every",
     "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
@@ -46,7 +49,7 @@ LOOP_FIELDS = (
 )  # fmt: skip
 CONFIG_FIELDS = (
     "task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS,
-    *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA,
+    *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA, *STOP_FIELDS,
 )  # fmt: skip
 
 
@@ -139,6 +142,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     _check_eval_passes(c["eval_passes"])
     _check_data_parallel(c["data_parallel"], c["batch_size"])
     _check_int("microbatches", c["microbatches"], 1)
+    _check_stop(c, task)
     if c["batch_size"] % c["microbatches"]:
         raise ValueError(
             f"batch_size {c['batch_size']} is not divisible by microbatches={c['microbatches']}"
@@ -180,6 +184,15 @@ def _check_estimator(c):
         raise ValueError(f"es_scope must be one of {estimators.ES_SCOPES}, got {c['es_scope']!r}")
     if name == "es" and c["es_scope"] == "all" and k is not None:
         raise ValueError("es_scope='all' uses no backprop; grad_passes must be None")
+
+
+def _check_stop(c, task):
+    _check_optional_int("stop_patience", c["stop_patience"], 1)
+    _check_optional_int("stop_min_steps", c["stop_min_steps"], 0)
+    if c["stop_min_delta"] is not None:
+        _check_float("stop_min_delta", c["stop_min_delta"], 0.0)
+    if c["stop_metric"] is not None:
+        stopping.check_metric(c["stop_metric"], task.depths, c["eval_passes"])
 
 
 def _check_eval_passes(value):

@@ -105,6 +105,8 @@ def run_record(config, spec: RunSpec) -> dict[str, Any]:
 RESUME_FREE_FIELDS = frozenset({
     "steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "eval_passes", "eval_batch_size", "data_parallel", "microbatches",
+    # The stopping rule, like `steps`, only decides when the run ends.
+    "stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps",
 })  # fmt: skip
 
 
@@ -226,6 +228,25 @@ def append_jsonl(path: str, obj) -> None:
             data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of `path`, one per line; [] if it does not exist. A line that does
+    not parse (torn by a kill mid-append) is skipped, as `truncate_jsonl` would drop it."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read().split(b"\n")
+    except FileNotFoundError:
+        return []
+    out = []
+    for ln in raw:
+        try:
+            obj = json.loads(ln)
+        except ValueError:  # also the empty last piece
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:

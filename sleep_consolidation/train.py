@@ -28,7 +28,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import checkpointing, parametric, sharding
+from sleep_consolidation import checkpointing, parametric, sharding, stopping
 from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import init_params
@@ -63,6 +63,7 @@ from sleep_consolidation.run_dir import (
     RunIOError,
     check_workdir,
     io_error,
+    read_jsonl,
     run_record,
     write_json,
 )
@@ -144,6 +145,11 @@ class Trainer:
         self.log = RunLog(
             workdir, main=self.main, log_theta=spec.model_config.rule == parametric.NAME
         )
+        self.stop_rule = stopping.StopRule.from_config(c)
+        # The metric whose history decides the stop and gives steps_to_90pct (also with
+        # the rule off); [(step, value)] of every eval so far, read back on a resume.
+        self.stop_metric = self.stop_rule.metric if self.stop_rule else stopping.DEFAULT_METRIC
+        self.history: list[tuple[int, float | None]] = []
 
     def _init_state(self) -> TrainState:
         params = init_params(self.spec.model_config, jax.random.key(self.c["seed"]))
@@ -200,14 +206,23 @@ class Trainer:
             if not (is_eval or is_ckpt or step % c["log_every"] == 0):
                 continue
             line = self._line(i, step_metrics.mean(), clock)  # every step so far checked
+            converged = False
             if is_eval:
                 eval_line, summary["eval"] = self._evaluate(state.params, step)
                 line.update(eval_line)
+                self.history.append((step, eval_line.get(self.stop_metric)))
+                converged = self.stop_rule is not None and self.stop_rule.decide(self.history)
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
-            if is_ckpt:
+            if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
                 ckpt.save(state)
             clock.restart(step)
+            if converged:
+                logging.info("stopping at step %d: %s has not improved by more than %g "
+                             "over the last %d evals", step, self.stop_metric,
+                             self.stop_rule.min_delta, self.stop_rule.patience)  # fmt: skip
+                summary["stop_reason"] = stopping.CONVERGED
+                break
         return state
 
     def run(self) -> dict[str, Any]:
@@ -238,13 +253,32 @@ class Trainer:
                 "1 device" if self.mesh is None else f"data-parallel over "
                 f"{self.mesh.devices.size} devices ({jax.process_count()} process(es))",
             )  # fmt: skip
-            state = self._train(ckpt, state, start, clock, summary)
-            if start >= c["steps"]:
-                logging.info("%s is already trained to step %d (steps=%d)", self.workdir,
-                             start, c["steps"])  # fmt: skip
+            # The eval lines up to the checkpoint (`log.start` dropped the later ones) are
+            # the ones an uninterrupted run logged, so the stop is recomputed exactly.
+            self.history = stopping.eval_history(
+                read_jsonl(os.path.join(self.workdir, METRICS_FILE)), self.stop_metric, start
+            )
+            stopped = (
+                bool(start) and self.stop_rule is not None and self.stop_rule.decide(self.history)
+            )
+            if not stopped:
+                state = self._train(ckpt, state, start, clock, summary)
+            if stopped or start >= c["steps"]:
+                logging.info("%s is already trained to step %d (steps=%d%s)", self.workdir,
+                             start, c["steps"], ", converged" if stopped else "")  # fmt: skip
                 summary["eval"] = summary_metrics(self.evaluator(state.params))
+                if stopped:
+                    summary["stop_reason"] = stopping.CONVERGED
             ckpt.wait()  # an asynchronous save that failed raises here, before "completed"
-            summary.update(status="completed", step=int(jax.device_get(state.step)))
+            step = int(jax.device_get(state.step))
+            reason = summary.setdefault("stop_reason", stopping.STEP_CAP)
+            summary.update(
+                status="completed", step=step, stopped_at=step,
+                converged=reason == stopping.CONVERGED, stop_metric=self.stop_metric,
+                steps_to_90pct=stopping.steps_to_fraction(
+                    self.history, stopping.FRACTION, stopping.metric_mode(self.stop_metric)
+                ),
+            )  # fmt: skip
         except NonFiniteError as e:
             failure = e
             summary.update(status="failed", error=str(e), failed_step=e.step)
@@ -309,7 +343,10 @@ def train_and_evaluate(
     (mean since the last line), `grad_norm`, `token_acc`, `lr`, `tokens_per_s`,
     `elapsed_s`, and `eval/...` per depth at eval steps, plus `eval_N{M}/...` for each M
     in `eval_passes`), checkpoints and `summary.json` (its `eval` dict: the last eval, keys
-    without the `eval/` prefix, `N{M}/...` for eval_passes). With rule="parametric" it
+    without the `eval/` prefix, `N{M}/...` for eval_passes; `stopped_at`, `stop_reason`
+    ("converged": the stopping rule fired, `stopping.py`; "step_cap": `steps` reached),
+    `converged` and `steps_to_90pct`, the first eval step at which `stop_metric` reached
+    90% of its final value). With rule="parametric" it
     also writes `theta.jsonl` (`theta_record`: every ssm layer's coefficients and nearest
     built-in rule) at step 0 and at every eval step. The numbers of every metrics line also
     go to TensorBoard event files in `workdir` (`run_log.py`).

@@ -385,3 +385,30 @@ def test_step_memory_reports_every_point():
     assert len(rows) == 2, out.stdout
     mib = [float(r.split("|")[2]) for r in rows]
     assert all(m > 0 for m in mib) and mib[1] > mib[0]  # N=2 keeps more for the backward
+
+
+def test_the_convergence_sweeps_expand_and_share_their_runs():
+    """capacity_map: 6 loads x N in {1, 2, 4, 8} x 5 seeds with the stopping rule on;
+    main_converged: its two hardest loads x N in {1, 4}, the very same runs."""
+    from experiments.configs import sweeps
+    from sleep_consolidation import train
+
+    def runs(name):
+        return {r.name: r for r in grid.Sweep.from_config(sweeps.get_config(name)).runs()}
+
+    cmap, main = runs("capacity_map"), runs("main_converged")
+    assert len(cmap) == 120 and len(main) == 20 and set(main) <= set(cmap)
+    loads = {dict(r.point)["task.num_pairs_values"] for r in cmap.values()}
+    assert loads == {(4,), (8,), (12,), (16,), (24,), (32,)}
+    assert {r.seed for r in cmap.values()} == {0, 1, 2, 3, 4}
+    assert {dict(r.point)["passes"] for r in main.values()} == {1, 4}
+    run = next(iter(main.values()))
+    stored = dict(run.stored)
+    assert stored["stop_patience"] == 4 and stored["task.window"] == 64
+    assert all("/" not in name for name in cmap)  # each is one directory
+    c = grid.load_config_file(
+        "experiments/configs/recall.py",
+        "capacity",
+        grid.Sweep.from_config(sweeps.main_converged()).overrides(run),
+    )
+    train.resolve_config(c)  # a valid run config, stopping fields included

@@ -86,6 +86,15 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.eval_passes = ()  # extra eval N's, e.g. (1, 4, 8): logged as eval_N{M}/... (tuple)
+    # Stopping rule (sleep_consolidation/stopping.py), off by default: with stop_patience=k
+    # the run stops at the first eval at or after stop_min_steps where stop_metric (None:
+    # eval/acc; a loss is minimised) has not beaten its best before the last k evals by
+    # more than stop_min_delta (None: 0); `steps` stays the cap. summary.json records
+    # stopped_at, stop_reason ("converged" | "step_cap"), converged and steps_to_90pct.
+    c.stop_patience = config_dict.placeholder(int)
+    c.stop_min_delta = config_dict.placeholder(float)
+    c.stop_metric = config_dict.placeholder(str)
+    c.stop_min_steps = config_dict.placeholder(int)
 
     # Scale-out (README, "Launching on several GPUs"): False/1 = one device; True = over every
     # device (of every process); n = over the first n. batch_size must divide evenly.

@@ -196,7 +196,7 @@ def baseline_of(point: Mapping[str, Any], baseline: Mapping[str, Any]) -> tuple:
 
 # The fields a sweep file's get_config() may set (experiments/configs/sweeps.py).
 SWEEP_FIELDS = ("config", "config_arg", "axes", "fixed", "seeds", "parallel", "baseline",
-                "x_field", "metric", "frontier", "est_run_s")  # fmt: skip
+                "x_field", "metric", "frontier", "est_run_s", "interval")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -261,7 +261,10 @@ def collect_results(workdir: str, planned: Sequence[PlannedRun]) -> list[dict]:
         records.append({"point": p.run.point_name, "overrides": dict(p.run.point),
                         "seed": p.run.seed, "status": s.get("status", "missing"),
                         "eval": s.get("eval", {}), "train_s": s.get("train_s"),
-                        "wall_s": s.get("wall_s"), "run_dir": p.run_dir})  # fmt: skip
+                        "wall_s": s.get("wall_s"), "run_dir": p.run_dir,
+                        # The stopping rule's outcome (train.py); None for older runs.
+                        **{k: s.get(k) for k in ("converged", "stop_reason", "stopped_at",
+                                                 "steps_to_90pct")}})  # fmt: skip
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, RESULTS_FILE)
     with open(path + ".tmp", "w") as f:

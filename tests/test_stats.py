@@ -1,0 +1,81 @@
+"""Paired statistics (experiments/sweeping/stats.py) and their place in the sweep report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments.sweeping import report, stats
+
+
+def test_t_interval_on_a_hand_computed_case():
+    # d = (1, 2, 3): mean 2, sd 1, se 1/sqrt(3); t_{0.975, 2} = 4.302653 (tables).
+    mean, lo, hi = stats.t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)
+    assert mean == 2.0
+    np.testing.assert_allclose([lo, hi], [2 - half, 2 + half], rtol=1e-6)
+    # n = 5, d = (0.1, 0.2, 0.0, 0.3, -0.1): mean 0.1, sd sqrt(0.025); t_{0.975, 4} = 2.776445.
+    mean, lo, hi = stats.t_interval([0.1, 0.2, 0.0, 0.3, -0.1])
+    half = 2.776445 * math.sqrt(0.025) / math.sqrt(5)
+    np.testing.assert_allclose([mean, lo, hi], [0.1, 0.1 - half, 0.1 + half], rtol=1e-6)
+    assert math.isnan(stats.t_interval([0.5])[1]) and math.isnan(stats.t_interval([])[0])
+
+
+def test_t_interval_covers_the_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        _, lo, hi = stats.t_interval(rng.normal(0.3, 1.0, size=5))
+        hits += lo <= 0.3 <= hi
+    assert 0.935 <= hits / 2000 <= 0.965
+
+
+def test_bootstrap_covers_the_known_mean_of_a_large_sample():
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.3, 1.0, size=4000)
+    mean, lo, hi = stats.bootstrap_interval(d)
+    assert lo < 0.3 < hi
+    # Its width is the normal one, 2 * 1.96 * sd / sqrt(n), to a few percent.
+    np.testing.assert_allclose(hi - lo, 2 * 1.96 * d.std(ddof=1) / math.sqrt(d.size), rtol=0.08)
+    assert stats.bootstrap_interval(d, seed=3) != stats.bootstrap_interval(d, seed=4)
+    assert stats.bootstrap_interval(d) == stats.bootstrap_interval(d)  # reproducible
+
+
+def test_sign_counts_and_summary_cell():
+    d = stats.paired_differences([0.5, 0.6, 0.7, None, 0.4], [0.4, 0.6, 0.8, 0.1, 0.2])
+    np.testing.assert_allclose(d, [0.1, 0.0, -0.1, 0.2])
+    assert stats.sign_counts(d) == (2, 1, 1)
+    s = stats.paired_summary(d, "t")
+    assert s.n == 4 and (s.positive, s.negative, s.zero) == (2, 1, 1)
+    assert s.fmt().startswith("+0.050 [") and s.fmt().endswith("] 2+ 1- 1=")
+    assert stats.paired_summary([], "t").fmt() == "n/a"
+    with pytest.raises(ValueError, match="interval method"):
+        stats.paired_summary(d, "jackknife")
+
+
+def _records(converged=True):
+    out = []
+    for n, accs in ((1, (0.5, 0.6, 0.55)), (2, (0.7, 0.65, 0.55))):
+        for seed, a in enumerate(accs):
+            out.append({"point": f"passes={n}", "overrides": {"passes": n}, "seed": seed,
+                        "status": "completed", "eval": {"acc/d=4": a, "acc": a},
+                        "run_dir": "/nonexistent", "steps_to_90pct": 100 * (seed + 1),
+                        "converged": converged or n == 1})  # fmt: skip
+    return out
+
+
+def test_report_shows_the_interval_signs_and_flags_unconverged_runs(tmp_path):
+    table = report.summary_table(_records())
+    mean, lo, hi = stats.t_interval([0.2, 0.05, 0.0])
+    cell = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] 2+ 0- 1="
+    assert f"| passes=2 | 3 | {cell} | {cell} |" in table
+    assert "+0.200 +0.050 +0.000" in table  # every seed's difference too
+    assert "paired t-interval" in table and report.DAGGER not in table
+    assert "| passes=1 | 3 | 0.550 ± 0.050 | 0.550 ± 0.050 | 200 ± 100 | 3/3 |" in table
+    flagged = report.summary_table(_records(converged=False), interval="bootstrap")
+    assert f"| passes=2{report.DAGGER} | 3 |" in flagged and "0/3" in flagged
+    assert "bootstrap" in flagged and report.UNCONVERGED_NOTE in flagged
+    path = report.plot_sweep(_records(), str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000 and path.endswith("p.png")
