@@ -120,6 +120,21 @@ def main_converged():
     )  # fmt: skip
 
 
+def converged_pilot():
+    """A first convergence-grade slice that fits a session: the README main job's config
+    (recall:capacity, n in {4, 8, 16} mixed per example, window 32) at N in {1, 4} x 5
+    paired seeds, each run until eval/acc stops improving (patience 4 evals of 250 steps,
+    delta 0.005, never before step 1000, cap 5000). 10 runs; about 40 min on one core."""
+    fixed = dict(
+        steps=5000, eval_every=250, checkpoint_every=500, eval_passes=(), stop_patience=4,
+        stop_min_delta=0.005, stop_min_steps=1000,
+    )  # fmt: skip
+    return _sweep(
+        _RECALL, {"passes": [1, 4]}, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=fixed,
+        est_run_s=240.0,
+    )  # fmt: skip
+
+
 # --- reproduction study at CPU scale (3 seeds each) -------------------------------------
 
 
@@ -226,6 +241,7 @@ def bounds():
 VARIANTS = {
     "tiny": tiny,
     "main": main,
+    "converged_pilot": converged_pilot,
     "rule110": rule110,
     "depo": depo,
     "gsm": gsm,
