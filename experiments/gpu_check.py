@@ -36,7 +36,7 @@ run cut short still leaves what it measured.
 Offline install (the GPU machine has JAX (CUDA), torch and Triton but no network). On a
 machine with network, from the repo root:
 
-    bash experiments/gpu_wheels.sh       # -> .gpu_wheels/ (git-ignored, ~7 MiB)
+    bash experiments/gpu_wheels.sh       # -> .gpu_wheels/ (git-ignored, ~10 MiB)
 
 downloads, with `pip download --no-deps`: flash-linear-attention, fla-core, einops,
 ml-collections, flax, optax, absl-py, chex, treescope, etils, rich, pygments,
@@ -292,7 +292,7 @@ def bench_sleep(tiny: bool, with_fla: bool, deadline: float, log=print) -> tuple
                     "o": _errs(outs[name][0], ref[0])["max_rel"],
                     "S": _errs(outs[name][1], ref[1])["max_rel"],
                 }
-            fns = {n: (lambda p=p: p(*args)) for n, p in progs.items()}
+            fns = {n: (lambda p=p, a=args: p(*a)) for n, p in progs.items()}
             fla_info = None
             if fla_ok:
                 torch, kernel = fla
@@ -300,11 +300,8 @@ def bench_sleep(tiny: bool, with_fla: bool, deadline: float, log=print) -> tuple
                 tg = torch.log(_to_torch(torch, args[4]).float())  # log-space gate, f32
                 th0 = _to_torch(torch, args[0])
 
-                def run_fla():
-                    return kernel(
-                        tq, tk, tv, tg, tb, scale=1.0, initial_state=th0,
-                        output_final_state=True,
-                    )  # fmt: skip
+                def run_fla(kernel=kernel, a=(tq, tk, tv, tg, tb), h0=th0):
+                    return kernel(*a, scale=1.0, initial_state=h0, output_final_state=True)
 
                 try:
                     o_fla, S_fla = run_fla()
@@ -317,7 +314,7 @@ def bench_sleep(tiny: bool, with_fla: bool, deadline: float, log=print) -> tuple
                         "rel_err_o_vs_ours": _errs(o_np, mine[0])["max_rel"],
                         "rel_err_S_vs_ours": _errs(S_np, mine[1])["max_rel"],
                     }
-                    fns["fla"] = lambda: (run_fla(), torch.cuda.synchronize())[1]
+                    fns["fla"] = lambda f=run_fla, sync=torch.cuda.synchronize: (f(), sync())[1]
                 except Exception as e:  # noqa: BLE001
                     fla_info = {"error": f"{type(e).__name__}: {e}"}
             t = benchmark.time_interleaved(fns, reps)
@@ -443,8 +440,8 @@ def bench_train(tiny: bool, deadline: float, isolate: bool, log=print) -> dict:
             continue
         rows.append(row)
         log(f"[train] N={passes} remat={remat}: {row['tokens_per_s']:.0f} tokens/s, "
-            f"MFU {100 * row['mfu_bf16']:.2f}% (bf16 peak), temp "
-            f"{_mib(row['temp_bytes'])} MiB, peak {_mib(row['peak_bytes_in_use'])} MiB")  # fmt: skip
+            f"MFU {100 * row['mfu_bf16']:.2f}% (bf16 peak), temp {_mib(row['temp_bytes'])} "
+            f"MiB, peak {_mib(row['peak_bytes_in_use'])} MiB")  # fmt: skip
     return {"config": "experiments/configs/rule110.py" + (":tiny" if tiny else ""),
             "peaks_tflops": {"bf16": PEAK_BF16_TFLOPS, "f32": PEAK_F32_TFLOPS},
             "isolated_processes": isolate, "rows": rows, "skipped": skipped}  # fmt: skip
