@@ -50,9 +50,13 @@ do not import, then runs this module under `timeout`. flash-linear-attention (fl
 and models) needs transformers and is downloaded but not installed: the kernels are in
 fla-core. fla-core 0.6 wants torch >= 2.7 and Triton >= 3.3.
 
-The device `run` tool's command (carry: [".gpu_wheels"]):
+The device `run` tool's command (carry: [".gpu_wheels"], timeout_s=600; the report comes
+back under $OUT/gpu):
 
-    bash experiments/gpu_check.sh benchmarks/gpu && cp -r benchmarks/gpu "$OUT/"
+    GPU_CHECK_TIMEOUT=560 bash experiments/gpu_check.sh "$OUT/gpu"
+
+CPU mode (`--tiny`, run by tests/test_gpu_check.py): ~32 s of CPU time, every part at tiny
+shapes (sleep T=24 H=2 d=8; train on rule110:tiny shrunk to one ssm block, AdamW, batch 8).
 """
 
 from __future__ import annotations
@@ -215,6 +219,7 @@ def _sleep_inputs(B, T, H, d, seed=0):
 
 
 _ORDER = ("S0", "q", "k", "v", "alpha", "beta")
+REFERENCE = "f32 scan_rule, precision=highest"
 
 
 def _device_args(x: dict, dtype):
@@ -247,7 +252,9 @@ def _to_torch(torch, x):
     return torch.from_numpy(np.ascontiguousarray(a)).cuda()
 
 
-def bench_sleep(tiny: bool, with_fla: bool, deadline: float, log=print) -> tuple[dict, dict]:
+def bench_sleep(
+    tiny: bool, with_fla: bool, deadline: float, log=print, progress=None
+) -> tuple[dict, dict]:
     """One sleep pass: our scan and chunked variants (and fla's kernel), per (B, dtype)."""
     s = _shapes(tiny)
     T, H, d, reps = s["T"], s["H"], s["d"], s["reps"]
@@ -339,9 +346,11 @@ def bench_sleep(tiny: bool, with_fla: bool, deadline: float, log=print) -> tuple
                 fla_rows.append(row)
             best = min((r for r in rows if r["B"] == B and r["dtype"] == dname),
                        key=lambda r: r["median_s"])  # fmt: skip
+            if progress is not None:
+                progress({"rows": rows, "skipped": skipped, "reference": REFERENCE})
             log(f"[sleep] B={B} {dname}: scan {1e3 * scan_t:.2f} ms, best {best['variant']} "
                 f"{1e3 * best['median_s']:.2f} ms ({best['speedup_vs_scan']:.1f}x)")  # fmt: skip
-    sleep = {"rows": rows, "skipped": skipped, "reference": "f32 scan_rule, precision=highest"}
+    sleep = {"rows": rows, "skipped": skipped, "reference": REFERENCE}
     if fla_ok:
         import fla as fla_pkg
 
@@ -421,8 +430,11 @@ def _train_rows_spec(tiny: bool) -> list[tuple[int, str]]:
     return rows
 
 
-def bench_train(tiny: bool, deadline: float, isolate: bool, log=print) -> dict:
+def bench_train(tiny: bool, deadline: float, isolate: bool, log=print, progress=None) -> dict:
     rows, skipped = [], []
+    sec = {"config": "experiments/configs/rule110.py" + (":tiny" if tiny else ""),
+           "peaks_tflops": {"bf16": PEAK_BF16_TFLOPS, "f32": PEAK_F32_TFLOPS},
+           "isolated_processes": isolate, "rows": rows, "skipped": skipped}  # fmt: skip
     reps = 3 if tiny else _REPS.value
     for passes, remat in _train_rows_spec(tiny):
         left = deadline - time.perf_counter()
@@ -439,12 +451,12 @@ def bench_train(tiny: bool, deadline: float, isolate: bool, log=print) -> dict:
             log(f"[train] N={passes} remat={remat} failed: {e}")
             continue
         rows.append(row)
+        if progress is not None:
+            progress(sec)
         log(f"[train] N={passes} remat={remat}: {row['tokens_per_s']:.0f} tokens/s, "
             f"MFU {100 * row['mfu_bf16']:.2f}% (bf16 peak), temp {_mib(row['temp_bytes'])} "
             f"MiB, peak {_mib(row['peak_bytes_in_use'])} MiB")  # fmt: skip
-    return {"config": "experiments/configs/rule110.py" + (":tiny" if tiny else ""),
-            "peaks_tflops": {"bf16": PEAK_BF16_TFLOPS, "f32": PEAK_F32_TFLOPS},
-            "isolated_processes": isolate, "rows": rows, "skipped": skipped}  # fmt: skip
+    return sec
 
 
 def _child(tiny, passes, remat, timeout):
@@ -582,6 +594,14 @@ def run(tiny: bool, sections, out: str, budget_s: float, isolate: bool, log=prin
     deadline = t0 + budget_s
     res: dict[str, Any] = {"meta": _meta(tiny), "sections": list(sections), "skipped": []}
 
+    def partial(name):  # a part's results so far, written, so a cut-short run keeps them
+        def put(sec):
+            res[name] = {**sec, "seconds": None}
+            res["seconds"] = time.perf_counter() - t0
+            write(res, out)
+
+        return put
+
     def done(name, t_sec):
         res[name]["seconds"] = time.perf_counter() - t_sec
         res["seconds"] = time.perf_counter() - t0
@@ -597,7 +617,8 @@ def run(tiny: bool, sections, out: str, budget_s: float, isolate: bool, log=prin
         if time.perf_counter() > deadline:
             res["skipped"].append("sleep")
         else:
-            sleep, fla = bench_sleep(tiny, "fla" in sections, deadline, log)
+            sleep, fla = bench_sleep(tiny, "fla" in sections, deadline, log, partial("sleep"))
+            res.pop("sleep", None)
             if "sleep" in sections:
                 res["sleep"] = sleep
                 done("sleep", ts)
@@ -606,7 +627,7 @@ def run(tiny: bool, sections, out: str, budget_s: float, isolate: bool, log=prin
                 done("fla", ts)
     if "train" in sections:
         ts = time.perf_counter()
-        res["train"] = bench_train(tiny, deadline, isolate, log)
+        res["train"] = bench_train(tiny, deadline, isolate, log, partial("train"))
         done("train", ts)
     res["seconds"] = time.perf_counter() - t0
     write(res, out)
