@@ -3,7 +3,7 @@
 Why: on XLA:CPU every `while` loop costs a fixed overhead per iteration, keeps its body
 from fusing with the code around it, and makes reverse-mode AD stack every residual into
 [length, ...] buffers with dynamic-update-slices. The loops of a research-scale step are
-short (2 chunks per window, 1-4 windows, N-1 <= 7 sleep passes), and unrolling them cut
+short (1-2 chunks per window, 1-4 windows, N-1 <= 3 sleep passes), and unrolling them cut
 the train step of recall:capacity by a third (BUILD_NOTES.md, issue 10). Long loops stay
 `lax.scan`, so compile time and program size stay bounded.
 """
@@ -13,8 +13,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Loops of at most this many iterations are unrolled (tested against lax.scan).
-MAX_UNROLL = 8
+# Loops of at most this many iterations are unrolled (tested against lax.scan). Nested
+# loops multiply (sleep passes x chunks), so this stays small: at 8, the benchmark's
+# d=256, L=256, N=8 train step took minutes to compile.
+MAX_UNROLL = 4
 
 
 def scan(f, init, xs=None, length: int | None = None, max_unroll: int | None = None):
