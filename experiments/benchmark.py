@@ -62,8 +62,6 @@ SECTIONS = ("ceiling", "wake", "latency", "sleep", "train", "research")
 
 # One jitted instance of each step, shared by all sections (so compilations are reused).
 _wake = jax.jit(sc.wake_step)
-_sleep = jax.jit(sc.sleep_step)
-_evict = jax.jit(sc.evict)
 
 # Sizes per mode. `full` follows performance.md; `quick` is the same shape of experiment at
 # smaller sizes; `smoke` only checks that everything runs (the test suite uses it).
@@ -223,30 +221,18 @@ def bench_ceiling(p, reps):
     return {"rows": rows, "gflops": max(r["gflops"] for r in rows)}
 
 
-def _python_loop(params, state, tokens, passes, wake, sleep, evict):
-    """design.md's Python-driven loop (one host round trip per token)."""
-    outs = []
-    for t in range(tokens.shape[1]):
-        state, logits_t = wake(params, state, tokens[:, t])
-        outs.append(logits_t)
-        if sc.window_full(state):
-            for _ in range(passes - 1):
-                state = sleep(params, state)
-            state = evict(state)
-    return state, outs
-
-
 def bench_wake(p, reps):
     """Tokens/s of the wake loop: Python loop of jitted steps vs `stream` vs batched streams."""
     cfg = sc.ModelConfig(**p["model"])
     params = _init(cfg)
     L, T, Tpy = p["wake_window"], p["wake_tokens"], p["python_tokens"]
     rng = np.random.default_rng(0)
-    wake, sleep, evict = _wake, _sleep, _evict
     state1 = sc.init_state(cfg, batch_size=1, window=L)
     toks_py = _tokens(rng, 1, Tpy, cfg.vocab_size)
-    _python_loop(params, state1, toks_py, 1, wake, sleep, evict)  # compiles the steps
-    fns = {"python_loop": lambda: _python_loop(params, state1, toks_py, 1, wake, sleep, evict)}
+    # The library's reference loop (design.md's, one host round trip per token).
+    python_loop = functools.partial(streaming.stream, params, state1, toks_py, 1, impl="loop")
+    python_loop()  # compiles the steps
+    fns = {"python_loop": python_loop}
     tokens_per_call = {"python_loop": Tpy}
     for B in (1, *p["stream_batches"]):
         st = sc.init_state(cfg, batch_size=B, window=L)

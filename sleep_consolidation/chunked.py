@@ -119,8 +119,16 @@ def _unit_lower_inverse_bwd(T, G):
 _unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
-def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, remat):
-    """Shared implementation. Shapes as in the module docstring; alpha None when ungated."""
+def _chunk_form(S0, q, k, v, log_decay, write, erase, valid, chunk_size, *, remat):
+    """The shared kernel: S_t = d_t S_{t-1} + k_t (a_t v_t - b_t S'^T k_t)^T per token, with
+    S' = d_t S_{t-1}, in chunks (shapes as in the module docstring).
+
+    Args:
+      log_decay: log d_t [B, T, H] (<= 0), or None for no decay (the ungated rules).
+      write: a_t [B, T, H], the write strength (beta for the built-in rules).
+      erase: b_t [B, T, H], the erase strength of the delta term, or None for none (the
+        Hebbian rules: then no triangular inverse is needed).
+    """
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     C = int(chunk_size)
@@ -129,33 +137,38 @@ def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, re
     n = -(-T // C)
     Tp = n * C
     f32 = jnp.float32
-    q, k, v, beta = (x.astype(f32) for x in (q, k, v, beta))
+    gated, delta = log_decay is not None, erase is not None
+    same = erase is write  # the built-in delta rules: one (I + A)^-1 diag(beta) serves both
+    q, k, v, write = (x.astype(f32) for x in (q, k, v, write))
     S0 = S0.astype(f32)
-    alpha = None if alpha is None else alpha.astype(f32)
+    log_decay = log_decay.astype(f32) if gated else None
+    erase = (write if same else erase.astype(f32)) if delta else None
     masked = valid is not None or Tp != T
     mask = jnp.ones((T,), bool) if valid is None else jnp.asarray(valid, bool)
     if mask.shape != (T,):
         raise ValueError(f"valid must have shape ({T},), got {mask.shape}")
     if Tp != T:
         pad = lambda x: jnp.pad(x, [(0, 0), (0, Tp - T)] + [(0, 0)] * (x.ndim - 2))
-        q, k, v, beta = pad(q), pad(k), pad(v), pad(beta)
-        alpha = None if alpha is None else pad(alpha)
+        q, k, v, write = pad(q), pad(k), pad(v), pad(write)
+        log_decay = pad(log_decay) if gated else None
+        erase = write if same else (pad(erase) if delta else None)
         mask = jnp.pad(mask, (0, Tp - T))
-    m = mask[None, :, None]
-    if masked:  # masked positions: beta = 0 (no write) and alpha = 1 (no decay)
-        beta = jnp.where(m, beta, 0.0)
-        alpha = None if alpha is None else jnp.where(m, alpha, 1.0)
+    if masked:  # masked and padded positions: no write, no erase, no decay (S unchanged)
+        m = mask[None, :, None]
+        write = jnp.where(m, write, 0.0)
+        log_decay = jnp.where(m, log_decay, 0.0) if gated else None
+        erase = write if same else (jnp.where(m, erase, 0.0) if delta else None)
 
     # Chunk-major layout, so the scan slices the leading axis and every matmul batches over
     # the leading (n, B, H): [B, Tp, H, d] -> [n, B, H, C, d]; gates -> [n, B, H, C].
     blk = lambda x: x.reshape(B, n, C, H, x.shape[-1]).transpose(1, 0, 3, 2, 4)
     gblk = lambda x: x.reshape(B, n, C, H).transpose(1, 0, 3, 2)
-    Q, K, V, b = blk(q), blk(k), blk(v), gblk(beta)[..., None]
+    Q, K, V, a = blk(q), blk(k), blk(v), gblk(write)[..., None]
+    b = a if same else (gblk(erase)[..., None] if delta else None)
     causal = jnp.tril(jnp.ones((C, C), bool))
 
     if gated:
-        la = jnp.log(jnp.maximum(alpha, _TINY))
-        Gamma, decay_in, decay_out, decay_chunk = _decays(gblk(la))
+        Gamma, decay_in, decay_out, decay_chunk = _decays(gblk(log_decay))
         decay_in, decay_out = decay_in[..., None], decay_out[..., None]
         decay_chunk = decay_chunk[..., None, None]  # [n, B, H, 1, 1]
     else:
@@ -169,17 +182,18 @@ def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, re
         xs["dc"] = decay_chunk
     if delta:
         strict = jnp.tril(jnp.ones((C, C), bool), -1)
-        A = jnp.einsum("...cd,...sd->...cs", K, K) * Gamma * b  # beta_i k_i.k_j Gamma_ij
+        A = jnp.einsum("...cd,...sd->...cs", K, K) * Gamma * b  # b_i k_i.k_j Gamma_ij
         IA = jnp.where(strict, A, 0.0) + jnp.eye(C, dtype=f32)
         # (I + A)^-1 explicitly, then plain matmuls: on CPU ~2x faster than solving for the
         # 2 d right-hand sides directly.
         Tinv = _unit_lower_inverse(IA)
-        Tb = Tinv * jnp.swapaxes(b, -1, -2)  # (I + A)^-1 diag(beta)
-        xs["U"] = Tb @ V
+        Tb = Tinv * jnp.swapaxes(b, -1, -2)  # (I + A)^-1 diag(b)
+        Ta = Tb if same else Tinv * jnp.swapaxes(a, -1, -2)  # (I + A)^-1 diag(a)
+        xs["U"] = Ta @ V
         xs["WQ"] = jnp.concatenate([Tb @ (K * decay_in if gated else K), Qd], axis=-2)
         xs["P"] = P
     else:
-        xs["U"] = V * b  # Hebbian: the written values do not depend on S
+        xs["U"] = V * a  # Hebbian: the written values do not depend on S
         xs["PU"] = P @ xs["U"]
         xs["Qd"] = Qd
 
@@ -205,13 +219,11 @@ def _chunk_form(S0, q, k, v, alpha, beta, valid, chunk_size, *, delta, gated, re
 def _make(delta: bool, gated: bool, name: str):
     def fn(S0, q, k, v, alpha, beta, theta, valid, chunk_size, *, remat: bool = True):
         del theta  # the built-in rules have no parameters
-        if not gated:
-            alpha = None
+        log_decay = jnp.log(jnp.maximum(alpha.astype(jnp.float32), _TINY)) if gated else None
         if name == "hebbian":
             beta = jnp.ones(q.shape[:3], jnp.float32)  # gates ignored; the mask still applies
-        return _chunk_form(
-            S0, q, k, v, alpha, beta, valid, chunk_size, delta=delta, gated=gated, remat=remat
-        )
+        erase = beta if delta else None
+        return _chunk_form(S0, q, k, v, log_decay, beta, erase, valid, chunk_size, remat=remat)
 
     fn.__name__ = f"chunked_{name}"
     fn.__qualname__ = fn.__name__

@@ -116,6 +116,15 @@ class Schedule:
         instead of h alone.
       loop_blocks: (start, stop) contiguous block range that sleep re-runs; blocks before it are
         a prelude and after it a coda, both run once per token at wake. None = all blocks.
+
+    Every entry point takes a schedule the same way, `schedule=` or these fields as keywords
+    (`resolve_schedule`). The window L and the pass count N stay outside it, as arguments of
+    their own (checked by `check_window_and_passes`), because they are not the same kind of
+    knob: L is an array shape (`MemoryState.window` is `features.shape[1]`, and a copy in the
+    static schedule could disagree with it), and N is not a property of a state at all but a
+    count of `sleep_step` calls its caller makes (by hand in a notebook, or `stream`'s
+    `passes`); in training they are the two numbers swept and changed per call
+    (`eval_passes`), while a Schedule is fixed for a run.
     """
 
     eviction: str = "hard"
@@ -149,6 +158,38 @@ class Schedule:
                 f"need 0 <= start < stop <= {n}"
             )
         return (start, stop)
+
+
+def resolve_schedule(schedule: Schedule | None, kwargs: dict) -> Schedule:
+    """The schedule of a call that takes `schedule=` or its fields as keywords, not both.
+
+    Args:
+      schedule: a `Schedule` or None.
+      kwargs: the caller's remaining keywords (its `**schedule_kwargs`).
+
+    Returns:
+      `schedule`, or `Schedule(**kwargs)` (validated) when it is None.
+
+    Raises:
+      ValueError: both given, a non-Schedule `schedule`, or a keyword that is not a field.
+    """
+    if schedule is not None:
+        if kwargs:
+            raise ValueError(
+                "pass either schedule= or its fields as keywords, not both "
+                f"(got schedule= and {', '.join(sorted(kwargs))})"
+            )
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        return schedule
+    fields = {f.name for f in dataclasses.fields(Schedule)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown keyword(s) {', '.join(unknown)}; the schedule's fields are "
+            f"{', '.join(sorted(fields))}"
+        )
+    return Schedule(**kwargs)
 
 
 def check_window_and_passes(window, passes) -> None:

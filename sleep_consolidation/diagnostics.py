@@ -12,10 +12,10 @@ takes the schedule as `schedule=` or its fields as keywords, like `forward`.
 Two evaluation paths, checked against each other and against `forward` in the tests:
   * `fast_weight_change_per_pass` streams the tokens with the library's own `wake_step`,
     `sleep_step` and `evict` (one jitted program, `lax.scan` over windows and tokens);
-  * `window_loop` is a small re-implementation of `forward`'s window step that runs the
-    blocks one at a time, so it can record each ssm block's input in every pass and apply a
-    hook to the fast weights at every window boundary (after consolidation and eviction).
-    With no hook its logits equal `forward`'s.
+  * `window_loop` runs `forward`'s own window step (`sequence._window_step`, asked to
+    record each ssm block's input and the fast weights after every pass) and applies a hook
+    to the fast weights at every window boundary (after consolidation and eviction). With
+    no hook its logits equal `forward`'s.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleep_consolidation import attention, fast_weights, model
-from sleep_consolidation.config import Schedule, check_tokens, check_window_and_passes
-from sleep_consolidation.fast_weights import rms_norm
+from sleep_consolidation import fast_weights, model, sequence
+from sleep_consolidation.config import (
+    Schedule,
+    check_tokens,
+    check_window_and_passes,
+    resolve_schedule,
+)
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import init_state
 from sleep_consolidation.tasks.base import per_depth_metrics
@@ -40,14 +44,6 @@ BOUNDARIES = ("none", "zero", "roll")
 CONDITIONS = ("no_sleep", "trained_N", "no_memory", "wrong_memory")
 FLAG = "consolidation worse than no memory"
 _EPS = 1e-12
-
-
-def _schedule(schedule: Schedule | None, kwargs) -> Schedule:
-    if schedule is None:
-        return Schedule(**kwargs)
-    if kwargs:
-        raise ValueError("pass either schedule= or its fields as keywords, not both")
-    return schedule
 
 
 def _check_full_window(tokens, window):
@@ -112,7 +108,7 @@ def fast_weight_change_per_pass(
     Returns:
       float32 [num_windows = T // L, N - 1, num_ssm_layers].
     """
-    sched = _schedule(schedule, schedule_kwargs)
+    sched = resolve_schedule(schedule, schedule_kwargs)
     check_window_and_passes(window, passes)
     check_tokens(tokens, params.config.vocab_size, rank=2)
     _check_full_window(tokens, window)
@@ -129,18 +125,6 @@ def block_keys_values(mixer: dict, cfg, x):
     the computation of `fast_weights.fast_weight_window`. Returns (k, v), each [B, T, H, dh]."""
     _, k, v, _, _, _ = fast_weights.window_features(mixer, cfg, x)
     return k, v
-
-
-def _run_blocks(params, blocks, h, fast, prefix):
-    """`model.window_pass` one block at a time; also returns each ssm block's normed input."""
-    cfg = params.config
-    kv, xs = {}, {}
-    for i in blocks:
-        if cfg.layout[i] == "ssm":
-            xs[i] = rms_norm(h, params.blocks[i]["norm1"])
-        h, fast, kv_i = model.window_pass(params, range(i, i + 1), h, fast, prefix)
-        kv.update(kv_i)
-    return h, fast, kv, xs
 
 
 def zero_memory(fast: tuple) -> tuple:
@@ -167,58 +151,31 @@ def _recall_stats(S, k, v):
 
 
 def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, stats):
-    """`sequence._window_step` without remat/truncation, plus statistics and the hook."""
+    """`sequence._window_step` (recording when `stats`), its logits, the window's statistics
+    and the boundary: mode 0 keeps the memory, 1 zeroes it, 2 rolls it over the batch; a
+    static `hook` (any function of the fast-weight tuple) is applied after that."""
     cfg = params.config
-    start, stop = sched.loop_range(cfg)
-    looped = range(start, stop)
-    looped_ssm = [b for b in cfg.ssm_blocks if b in looped]
-    fast, prefix = carry
-    fast_start = dict(fast)
-
-    h, fast, kv, xs = _run_blocks(params, range(0, start), model.embed(params, toks), fast, prefix)
-    loop_input = h
-    h, fast, kv_loop, xs_loop = _run_blocks(params, looped, h, fast, prefix)
-    features = h
-    h, fast, kv_post, xs_post = _run_blocks(params, range(stop, len(cfg.layout)), h, fast, prefix)
+    fast_start = carry.fast
+    out = sequence._window_step(
+        params, carry, toks, sched=sched, window=window, passes=passes, sleep=sleep, record=stats
+    )
+    carry, h = out[:2]
     logits = model.logits(params, h)
-    kv = {**kv, **kv_loop, **kv_post}
-    xs = {**xs, **xs_loop, **xs_post}
     if not sleep:
-        return (fast, prefix), logits, None
-    fast_wake = dict(fast)
+        return carry, logits, None
 
-    def sleep_pass(c, _):
-        h, fast_l, kv_l, _ = c
-        source = {b: fast_start[b] for b in looped_ssm} if sched.reset_between_passes else fast_l
-        x = h + loop_input if sched.reinject_embedding else h
-        h, fast_new, kv_new, xs_new = _run_blocks(params, looped, x, source, prefix)
-        fast_new = {b: fast_new[b] for b in looped_ssm}
-        return (h, fast_new, kv_new, xs_new), fast_new
-
-    carry_l = (features, {b: fast[b] for b in looped_ssm}, kv_loop, xs_loop)
-    carry_l, per_pass = jax.lax.scan(sleep_pass, carry_l, None, length=passes - 1)
-    _, fast_l, kv_l, xs_l = carry_l
-    fast = {**fast, **fast_l}
-    kv = {**kv, **kv_l}
-    xs = {**xs, **xs_l}  # each ssm block's input in the last pass that ran it
-
-    out = None
+    stats_out = None
     if stats:
-        n_ssm = len(cfg.ssm_blocks)
-        S_pass = {  # [N, B, H, dk, dv]: S after pass 1..N (wake = pass 1)
-            b: jnp.concatenate([fast_wake[b][None], per_pass[b]], 0)
-            if b in looped_ssm
-            else jnp.broadcast_to(fast_wake[b], (passes, *fast_wake[b].shape))
-            for b in cfg.ssm_blocks
-        }
+        aux, n_ssm = out[2], len(cfg.ssm_blocks)
         cos, err, cos0, err0, change = [], [], [], [], []
         for b in cfg.ssm_blocks:
-            k, v = block_keys_values(params.blocks[b]["mixer"], cfg, xs[b])
-            c, e = jax.vmap(lambda S, k=k, v=v: _recall_stats(S, k, v))(S_pass[b])
+            S_pass = aux["fast"][b]  # [N, B, H, dk, dv]: S after pass 1..N (wake = pass 1)
+            k, v = block_keys_values(params.blocks[b]["mixer"], cfg, aux["inputs"][b])
+            c, e = jax.vmap(lambda S, k=k, v=v: _recall_stats(S, k, v))(S_pass)
             c0, e0 = _recall_stats(fast_start[b], k, v)
             cos.append(c), err.append(e), cos0.append(c0), err0.append(e0)
-            change.append(jax.vmap(_rel_change)(S_pass[b][:-1], S_pass[b][1:]))
-        out = {
+            change.append(jax.vmap(_rel_change)(S_pass[:-1], S_pass[1:]))
+        stats_out = {
             "cosine": _stack_layers(cos, n_ssm, (passes,)),
             "rel_error": _stack_layers(err, n_ssm, (passes,)),
             "cosine_at_window_start": _stack_layers(cos0, n_ssm, ()),
@@ -226,22 +183,15 @@ def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, st
             "change": _stack_layers(change, n_ssm, (passes - 1,)),
         }
 
-    if sched.eviction == "sliding":
-        prefix = {
-            b: attention.slide_prefix(*prefix[b], kv[b][0], kv[b][1], window, cfg.rope_base)
-            for b in cfg.attn_blocks
-        }
-    # The boundary: mode 0 keeps the memory, 1 zeroes it, 2 rolls it over the batch; a
-    # static `hook` (any function of the fast-weight tuple) is applied after that.
-    S = tuple(fast[b] for b in cfg.ssm_blocks)
+    S = tuple(carry.fast[b] for b in cfg.ssm_blocks)
     S = tuple(
         jnp.where(mode == 1, zero, jnp.where(mode == 2, rolled, s))
         for s, zero, rolled in zip(S, zero_memory(S), roll_memory(S))
     )
     if hook is not None:
         S = tuple(hook(S))
-    fast = {**fast, **dict(zip(cfg.ssm_blocks, S))}
-    return (fast, prefix), logits, out
+    carry = carry.replace(fast={**carry.fast, **dict(zip(cfg.ssm_blocks, S))})
+    return carry, logits, stats_out
 
 
 @functools.partial(jax.jit, static_argnames=("window", "passes", "schedule", "hook", "stats"))
@@ -253,10 +203,7 @@ def _loop(params, tokens, mode, *, window, passes, schedule, hook, stats):
     step = functools.partial(
         _window, sched=schedule, window=L, passes=passes, hook=hook, stats=stats
     )
-    fast0 = {b: jnp.zeros((B, cfg.num_heads, cfg.dh, cfg.dh), jnp.float32) for b in cfg.ssm_blocks}
-    P = L - 1 if schedule.eviction == "sliding" else 0
-    z = jnp.zeros((B, P, cfg.num_heads, cfg.dh), jnp.float32)
-    carry = (fast0, {b: (z, z, jnp.zeros((P,), bool)) for b in cfg.attn_blocks})
+    carry = sequence.init_carry(cfg, B, L, schedule)
     pieces, out = [], None
     if n_scan:
         scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
@@ -271,7 +218,7 @@ def _loop(params, tokens, mode, *, window, passes, schedule, hook, stats):
         _, lg, _ = step(params, carry, tokens[:, n_scan * L :], mode, sleep=False)
         pieces.append(lg)
     logits = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
-    return logits, out, tuple(carry[0][b] for b in cfg.ssm_blocks)
+    return logits, out, tuple(carry.fast[b] for b in cfg.ssm_blocks)
 
 
 def window_loop(
@@ -303,7 +250,7 @@ def window_loop(
       (logits [B, T, V], stats dict or None, final fast weights tuple ordered like
       `cfg.ssm_blocks`).
     """
-    sched = _schedule(schedule, schedule_kwargs)
+    sched = resolve_schedule(schedule, schedule_kwargs)
     check_window_and_passes(window, passes)
     cfg = params.config
     sched.loop_range(cfg)
@@ -357,7 +304,7 @@ def recall_of_evicted_window(
       opened, before it wrote anything) and "change" [W, N-1, n_ssm] (as
       `fast_weight_change_per_pass`, from this path).
     """
-    sched = _schedule(schedule, schedule_kwargs)
+    sched = resolve_schedule(schedule, schedule_kwargs)
     check_tokens(tokens, params.config.vocab_size, rank=2)
     _check_full_window(tokens, window)
     _, out, _ = window_loop(params, tokens, window, passes, stats=True, schedule=sched)
@@ -399,7 +346,7 @@ def memory_conditions(
     """
     if metric not in ("acc", "loss"):
         raise ValueError(f"metric must be 'acc' or 'loss', got {metric!r}")
-    sched = _schedule(schedule, schedule_kwargs)
+    sched = resolve_schedule(schedule, schedule_kwargs)
     depths = tuple(int(d) for d in task_depths)
     runs = {
         "no_sleep": (1, "none"),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_consolidation import sharding
-from sleep_consolidation.config import Schedule
+from sleep_consolidation.config import Schedule, resolve_schedule
 from sleep_consolidation.model import Params
 from sleep_consolidation.sequence import forward
 from sleep_consolidation.tasks import Task
@@ -66,10 +66,7 @@ def evaluate(
       Python floats `loss`, `acc` and `loss/d={d}`, `acc/d={d}` for d in `task.depths`
       (exact-answer accuracy; NaN for a depth with no answers in `batch`).
     """
-    if schedule is None:
-        schedule = Schedule(**schedule_kwargs)
-    elif schedule_kwargs:
-        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    schedule = resolve_schedule(schedule, schedule_kwargs)
     window = task.default_window if window is None else window
     depths = tuple(task.depths)
     n = int(batch.tokens.shape[0])

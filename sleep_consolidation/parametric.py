@@ -31,8 +31,8 @@ c_erase = 0); it becomes non-zero as soon as c_erase moves.
 
 The family has a chunkwise-parallel form (`chunked_parametric`, used with
 `ModelConfig(impl="chunked")`): with per-token log-decay log d, write strength a and erase
-strength b it is the WY form of `chunked.py` with `a V` on the value side and `b K` on the
-key side, tested against the per-token scan.
+strength b it is `chunked.py`'s kernel (the WY form) with `a V` on the value side and `b K`
+on the key side, tested against the per-token scan.
 
     theta = params.blocks[i]["mixer"]["theta"]     # {"decay": [H], "write": [H], ...}
     describe_theta(theta)["nearest"]               # which built-in the outer loop is near
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_consolidation import rules
-from sleep_consolidation.chunked import _decays
+from sleep_consolidation.chunked import _chunk_form
 
 NAME = "parametric"
 COEFFS = ("decay", "write", "write_gate", "erase", "erase_gate")
@@ -100,65 +100,15 @@ def update(S, k, v, alpha, beta, theta):
 def chunked_parametric(S0, q, k, v, alpha, beta, theta, valid, chunk_size, *, remat=True):
     """Chunkwise-parallel form: batched [B, T, H, d] inputs -> (o [B, T, H, d_v], S_T).
 
-    Per chunk (C tokens) and head, with Gamma/exp(g) the decays of `chunked._decays`:
-        A = strictly_lower((b K) K^T * Gamma);  U = (I + A)^-1 (a V)
-        W = (I + A)^-1 (b K * exp(g));          V_new = U - W S0
-        O = (Q exp(g)) S0 + ((Q K^T) * Gamma) V_new
-        S_next = exp(g_last) S0 + (K * exp(g_last - g))^T V_new
-    Masked (valid False) and padded positions get a = b = 0 and d = 1: S is unchanged.
+    `chunked.py`'s kernel with this family's per-token log-decay log d, write strength a
+    and erase strength b (`strengths`) in place of the built-ins' log alpha, beta and beta:
+    per chunk, A = strictly_lower((b K) K^T * Gamma), U = (I + A)^-1 (a V),
+    W = (I + A)^-1 (b K * exp(g)), with (I + A)^-1 by `chunked._unit_lower_inverse`
+    (matmuls only). Masked (valid False) and padded positions get a = b = 0 and d = 1.
     """
-    B, T, H, dk = q.shape
-    dv = v.shape[-1]
-    C = int(chunk_size)
-    if C < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    n = -(-T // C)
-    Tp = n * C
     f32 = jnp.float32
-    q, k, v, alpha, beta = (x.astype(f32) for x in (q, k, v, alpha, beta))
-    log_d, a, b = strengths(theta, alpha, beta)  # [B, T, H]
-    mask = jnp.ones((T,), bool) if valid is None else jnp.asarray(valid, bool)
-    if mask.shape != (T,):
-        raise ValueError(f"valid must have shape ({T},), got {mask.shape}")
-    m = mask[None, :, None]
-    log_d, a, b = jnp.where(m, log_d, 0.0), jnp.where(m, a, 0.0), jnp.where(m, b, 0.0)
-    if Tp != T:
-        pad = lambda x: jnp.pad(x, [(0, 0), (0, Tp - T)] + [(0, 0)] * (x.ndim - 2))
-        q, k, v, log_d, a, b = (pad(x) for x in (q, k, v, log_d, a, b))
-
-    blk = lambda x: x.reshape(B, n, C, H, x.shape[-1]).transpose(1, 0, 3, 2, 4)
-    gblk = lambda x: x.reshape(B, n, C, H).transpose(1, 0, 3, 2)
-    Q, K, V = blk(q), blk(k), blk(v)  # [n, B, H, C, d]
-    A_, B_ = gblk(a)[..., None], gblk(b)[..., None]
-    Gamma, decay_in, decay_out, decay_chunk = _decays(gblk(log_d))
-    decay_in, decay_out = decay_in[..., None], decay_out[..., None]
-
-    scores = jnp.einsum("...cd,...sd->...cs", jnp.concatenate([K * B_, Q], axis=-2), K)
-    scores = scores * jnp.concatenate([Gamma, Gamma], axis=-2)
-    strict = jnp.tril(jnp.ones((C, C), bool), -1)
-    IA = jnp.where(strict, scores[..., :C, :], 0.0) + jnp.eye(C, dtype=f32)
-    eye = jnp.broadcast_to(jnp.eye(C, dtype=f32), IA.shape)
-    Tinv = jax.lax.linalg.triangular_solve(IA, eye, left_side=True, lower=True, unit_diagonal=True)
-    UW = jnp.einsum("...cs,...sd->...cd", Tinv, jnp.concatenate([V * A_, K * B_ * decay_in], -1))
-    xs = {
-        "U": UW[..., :dv],
-        "W": UW[..., dv:],
-        "Kd": K * decay_out,
-        "dc": decay_chunk[..., None, None],
-    }
-
-    def body(S, x):
-        V_new = x["U"] - jnp.einsum("...cd,...dv->...cv", x["W"], S)
-        S_next = S * x["dc"] + jnp.einsum("...cd,...cv->...dv", x["Kd"], V_new)
-        return S_next, (S, V_new)
-
-    if remat:
-        body = jax.checkpoint(body)
-    S_T, (S_c, V_new) = jax.lax.scan(body, S0.astype(f32), xs)
-    P = scores[..., C:, :]
-    O = jnp.einsum("...cd,...dv->...cv", Q * decay_in, S_c)
-    O = O + jnp.einsum("...cs,...sv->...cv", P, V_new)
-    return O.transpose(1, 0, 3, 2, 4).reshape(B, Tp, H, dv)[:, :T], S_T
+    log_d, a, b = strengths(theta, alpha.astype(f32), beta.astype(f32))  # [B, T, H]
+    return _chunk_form(S0, q, k, v, log_d, a, b, valid, chunk_size, remat=remat)
 
 
 def to_parametric(params, point: str | None = None):

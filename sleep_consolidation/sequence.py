@@ -8,6 +8,7 @@ jitted and differentiated end to end.
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -17,7 +18,9 @@ from sleep_consolidation.config import (
     check_grad_passes,
     check_tokens,
     check_window_and_passes,
+    resolve_schedule,
 )
+from sleep_consolidation.fast_weights import rms_norm
 from sleep_consolidation.model import Params
 
 REMAT_MODES = ("none", "pass", "window")
@@ -38,46 +41,113 @@ def check_positions(positions, length: int) -> tuple[int, ...] | None:
     return out
 
 
-def _empty_prefix(cfg, batch, window, sliding):
-    P = window - 1 if sliding else 0
+@flax.struct.dataclass
+class WindowCarry:
+    """What the training form carries from one window to the next.
+
+    Dicts are keyed by block index (`cfg.ssm_blocks`, `cfg.attn_blocks`); both fields are
+    arrays only, so the carry is a pytree that `lax.scan` and `jax.checkpoint` take as is.
+    """
+
+    fast: dict  # {ssm block: S [B, H, dh, dh] float32}: the memory that crosses the boundary
+    prefix: dict  # {attn block: (k, v, valid)}: kept KV, P = L-1 (sliding) or 0 (hard)
+
+
+def init_carry(cfg, batch: int, window: int, schedule: Schedule) -> WindowCarry:
+    """Zero fast weights and an empty attention prefix (the state before the first window)."""
+    fast = {
+        b: jnp.zeros((batch, cfg.num_heads, cfg.dh, cfg.dh), jnp.float32) for b in cfg.ssm_blocks
+    }
+    P = window - 1 if schedule.eviction == "sliding" else 0
     z = jnp.zeros((batch, P, cfg.num_heads, cfg.dh), jnp.float32)
-    return {b: (z, z, jnp.zeros((P,), bool)) for b in cfg.attn_blocks}
+    prefix = {b: (z, z, jnp.zeros((P,), bool)) for b in cfg.attn_blocks}
+    return WindowCarry(fast=fast, prefix=prefix)
 
 
-def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, grad_passes):
+def _blocks(params, blocks, h, fast, prefix, record):
+    """`model.window_pass` over `blocks`, plus {ssm block: its normed input} when `record`
+    (then run one block at a time: the same operations, so the same numbers)."""
+    if not record:
+        return (*model.window_pass(params, blocks, h, fast, prefix), {})
+    cfg = params.config
+    kv, xs = {}, {}
+    for i in blocks:
+        if cfg.layout[i] == "ssm":
+            xs[i] = rms_norm(h, params.blocks[i]["norm1"])
+        h, fast, kv_i = model.window_pass(params, range(i, i + 1), h, fast, prefix)
+        kv.update(kv_i)
+    return h, fast, kv, xs
+
+
+def _window_step(
+    params,
+    carry: WindowCarry,
+    toks,
+    *,
+    sched,
+    window,
+    passes,
+    sleep,
+    remat="none",
+    grad_passes=None,
+    record=False,
+):
     """Wake pass over one window, then, if `sleep`, N-1 sleep passes and eviction.
 
     Returns (carry, h): h [B, L, D] is the wake pass's stack output, from which the logits
     are read (after the loop over windows, so that only the positions asked for pay for
-    the unembedding)."""
+    the unembedding). With `record` (static; for diagnostics) it returns (carry, h, aux):
+      aux["fast"]: {ssm block: [n, B, H, dh, dh]} S after pass 1..n (n = N with `sleep`,
+        else 1; a block outside the looped range keeps its wake value);
+      aux["inputs"]: {ssm block: [B, L, D]} the block's normed input in the last pass that
+        ran it (the input its keys and values were computed from).
+    Without `record` nothing extra is computed.
+    """
     cfg = params.config
     start, stop = sched.loop_range(cfg)
     looped = range(start, stop)
     looped_ssm = [b for b in cfg.ssm_blocks if b in looped]
-    fast, prefix = carry
+    fast, prefix = carry.fast, carry.prefix
     fast_start = dict(fast)
 
-    h, fast, kv = model.window_pass(
-        params, range(0, start), model.embed(params, toks), fast, prefix
+    h, fast, kv, xs = _blocks(
+        params, range(0, start), model.embed(params, toks), fast, prefix, record
     )
     loop_input = h
-    h, fast, kv_loop = model.window_pass(params, looped, h, fast, prefix)
+    h, fast, kv_loop, xs_loop = _blocks(params, looped, h, fast, prefix, record)
     features = h
-    h, fast, kv_post = model.window_pass(params, range(stop, len(cfg.layout)), h, fast, prefix)
+    h, fast, kv_post, xs_post = _blocks(
+        params, range(stop, len(cfg.layout)), h, fast, prefix, record
+    )
     kv = {**kv, **kv_loop, **kv_post}
-    if not sleep:
-        return (fast, prefix), h
+    xs = {**xs, **xs_loop, **xs_post}
+    fast_wake = fast
 
-    def sleep_pass(p, carry, _):
-        h, fast_l, kv_l = carry
+    def result(fast, prefix, xs, slept=None):
+        carry = WindowCarry(fast=fast, prefix=prefix)
+        if not record:
+            return carry, h
+        n = 1 if slept is None else passes
+        S = {b: jnp.broadcast_to(fast_wake[b], (n, *fast_wake[b].shape)) for b in cfg.ssm_blocks}
+        for b, S_b in (slept or {}).items():  # looped blocks: S after each sleep pass
+            S[b] = jnp.concatenate([fast_wake[b][None], S_b])
+        return carry, h, {"fast": S, "inputs": xs}
+
+    if not sleep:
+        return result(fast, prefix, xs)
+
+    def sleep_pass(p, inp, carry, _):
+        h, fast_l, kv_l, _ = carry
         source = {b: fast_start[b] for b in looped_ssm} if sched.reset_between_passes else fast_l
-        x = h + loop_input if sched.reinject_embedding else h
-        h, fast_new, kv_new = model.window_pass(p, looped, x, source, prefix)
-        return (h, {b: fast_new[b] for b in looped_ssm}, kv_new), None
+        x = h + inp if sched.reinject_embedding else h
+        h, fast_new, kv_new, xs_new = _blocks(p, looped, x, source, prefix, record)
+        fast_new = {b: fast_new[b] for b in looped_ssm}
+        return (h, fast_new, kv_new, xs_new), (fast_new if record else None)
 
     if remat == "pass":
         sleep_pass = jax.checkpoint(sleep_pass)
-    carry_l = (features, {b: fast[b] for b in looped_ssm}, kv_loop)
+    carry_l = (features, {b: fast[b] for b in looped_ssm}, kv_loop, xs_loop)
+    per_pass = []  # with `record`: per scan, {looped ssm block: S after each of its passes}
     n_sleep = passes - 1
     # Truncated gradients: only the last `grad_passes` passes of the window are differentiated.
     # Earlier sleep passes run on stop-gradient params (no residuals stored); the fast weights
@@ -85,20 +155,25 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
     # incoming fast weights, so credit still reaches earlier windows.
     n_free = 0 if grad_passes is None else max(0, min(n_sleep, passes - grad_passes - 1))
     if n_free:
-        frozen = jax.lax.stop_gradient((params, loop_input, carry_l))
-        p_sg, loop_input_sg, carry_sg = frozen
-        (h, fast_l, kv_l), _ = loops.scan(
-            lambda c, x: sleep_pass(p_sg, c, x), carry_sg, None, length=n_free
+        p_sg, inp_sg, carry_sg = jax.lax.stop_gradient((params, loop_input, carry_l))
+        # (not `h`: that is the wake output the logits are read from)
+        (h_l, fast_l, kv_l, xs_l), ys = loops.scan(
+            lambda c, x: sleep_pass(p_sg, inp_sg, c, x), carry_sg, None, length=n_free
         )
+        per_pass += [ys] if record else []
         fast_l = {
             b: fast_start[b] + jax.lax.stop_gradient(fast_l[b] - fast_start[b]) for b in looped_ssm
         }
-        carry_l = (h, fast_l, kv_l)
+        carry_l = (h_l, fast_l, kv_l, xs_l)
     if n_sleep - n_free:
-        carry_l, _ = loops.scan(
-            lambda c, x: sleep_pass(params, c, x), carry_l, None, length=n_sleep - n_free
+        carry_l, ys = loops.scan(
+            lambda c, x: sleep_pass(params, loop_input, c, x),
+            carry_l,
+            None,
+            length=n_sleep - n_free,
         )
-    _, fast_l, kv_l = carry_l
+        per_pass += [ys] if record else []
+    _, fast_l, kv_l, xs_l = carry_l
     fast = {**fast, **fast_l}
     kv = {**kv, **kv_l}
     if sched.eviction == "sliding":
@@ -106,7 +181,8 @@ def _window_step(params, carry, toks, *, sched, window, passes, sleep, remat, gr
             b: attention.slide_prefix(*prefix[b], kv[b][0], kv[b][1], window, cfg.rope_base)
             for b in cfg.attn_blocks
         }
-    return (fast, prefix), h
+    slept = {b: jnp.concatenate([ys[b] for ys in per_pass]) for b in looped_ssm} if per_pass else {}
+    return result(fast, prefix, {**xs, **xs_l}, slept)
 
 
 def _take_positions(h, positions):
@@ -160,10 +236,7 @@ def forward(
       `return_fast`).
     """
     cfg = params.config
-    if schedule is None:
-        schedule = Schedule(**schedule_kwargs)
-    elif schedule_kwargs:
-        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    schedule = resolve_schedule(schedule, schedule_kwargs)
     check_window_and_passes(window, passes)
     schedule.loop_range(cfg)
     if remat not in REMAT_MODES:
@@ -189,8 +262,7 @@ def forward(
     )
     if remat == "window":
         step = jax.checkpoint(step, static_argnums=(2,))
-    fast0 = {b: jnp.zeros((B, cfg.num_heads, cfg.dh, cfg.dh), jnp.float32) for b in cfg.ssm_blocks}
-    carry = (fast0, _empty_prefix(cfg, B, L, schedule.eviction == "sliding"))
+    carry = init_carry(cfg, B, L, schedule)
     pieces = []
     if n_scan:
         scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
@@ -204,5 +276,5 @@ def forward(
         h = _take_positions(h, positions)
     logits = model.logits(params, h)
     if return_fast:
-        return logits, tuple(carry[0][b] for b in cfg.ssm_blocks)
+        return logits, tuple(carry.fast[b] for b in cfg.ssm_blocks)
     return logits

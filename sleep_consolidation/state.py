@@ -11,7 +11,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation.config import ModelConfig, Schedule, check_window_and_passes
+from sleep_consolidation.config import (
+    ModelConfig,
+    Schedule,
+    check_window_and_passes,
+    resolve_schedule,
+)
 
 
 @flax.struct.dataclass
@@ -58,10 +63,7 @@ def init_state(
       schedule: a `Schedule`, or pass its fields as keyword arguments (eviction=...,
         reset_between_passes=..., reinject_embedding=..., loop_blocks=...).
     """
-    if schedule is None:
-        schedule = Schedule(**schedule_kwargs)
-    elif schedule_kwargs:
-        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    schedule = resolve_schedule(schedule, schedule_kwargs)
     check_window_and_passes(window, 1)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")

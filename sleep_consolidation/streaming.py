@@ -3,7 +3,8 @@
 
     state, logits = stream(params, state, tokens, passes=N)      # tokens int [B, T]
 
-computes exactly what the Python-driven loop of `wake_sleep.py` computes,
+computes exactly what the Python-driven loop of `wake_sleep.py` computes, which is kept next
+to it as the named reference (`stream(..., impl="loop")`, used by the tests and the benchmark),
 
     for t in range(T):
         state, logits[:, t] = wake_step(params, state, tokens[:, t])
@@ -29,6 +30,8 @@ from sleep_consolidation.model import Params
 from sleep_consolidation.state import MemoryState, check_state
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
 
+IMPLS = ("scan", "loop")
+
 
 def _consolidate(params: Params, state: MemoryState, passes: int) -> MemoryState:
     """N-1 sleep passes over the (full) window, then eviction."""
@@ -51,8 +54,26 @@ def _stream(params: Params, state: MemoryState, tokens, passes: int):
 
 _stream_jit = jax.jit(_stream, static_argnames=("passes",))
 
+# The reference's steps, each compiled once per (config, schedule, shapes) per process.
+_wake_jit = jax.jit(wake_step)
+_sleep_jit = jax.jit(sleep_step)
+_evict_jit = jax.jit(evict)
 
-def stream(params: Params, state: MemoryState, tokens, passes: int = 1):
+
+def _stream_loop(params: Params, state: MemoryState, tokens, passes: int):
+    """The reference: design.md's loop over the jitted steps, one host round trip per token."""
+    outs = []
+    for t in range(tokens.shape[1]):
+        state, logits_t = _wake_jit(params, state, tokens[:, t])
+        outs.append(logits_t)
+        if window_full(state):
+            for _ in range(passes - 1):
+                state = _sleep_jit(params, state)
+            state = _evict_jit(state)
+    return state, jnp.stack(outs, axis=1)
+
+
+def stream(params: Params, state: MemoryState, tokens, passes: int = 1, *, impl: str = "scan"):
     """Streams a block of tokens through wake, sleep and eviction, in one compiled scan.
 
     Args:
@@ -62,11 +83,16 @@ def stream(params: Params, state: MemoryState, tokens, passes: int = 1):
       tokens: int [B, T] token ids, B the state's batch size; T >= 1 need not be a multiple
         of the window.
       passes: N >= 1 passes per full window (the wake pass + N-1 sleep passes); static.
+      impl: "scan" (one compiled `lax.scan`; jit-able) or "loop" (the reference: the Python
+        loop over jitted `wake_step` / `sleep_step` / `evict`, deciding `window_full` on the
+        host, so it needs concrete arrays and is not jit-able).
 
     Returns:
       (new state, logits [B, T, V] float32): `logits[:, t]` is the wake-time prediction on
       reading token t, identical to the Python loop of `wake_step`/`sleep_step`/`evict`.
     """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if not isinstance(params, Params):
         raise ValueError(
             f"params must be a Params pytree (init_params), got {type(params).__name__}"
@@ -82,6 +108,8 @@ def stream(params: Params, state: MemoryState, tokens, passes: int = 1):
         raise ValueError("tokens must hold at least one position")
     if not isinstance(state.pos, jax.core.Tracer) and int(state.pos) >= state.window:
         raise ValueError("stream on a full window: call sleep_step (optional) and evict first")
+    if impl == "loop":
+        return _stream_loop(params, state, jnp.asarray(tokens), passes)
     return _stream_jit(params, state, jnp.asarray(tokens), passes=passes)
 
 
@@ -90,4 +118,4 @@ def compiled_count() -> int:
     return _stream_jit._cache_size()
 
 
-__all__ = ["compiled_count", "stream"]
+__all__ = ["IMPLS", "compiled_count", "stream"]

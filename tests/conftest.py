@@ -1,17 +1,16 @@
-"""Shared fixtures: tiny models and a reference streaming loop (design.md's snippet)."""
+"""Shared fixtures and helpers: tiny models, tokens, and the library's reference streaming
+loop (`stream(..., impl="loop")`, design.md's snippet)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import sleep_consolidation as sc
 
-# Compile each streaming step once per (config, schedule, shapes) across the whole session.
-wake_jit = jax.jit(sc.wake_step)
-sleep_jit = jax.jit(sc.sleep_step)
-evict_jit = jax.jit(sc.evict)
+_init_jit = jax.jit(sc.init_params, static_argnums=0)
 
 
 def tiny_config(rule="gated_delta", layout=("attn", "ssm", "attn", "ssm"), **kw):
@@ -21,24 +20,37 @@ def tiny_config(rule="gated_delta", layout=("attn", "ssm", "attn", "ssm"), **kw)
     return sc.ModelConfig(layout=layout, rule=rule, **kw)
 
 
+def init(cfg, seed=0):
+    """`init_params(cfg, key(seed))`, jitted (compiles faster than it runs op by op)."""
+    return _init_jit(cfg, jax.random.key(seed))
+
+
+def random_tokens(seed, batch, length, vocab=11):
+    """int32 [batch, length] ids in [0, vocab), from numpy's generator."""
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(0, vocab, (batch, length)), jnp.int32)
+
+
 def stream_loop(
     params, tokens, window, passes, state=None, zero_fast_at_boundary=False, **schedule
 ):
-    """The Python-driven streaming loop of design.md; returns (logits [B, T, V], state)."""
+    """The reference streaming loop (`stream(..., impl="loop")`) from `state` (default: an
+    empty one); returns (logits [B, T, V], state). `zero_fast_at_boundary` zeroes the fast
+    weights after every eviction (the state must then start at a window boundary)."""
     B, T = tokens.shape
     if state is None:
         state = sc.init_state(params.config, batch_size=B, window=window, **schedule)
+    if not zero_fast_at_boundary:
+        state, logits = sc.stream(params, state, tokens, passes, impl="loop")
+        return logits, state
+    assert int(state.pos) == 0, "zero_fast_at_boundary needs a state at a window boundary"
     outs = []
-    for t in range(T):
-        state, logits_t = wake_jit(params, state, tokens[:, t])
-        outs.append(logits_t)
-        if sc.window_full(state):
-            for _ in range(passes - 1):
-                state = sleep_jit(params, state)
-            state = evict_jit(state)
-            if zero_fast_at_boundary:
-                state = state.replace(fast=jax.tree_util.tree_map(jnp.zeros_like, state.fast))
-    return jnp.stack(outs, axis=1), state
+    for t0 in range(0, T, window):
+        state, logits = sc.stream(params, state, tokens[:, t0 : t0 + window], passes, impl="loop")
+        outs.append(logits)
+        if logits.shape[1] == window:  # the window filled, slept and was evicted
+            state = state.replace(fast=jax.tree_util.tree_map(jnp.zeros_like, state.fast))
+    return jnp.concatenate(outs, axis=1), state
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import init
 
 import sleep_consolidation as sc
 from sleep_consolidation import chunked, rules
@@ -122,15 +123,11 @@ def test_user_rule_without_chunked_form_falls_back_to_scan():
     cfg = sc.ModelConfig(
         vocab_size=7, d_model=8, num_heads=2, layout=("ssm",), rule=name, impl="chunked"
     )
-    params = _init(cfg, 0)
+    params = init(cfg, 0)
     toks = jnp.asarray(np.random.default_rng(1).integers(0, 7, (1, 6)), jnp.int32)
     fwd = jax.jit(functools.partial(sc.forward, window=3, passes=2))
     ref = fwd(params.replace(config=dataclasses.replace(cfg, impl="scan")), toks)
     np.testing.assert_array_equal(fwd(params, toks), ref)
-
-
-def _init(cfg, seed):
-    return jax.jit(sc.init_params, static_argnums=0)(cfg, jax.random.key(seed))
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -138,7 +135,7 @@ def test_forward_chunked_equals_scan(name):
     cfg = sc.ModelConfig(
         vocab_size=13, d_model=16, num_heads=2, layout=("attn", "ssm"), rule=name, chunk_size=4
     )
-    params = _init(cfg, 7)
+    params = init(cfg, 7)
     params_chunked = params.replace(config=dataclasses.replace(cfg, impl="chunked"))
     # gated_delta (the paper's rule) over three windows (6, 6, 3: consolidation, eviction and
     # a partial window); the others over one window that is consolidated (return_fast).

@@ -13,7 +13,7 @@ import pytest
 from conftest import stream_loop, tiny_config
 
 import sleep_consolidation as sc
-from sleep_consolidation import diagnostics, fast_weights, model, rules
+from sleep_consolidation import diagnostics, fast_weights, model, rules, sequence
 from sleep_consolidation.tasks import make_task
 
 LAYOUT = ("attn", "ssm", "ssm")  # two ssm layers, one attention block: cheap to compile
@@ -48,6 +48,29 @@ def test_window_loop_without_hook_equals_forward(params, T, passes, schedule):
     got, stats, _ = diagnostics.window_loop(params, tokens, 4, passes, **schedule)
     assert stats is None
     chex.assert_trees_all_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_recording_window_step_changes_nothing_and_records_every_pass(params):
+    """The diagnostics' view of `sequence._window_step` (record=True): the same carry and h
+    to the bit, S after every pass (the last is the carried memory), each ssm block's input."""
+    cfg = params.config
+    toks = jax.random.randint(jax.random.key(3), (2, 4), 0, 11)
+    sched = sc.Schedule(loop_blocks=(0, 2))  # ssm block 1 sleeps, block 2 is a coda
+    carry = sequence.init_carry(cfg, 2, 4, sched)
+
+    def step(record):
+        kw = dict(sched=sched, window=4, passes=3, sleep=True, grad_passes=1, record=record)
+        return jax.jit(lambda p, c, t: sequence._window_step(p, c, t, **kw))(params, carry, toks)
+
+    plain, (c, h, aux) = step(False), step(True)
+    chex.assert_trees_all_equal((c, h), plain)
+    for b in cfg.ssm_blocks:
+        chex.assert_shape(aux["fast"][b], (3, 2, cfg.num_heads, cfg.dh, cfg.dh))
+        chex.assert_trees_all_equal(aux["fast"][b][-1], c.fast[b])
+        chex.assert_shape(aux["inputs"][b], (2, 4, cfg.d_model))
+    looped, coda = np.asarray(aux["fast"][1]), np.asarray(aux["fast"][2])
+    assert (np.abs(looped[1:] - looped[:-1]).max(axis=(1, 2, 3, 4)) > 1e-6).all()  # each pass
+    assert (coda == coda[:1]).all()  # outside the loop: written once, at wake
 
 
 def test_statistics_finite_and_streaming_agrees(params, tmp_path):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import common
@@ -204,8 +205,33 @@ def test_writing_a_full_window_inside_jit_gives_nan_logits(params):
 
 
 def test_out_of_range_ids_inside_jit_give_nan_on_both_sides():
-    cfg = sc.ModelConfig(vocab_size=11, d_model=16, num_heads=2, layout=("attn", "ssm"))
-    params = sc.init_params(cfg, jax.random.key(0))
+    params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     emb = jax.jit(sc.model.embed)(params, jnp.array([[-1, 0, 10, 11, -11]]))
     nan = jnp.isnan(emb).all(-1)[0]
     assert nan.tolist() == [True, False, False, True, True]
+
+
+def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
+    """`schedule=` or its fields as keywords, not both; unknown fields are named."""
+    from sleep_consolidation import diagnostics, evaluation
+    from sleep_consolidation.tasks import make_task
+
+    toks = jnp.zeros((B, 2 * L), jnp.int32)
+    task = make_task("recall")
+    calls = {
+        "forward": lambda **kw: sc.forward(params, toks, L, 2, **kw),
+        "init_state": lambda **kw: sc.init_state(CFG, batch_size=B, window=L, **kw),
+        "window_loop": lambda **kw: diagnostics.window_loop(params, toks, L, 2, **kw),
+        "fast_weight_change_per_pass": lambda **kw: diagnostics.fast_weight_change_per_pass(
+            params, toks, L, 2, **kw
+        ),
+        "evaluate": lambda **kw: evaluation.evaluate(params, task, task.eval_batch(0, 2), **kw),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match="not both"):
+            call(schedule=sc.Schedule(), eviction="sliding")
+        with pytest.raises(ValueError, match=r"unknown keyword\(s\) evicton"):
+            call(evicton="sliding")
+        with pytest.raises(ValueError, match="must be a Schedule"):
+            call(schedule={"eviction": "sliding"})
+    assert sc.init_state(CFG, B, L, eviction="sliding").schedule == sc.Schedule("sliding")

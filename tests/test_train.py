@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import depo, gsm, recall, rule110
@@ -71,7 +72,7 @@ def test_masked_cross_entropy_ignores_unsupervised_positions():
 
 
 def test_muon_labels_are_exactly_the_block_matrices():
-    cfg = sc.ModelConfig(vocab_size=11, d_model=16, num_heads=2, layout=("attn", "ssm"))
+    cfg = tiny_config(layout=("attn", "ssm"))
     params = jax.eval_shape(lambda: sc.init_params(cfg, jax.random.key(0)))
     labels = train.muon_labels(params)
     assert labels.config == cfg

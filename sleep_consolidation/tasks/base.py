@@ -143,19 +143,30 @@ class Task:
         raise NotImplementedError
 
     @property
+    def guess_accuracy(self) -> float:
+        """Exact-answer accuracy of uniform random guessing (the same at every depth)."""
+        raise NotImplementedError
+
+    # ---- read from the knobs named here (override where a task differs) ---------------
+    window_knob: ClassVar[str] = "window"  # the knob that is the eviction window
+    depth_knob: ClassVar[str] = ""  # a tuple knob whose distinct values are the depths
+
+    @property
     def default_window(self) -> int:
         """Window L at which the paper evicts the KV cache for this task."""
-        raise NotImplementedError
+        return getattr(self, self.window_knob)
 
     @property
     def depths(self) -> tuple[int, ...]:
         """Depth values the metric reports (static; pass to per_depth_metrics)."""
-        raise NotImplementedError
+        if not self.depth_knob:
+            raise NotImplementedError
+        return tuple(sorted(set(getattr(self, self.depth_knob))))
 
     @property
     def chance_accuracy(self) -> dict[int, float]:
         """depth -> exact-answer accuracy of uniform random guessing."""
-        raise NotImplementedError
+        return {d: self.guess_accuracy for d in self.depths}
 
     @property
     def answer_positions(self) -> tuple[int, ...] | None:

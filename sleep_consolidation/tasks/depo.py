@@ -126,16 +126,12 @@ class Depo(Task):
         return self.graph_tokens + self.num_queries * self.query_len
 
     @property
-    def default_window(self) -> int:
-        return self.window
-
-    @property
     def depths(self) -> tuple[int, ...]:
         return tuple(range(1, self.max_hops + 1))
 
     @property
-    def chance_accuracy(self) -> dict[int, float]:
-        return {d: 1.0 / self.alphabet**self.name_tokens for d in self.depths}
+    def guess_accuracy(self) -> float:
+        return 1.0 / self.alphabet**self.name_tokens
 
     def token_names(self) -> list[str]:
         if self.alphabet <= 26:

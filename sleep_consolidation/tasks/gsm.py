@@ -56,6 +56,7 @@ class GSM(Task):
     """
 
     name = "gsm"
+    depth_knob = "ops_values"
     modulus: int = 11
     num_vars: int = 64
     ops_values: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -113,16 +114,8 @@ class GSM(Task):
         return (self.seq_len - 1,)
 
     @property
-    def default_window(self) -> int:
-        return self.window
-
-    @property
-    def depths(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.ops_values)))
-
-    @property
-    def chance_accuracy(self) -> dict[int, float]:
-        return {d: 1.0 / self.modulus for d in self.depths}
+    def guess_accuracy(self) -> float:
+        return 1.0 / self.modulus
 
     def token_names(self) -> list[str]:
         return (

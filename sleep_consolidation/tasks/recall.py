@@ -40,6 +40,7 @@ class Recall(Task):
     """
 
     name = "recall"
+    depth_knob = "num_pairs_values"
     num_pairs_values: tuple[int, ...] = (4, 8, 16)
     num_keys: int = 64
     num_values: int = 64
@@ -80,16 +81,8 @@ class Recall(Task):
         return 2 * self.window
 
     @property
-    def default_window(self) -> int:
-        return self.window
-
-    @property
-    def depths(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.num_pairs_values)))
-
-    @property
-    def chance_accuracy(self) -> dict[int, float]:
-        return {d: 1.0 / self.num_values for d in self.depths}
+    def guess_accuracy(self) -> float:
+        return 1.0 / self.num_values
 
     def token_names(self) -> list[str]:
         return (

@@ -56,6 +56,8 @@ class Rule110(Task):
     """
 
     name = "rule110"
+    window_knob = "width"
+    depth_knob = "t_values"
     num_states: int = 4
     width: int = 24
     t_values: tuple[int, ...] = (32,)
@@ -85,16 +87,8 @@ class Rule110(Task):
         return self.num_states * self.width + self.num_states
 
     @property
-    def default_window(self) -> int:
-        return self.width
-
-    @property
-    def depths(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.t_values)))
-
-    @property
-    def chance_accuracy(self) -> dict[int, float]:
-        return {d: 0.5**self.num_states for d in self.depths}
+    def guess_accuracy(self) -> float:
+        return 0.5**self.num_states
 
     def token_names(self) -> list[str]:
         return ["0", "1"] + [f"Q{i + 1}" for i in range(self.num_states)]
