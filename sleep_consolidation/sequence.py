@@ -146,6 +146,9 @@ def _window_step(
 
     if remat == "pass":
         sleep_pass = jax.checkpoint(sleep_pass)
+    # Under remat the pass loop stays a lax.scan: unrolled, XLA kept every pass's
+    # activations anyway (415 MiB with and without remat="pass" at N=8; BUILD_NOTES.md).
+    unroll = 0 if remat != "none" else None
     carry_l = (features, {b: fast[b] for b in looped_ssm}, kv_loop, xs_loop)
     per_pass = []  # with `record`: per scan, {looped ssm block: S after each of its passes}
     n_sleep = passes - 1
@@ -158,7 +161,11 @@ def _window_step(
         p_sg, inp_sg, carry_sg = jax.lax.stop_gradient((params, loop_input, carry_l))
         # (not `h`: that is the wake output the logits are read from)
         (h_l, fast_l, kv_l, xs_l), ys = loops.scan(
-            lambda c, x: sleep_pass(p_sg, inp_sg, c, x), carry_sg, None, length=n_free
+            lambda c, x: sleep_pass(p_sg, inp_sg, c, x),
+            carry_sg,
+            None,
+            length=n_free,
+            max_unroll=unroll,
         )
         per_pass += [ys] if record else []
         fast_l = {
@@ -171,6 +178,7 @@ def _window_step(
             carry_l,
             None,
             length=n_sleep - n_free,
+            max_unroll=unroll,
         )
         per_pass += [ys] if record else []
     _, fast_l, kv_l, xs_l = carry_l
@@ -266,7 +274,10 @@ def forward(
     pieces = []
     if n_scan:
         scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
-        carry, hs = loops.scan(lambda c, t: step(c, t, True), carry, scanned)
+        carry, hs = loops.scan(
+            lambda c, t: step(c, t, True), carry, scanned,
+            max_unroll=0 if remat == "window" else None,
+        )  # fmt: skip
         pieces.append(hs.swapaxes(0, 1).reshape(B, n_scan * L, -1))
     last = tokens[:, n_scan * L :]
     carry, h = step(carry, last, return_fast and last.shape[1] == L)
