@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import diagnostics
+from sleep_consolidation import diagnostics, sequence
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import MemoryState, check_state
 from sleep_consolidation.wake_sleep import _prefixes, sleep_step
@@ -57,8 +57,10 @@ def window_keys_values(params: Params, state: MemoryState) -> dict[int, tuple]:
     source = state.fast_at_window_start if sched.reset_between_passes else state.fast
     fast_in = dict(zip(cfg.ssm_blocks, source))
     x = state.features + state.loop_input if sched.reinject_embedding else state.features
-    _, _, _, xs = diagnostics._run_blocks(params, range(start, stop), x, fast_in,
-                                          _prefixes(cfg, state))  # fmt: skip
+    # sequence's recording block loop: each ssm block's normed input, as the pass sees it
+    _, _, _, xs = sequence._blocks(
+        params, range(start, stop), x, fast_in, _prefixes(cfg, state), record=True
+    )
     valid = (jnp.arange(state.window) < state.pos)[None, :, None, None]
     out = {}
     for b in _looped_ssm(cfg, state):
