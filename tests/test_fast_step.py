@@ -44,8 +44,8 @@ def _loss_and_grad(params, batch, passes, positions, microbatches):
     return float(metrics["loss"]), grads, float(metrics["token_acc"])
 
 
-# A covering subset by default (every rule, every N once); the whole grid under -m slow.
-_DEFAULT = {("gated_delta", 3), ("delta", 1), ("gated_hebbian", 2), ("hebbian", 3)}
+# One point by default (the step's speed-ups are rule-independent); the grid under -m slow.
+_DEFAULT = {("delta", 1)}
 _GRID = [
     pytest.param(r, n, marks=() if (r, n) in _DEFAULT else pytest.mark.slow)
     for r in RULES
@@ -65,6 +65,7 @@ def test_fast_step_equals_reference(rule, passes, monkeypatch):
         np.testing.assert_allclose(g_fast, g_ref, rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
 def test_microbatches_give_the_same_parameters_over_steps():
     """Two AdamW steps with M=4 micro-batches vs one batch (uneven answer counts: the
     weighting by answers is what makes them equal)."""

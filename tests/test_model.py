@@ -99,6 +99,7 @@ def _last_window_loss(params, tokens, passes, **kw):
     return -jnp.mean(jnp.take_along_axis(logp, tokens[:, -3:, None], -1))
 
 
+@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
 def test_gradients_flow_through_sleep(tokens):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     gate_names = ("wa", "wb", "a_log", "dt_bias")
@@ -126,7 +127,8 @@ def test_truncated_gradients_differ_and_stay_finite(tokens):
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves_f, leaves_t)) > 1e-7
 
 
-@pytest.mark.parametrize("remat", ["pass", pytest.param("window", marks=pytest.mark.slow)])
+@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.parametrize("remat", ["pass", "window"])
 def test_remat_gives_same_gradients(tokens, remat):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     g0 = jax.grad(_last_window_loss)(params, tokens, 3)
@@ -134,6 +136,7 @@ def test_remat_gives_same_gradients(tokens, remat):
     chex.assert_trees_all_close(g0, g1, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
 def test_user_rule_with_theta_trains(tokens):
     def scaled_hebbian(S, k, v, alpha, beta, theta):
         return (

@@ -43,6 +43,7 @@ def test_stream_chunked_rule():
     _assert_same(got_state, want_state)
 
 
+@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
 def test_stream_matches_forward():
     params = init(tiny_config(), 4)
     toks = random_tokens(5, 2, 10)

@@ -38,15 +38,37 @@ def _check(rule, passes, window, T=11, layout=("attn", "ssm", "attn", "ssm"), **
     chex.assert_trees_all_close(state.fast, fast, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_every_rule_and_pass_count(rule):
-    for passes in (1, 2, 3):
-        _check(rule, passes, window=4, layout=("attn", "ssm"))
+# Every rule and every N by default, not every pair (the pairs under -m slow, the whole grid
+# in test_full_grid).
+_DEFAULT = {
+    ("gated_delta", 1),
+    ("gated_delta", 3),
+    ("delta", 2),
+    ("gated_hebbian", 3),
+    ("hebbian", 2),
+}
+
+
+@pytest.mark.parametrize(
+    "rule,passes",
+    [
+        pytest.param(r, n, marks=() if (r, n) in _DEFAULT else pytest.mark.slow)
+        for r in RULES
+        for n in (1, 2, 3)
+    ],
+)
+def test_every_rule_and_pass_count(rule, passes):
+    _check(rule, passes, window=4, layout=("attn", "ssm"))
 
 
 @pytest.mark.parametrize(
     "window,eviction,reset",
-    [(3, "hard", True), (5, "hard", False), (3, "sliding", False), (5, "sliding", True)],
+    [
+        (3, "hard", True),
+        pytest.param(5, "hard", False, marks=pytest.mark.slow),
+        pytest.param(3, "sliding", False, marks=pytest.mark.slow),
+        (5, "sliding", True),
+    ],
 )
 def test_schedules(window, eviction, reset):
     _check("gated_delta", 3, window, eviction=eviction, reset_between_passes=reset)
@@ -56,8 +78,11 @@ def test_schedules(window, eviction, reset):
     "schedule",
     [
         dict(reinject_embedding=True),
-        dict(loop_blocks=(1, 3)),
-        dict(loop_blocks=(1, 2), eviction="sliding", reinject_embedding=True),
+        pytest.param(dict(loop_blocks=(1, 3)), marks=pytest.mark.slow),
+        pytest.param(
+            dict(loop_blocks=(1, 2), eviction="sliding", reinject_embedding=True),
+            marks=pytest.mark.slow,
+        ),
         dict(loop_blocks=(0, 1), reset_between_passes=True),
     ],
 )
@@ -65,7 +90,10 @@ def test_reinjection_and_looped_subsets(schedule):
     _check("gated_delta", 3, 4, **schedule)
 
 
-@pytest.mark.parametrize("layout", [("attn", "attn"), ("ssm",), ("ssm", "attn", "ssm")])
+@pytest.mark.parametrize(
+    "layout",
+    [("attn", "attn"), ("ssm",), pytest.param(("ssm", "attn", "ssm"), marks=pytest.mark.slow)],
+)
 def test_other_layouts(layout):
     params = sc.init_params(tiny_config(layout=layout), jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 11)
