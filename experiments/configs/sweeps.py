@@ -6,8 +6,8 @@ Every field is overridable: --sweep.seeds=0,1,2 --sweep.axes.passes=1,8 --sweep.
 Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
   main              the README's main job: N in {1,2,4} x 2 seeds on recall:capacity.
-  capacity_map      issue 13: n in {4..32} pairs x N in {1,2,4,8} x 5 seeds, to convergence.
-  main_converged    its two hardest loads x N in {1,4} x 5 seeds: the main-job candidate.
+  capacity_map      issue 13: n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
+  main_converged    its load n = d_k = 16 x N in {1,4} x 5 seeds: the main-job candidate.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
   eval_n rules reset reinject truncation compute_matched bounds
                     beyond the paper, on recall:capacity, 3 seeds each (share their runs
@@ -76,47 +76,53 @@ def main():
 # Every run trains to convergence under the stopping rule (sleep_consolidation/stopping.py;
 # its metric is the default, eval/acc, which also keeps a "/" out of the run names):
 # evaluated every 250 steps, it stops once eval/acc has not beaten its earlier best by more
-# than 0.005 over the last 4 evals, never before step 3000 (these runs sit on a loss
-# plateau at chance before they learn, and a flat stretch there is not convergence), capped
-# at 10000 steps (a run that hits the cap is flagged unconverged in the report). Window
-# 64 (T = 128) for every load, so that n = 24, 32 fit and the load n / d_k is the only thing
-# that changes; one load per model. Runs are named by what they change, so the two sweeps
-# share their runs through --runs_dir.
+# than 0.005 over the last 4 evals, never before step 2000 (at n = 32 a run sits on a loss
+# plateau near chance for ~1500 steps before it learns, and a flat stretch there is not
+# convergence), capped at 6000 steps (a run that hits the cap is flagged unconverged in
+# the report). One load per model. The window is 2n, so the pairs fill the first window
+# exactly and a step costs in proportion to the load (T = 4n): the fast weights see the same
+# n pairs whatever the padding, and a fixed window 64 made the map cost ~20 h on 2 cores.
+# Runs are named by what they change, so the sweeps share their runs through --runs_dir.
 
-_LOADS = [4, 8, 12, 16, 24, 32]  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
+CAPACITY_LOADS = (4, 8, 16, 32)  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
 _CONVERGED = {
-    "task.window": 64,
-    "steps": 10_000,
+    "steps": 6000,
     "eval_every": 250,
     "checkpoint_every": 500,
     "eval_passes": (),  # the eval at extra N would cost ~10% of the run at this eval cadence
     "stop_patience": 4,
     "stop_min_delta": 0.005,
-    "stop_min_steps": 3000,
+    "stop_min_steps": 2000,
 }
 
 
+def _load_axis(loads):
+    """The zipped (num_pairs_values, window) axis: one load per model, window 2n."""
+    return {"task.num_pairs_values+task.window": [((n,), 2 * n) for n in loads]}
+
+
 def capacity_map():
-    """The capacity map: recall after eviction at n in {4, 8, 12, 16, 24, 32} pairs (head
-    dimension 16) x N in {1, 2, 4, 8}, 5 paired seeds, each run to convergence. 120 runs.
+    """The capacity map: recall after eviction at n in {4, 8, 16, 32} pairs (head dimension
+    16, window 2n) x N in {1, 2, 4}, 5 paired seeds, each run to convergence. 60 runs,
+    about 3 core-hours on the 2-core CPU (experiments/capacity_map.py reports it).
 
     Report: converged accuracy and paired gain over N=1 per (n, N), with 95% intervals; set
-    beside `sleep_consolidation.capacity.random_reference` (the no-learning delta rule).
+    beside `sleep_consolidation.capacity` (the no-learning delta rule).
     """
-    axes = {"task.num_pairs_values": [(n,) for n in _LOADS], "passes": [1, 2, 4, 8]}
+    axes = {**_load_axis(CAPACITY_LOADS), "passes": [1, 2, 4]}
     return _sweep(
         _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=2000.0,
+        est_run_s=200.0,
     )  # fmt: skip
 
 
 def main_converged():
-    """The main-job candidate: the capacity map's two hardest loads (n = 24, 32 > d_k = 16)
-    x N in {1, 4} x 5 paired seeds, to convergence (its runs are capacity_map's). 20 runs."""
-    axes = {"task.num_pairs_values": [(24,), (32,)], "passes": [1, 4]}
+    """The main-job candidate: the capacity map's load at the head dimension (n = 16 = d_k)
+    x N in {1, 4} x 5 paired seeds, to convergence (its runs are capacity_map's). 10 runs."""
+    axes = {**_load_axis([16]), "passes": [1, 4]}
     return _sweep(
         _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=2000.0,
+        est_run_s=170.0,
     )  # fmt: skip
 
 
