@@ -388,8 +388,8 @@ def test_step_memory_reports_every_point():
 
 
 def test_the_convergence_sweeps_expand_and_share_their_runs():
-    """capacity_map: 6 loads x N in {1, 2, 4, 8} x 5 seeds with the stopping rule on;
-    main_converged: its two hardest loads x N in {1, 4}, the very same runs."""
+    """capacity_map: 4 loads (window 2n) x N in {1, 2, 4} x 5 seeds with the stopping rule
+    on; main_converged: its n = 16 load x N in {1, 4}, the very same runs."""
     from experiments.configs import sweeps
     from sleep_consolidation import train
 
@@ -397,18 +397,21 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
         return {r.name: r for r in grid.Sweep.from_config(sweeps.get_config(name)).runs()}
 
     cmap, main = runs("capacity_map"), runs("main_converged")
-    assert len(cmap) == 120 and len(main) == 20 and set(main) <= set(cmap)
-    loads = {dict(r.point)["task.num_pairs_values"] for r in cmap.values()}
-    assert loads == {(4,), (8,), (12,), (16,), (24,), (32,)}
+    assert len(cmap) == 60 and len(main) == 10 and set(main) <= set(cmap)
+    points = [dict(r.point) for r in cmap.values()]
+    assert {p["task.num_pairs_values"] for p in points} == {(4,), (8,), (16,), (32,)}
+    assert all(p["task.window"] == 2 * p["task.num_pairs_values"][0] for p in points)
     assert {r.seed for r in cmap.values()} == {0, 1, 2, 3, 4}
     assert {dict(r.point)["passes"] for r in main.values()} == {1, 4}
     run = next(iter(main.values()))
     stored = dict(run.stored)
-    assert stored["stop_patience"] == 4 and stored["task.window"] == 64
+    assert stored["stop_patience"] == 4 and stored["task.num_pairs_values"] == (16,)
+    assert "task.window" not in stored  # 32 is recall:capacity's own window: not a change
     assert all("/" not in name for name in cmap)  # each is one directory
     c = grid.load_config_file(
         "experiments/configs/recall.py",
         "capacity",
         grid.Sweep.from_config(sweeps.main_converged()).overrides(run),
     )
+    assert c.task.window == 32 and c.stop_min_steps == 2000
     train.resolve_config(c)  # a valid run config, stopping fields included
