@@ -61,13 +61,18 @@ def delta_rule_passes(keys, values, passes: int, beta=1.0) -> jax.Array:
     return jax.lax.fori_loop(0, passes, lambda _, S: _sweep(S, keys, values, beta), S)
 
 
-def read_out(S, keys, values, codebook=None, value_ids=None) -> dict[str, jax.Array]:
+def read_out(
+    S, keys, values, codebook=None, value_ids=None, codebook_labels=None
+) -> dict[str, jax.Array]:
     """How well S recalls each value from its key.
 
     Args:
       S: [d_k, d_v]; keys: [n, d_k]; values: [n, d_v].
       codebook: [m, d_v] the candidate values (default: `values` themselves).
       value_ids: int [n], the codebook row of each value (default: 0..n-1).
+      codebook_labels: int [m], what each codebook row stands for (default: its index):
+        a read-out is exact when its nearest row has the label of the value's row, so
+        rows that repeat a label (a value token stored twice) count as the same answer.
 
     Returns:
       dict: "cosine" [n] cos(S^T k_i, v_i); "exact" [n] bool, whether the codebook row
@@ -83,7 +88,11 @@ def read_out(S, keys, values, codebook=None, value_ids=None) -> dict[str, jax.Ar
     rn = jnp.linalg.norm(r, axis=-1)
     cos = jnp.sum(r * values, -1) / jnp.maximum(rn * jnp.linalg.norm(values, axis=-1), _EPS)
     cn = codebook / jnp.maximum(jnp.linalg.norm(codebook, axis=-1, keepdims=True), _EPS)
-    exact = jnp.argmax(r @ cn.T, axis=-1) == value_ids
+    nearest = jnp.argmax(r @ cn.T, axis=-1)
+    if codebook_labels is None:
+        exact = nearest == value_ids
+    else:
+        exact = codebook_labels[nearest] == codebook_labels[value_ids]
     err = jnp.linalg.norm(r - values, axis=-1) / jnp.maximum(jnp.linalg.norm(values, axis=-1), _EPS)
     return {
         "cosine": cos,
@@ -95,18 +104,20 @@ def read_out(S, keys, values, codebook=None, value_ids=None) -> dict[str, jax.Ar
     }
 
 
-def delta_recall(keys, values, passes: int, beta=1.0, codebook=None, value_ids=None):
+def delta_recall(
+    keys, values, passes: int, beta=1.0, codebook=None, value_ids=None, codebook_labels=None
+):
     """`read_out` of `delta_rule_passes(keys, values, passes, beta)`: the no-learning
     recall after N passes. Args as there; returns `read_out`'s dict."""
     S = delta_rule_passes(keys, values, passes, beta)
-    return read_out(S, keys, values, codebook, value_ids)
+    return read_out(S, keys, values, codebook, value_ids, codebook_labels)
 
 
 @functools.partial(jax.jit, static_argnames="max_passes")
-def _curve(keys, values, max_passes, beta, codebook, value_ids):
+def _curve(keys, values, max_passes, beta, codebook, value_ids, codebook_labels):
     def one(S, _):
         S = _sweep(S, keys, values, beta)
-        m = read_out(S, keys, values, codebook, value_ids)
+        m = read_out(S, keys, values, codebook, value_ids, codebook_labels)
         return S, (m["mean_cosine"], m["accuracy"], m["mean_rel_error"])
 
     S = jnp.zeros((keys.shape[-1], values.shape[-1]), jnp.float32)
@@ -114,7 +125,7 @@ def _curve(keys, values, max_passes, beta, codebook, value_ids):
 
 
 def recall_by_passes(
-    keys, values, max_passes: int, beta=1.0, codebook=None, value_ids=None
+    keys, values, max_passes: int, beta=1.0, codebook=None, value_ids=None, codebook_labels=None
 ) -> dict[str, jax.Array]:
     """The no-learning recall after N = 1..max_passes passes, in one scan.
 
@@ -126,7 +137,7 @@ def recall_by_passes(
         codebook, value_ids = values, jnp.arange(values.shape[0])
     elif value_ids is None:
         raise ValueError("value_ids (the codebook row of each value) is needed with a codebook")
-    cos, acc, err = _curve(keys, values, max_passes, beta, codebook, value_ids)
+    cos, acc, err = _curve(keys, values, max_passes, beta, codebook, value_ids, codebook_labels)
     return {"mean_cosine": cos, "accuracy": acc, "mean_rel_error": err}
 
 

@@ -82,3 +82,18 @@ def test_overload_cannot_be_stored_and_the_codebook_is_used():
         capacity.delta_recall(keys, book[:2], 1, codebook=book)
     u = capacity.random_unit_vectors(jax.random.key(4), 5, 7)
     np.testing.assert_allclose(jnp.linalg.norm(u, axis=-1), 1.0, rtol=1e-6)
+
+
+def test_codebook_labels_count_a_repeated_value_as_the_same_answer():
+    # Two identical values at rows 0 and 1: the read-out of key 1 is nearest to row 0 as
+    # much as to row 1 (argmax picks 0), wrong by row index, right by label.
+    keys = jnp.eye(3, dtype=jnp.float32)
+    values = jnp.asarray([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    S = capacity.delta_rule_passes(keys, values, passes=1)
+    by_row = capacity.read_out(S, keys, values)
+    by_label = capacity.read_out(S, keys, values, codebook_labels=jnp.asarray([7, 7, 9]))
+    np.testing.assert_array_equal(by_row["exact"], [True, False, True])
+    np.testing.assert_array_equal(by_label["exact"], [True, True, True])
+    # a different label on the duplicate makes it wrong again
+    other = capacity.read_out(S, keys, values, codebook_labels=jnp.asarray([7, 8, 9]))
+    np.testing.assert_array_equal(other["exact"], [True, False, True])
