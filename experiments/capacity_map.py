@@ -31,7 +31,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 import sleep_consolidation as sc
 from experiments.configs import common
@@ -50,6 +50,7 @@ _MAX_PASSES = flags.DEFINE_integer("max_passes", 8, "adaptive N_max (and fixed N
 flags.mark_flags_as_required(["runs_dir", "out"])
 
 D_K = 16  # head dimension of recall:capacity (d_model 32, 2 heads)
+REF_PASSES = (1, 2, 4, 8)  # N of the no-learning reference (beyond the trained N too)
 
 
 def collect(runs_dir: str) -> list[dict]:
@@ -57,7 +58,7 @@ def collect(runs_dir: str) -> list[dict]:
     out = []
     for name in sorted(os.listdir(runs_dir)):
         run = RunDir(os.path.join(runs_dir, name))
-        cfg, summary = run.config, run.summary
+        cfg, summary = run.config(), run.summary()
         if not cfg or not summary or summary.get("status") != "completed":
             continue
         c = cfg["config"]
@@ -95,7 +96,7 @@ def grid_stats(records: list[dict]) -> dict:
             d = [runs[s]["acc"] - base[s]["acc"] for s in paired]
             ps = stats.paired_summary(d, "t")
             cell["gain"] = {"seeds": paired, "diffs": d, "mean": ps.mean, "lo": ps.lo,
-                            "hi": ps.hi, "signs": [ps.pos, ps.neg, ps.zero],
+                            "hi": ps.hi, "signs": [ps.positive, ps.negative, ps.zero],
                             "unconverged": any(not base[s]["converged"] for s in paired)
                             or bool(cell["unconverged"])}  # fmt: skip
         cells[(n, N)] = cell
@@ -120,7 +121,7 @@ def _spec_and_params(run_dir: str):
     return sc.resolve_config(merged), sc.load_params(run_dir), saved["seed"]
 
 
-@functools.partial(jax.jit, static_argnames="window")
+@functools.partial(jax.jit, static_argnames=("window", "schedule"))
 def _full_window_state(params, tokens, window: int, schedule):
     """The streaming state with the first window read by the wake pass (full, not slept)."""
     state = sc.init_state(params.config, batch_size=tokens.shape[0], window=window, schedule=schedule)
@@ -220,14 +221,14 @@ def tables(cells, rand_ref, trained_ref) -> str:
                for N in passes if N != 1]  # fmt: skip
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## No-learning reference: N plain delta sweeps (beta = 1), accuracy", "",
-              "| n | keys | " + " | ".join(f"N={N}" for N in passes) + " |",
-              "|---|---|" + "---|" * len(passes)]  # fmt: skip
+              "| n | keys | " + " | ".join(f"N={N}" for N in REF_PASSES) + " |",
+              "|---|---|" + "---|" * len(REF_PASSES)]  # fmt: skip
     for n in loads:
         lines.append(f"| {n} | random unit, R^16 | "
-                     + " | ".join(f"{rand_ref[n][N]:.3f}" for N in passes) + " |")  # fmt: skip
+                     + " | ".join(f"{rand_ref[n][N]:.3f}" for N in REF_PASSES) + " |")  # fmt: skip
         if n in trained_ref:
             lines.append(f"| {n} | trained model's own | "
-                         + " | ".join(f"{trained_ref[n][N]['acc']:.3f}" for N in passes) + " |")  # fmt: skip
+                         + " | ".join(f"{trained_ref[n][N]['acc']:.3f}" for N in REF_PASSES) + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -241,8 +242,8 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
     passes = sorted({N for _, N in cells})
     acc = np.full((len(loads), len(passes)), np.nan)
     gain = np.full_like(acc, np.nan)
-    ref = np.array([[rand_ref[n][N] for N in passes] for n in loads])
-    tref = np.array([[trained_ref.get(n, {}).get(N, {}).get("acc", np.nan) for N in passes]
+    ref = np.array([[rand_ref[n][N] for N in REF_PASSES] for n in loads])
+    tref = np.array([[trained_ref.get(n, {}).get(N, {}).get("acc", np.nan) for N in REF_PASSES]
                      for n in loads])  # fmt: skip
     notes_acc, notes_gain = {}, {}
     for i, n in enumerate(loads):
@@ -261,16 +262,17 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
         (acc, notes_acc, "trained: converged accuracy", "viridis", (0, 1)),
         (gain, notes_gain, "trained: paired gain over N=1 (95% CI)", "RdBu",
          (-max(0.05, np.nanmax(np.abs(gain), initial=0)), max(0.05, np.nanmax(np.abs(gain), initial=0)))),
-        (ref, {(i, j): f"{ref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(passes))},
+        (ref, {(i, j): f"{ref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(REF_PASSES))},
          "no learning: random unit keys", "viridis", (0, 1)),
-        (tref, {(i, j): f"{tref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(passes))
-                if not np.isnan(tref[i, j])}, "no learning: the model's own keys", "viridis", (0, 1)),
+        (tref, {(i, j): f"{tref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(REF_PASSES))
+                if not np.isnan(tref[i, j])}, "no learning: the N=1 models' own keys", "viridis", (0, 1)),
     ]  # fmt: skip
-    for ax, (data, notes, title, cmap, (lo, hi)) in zip(axes, panels):
+    for k, (ax, (data, notes, title, cmap, (lo, hi))) in enumerate(zip(axes, panels)):
+        cols = passes if k < 2 else REF_PASSES
         im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", origin="lower")
         for (i, j), text in notes.items():
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(passes)), [str(N) for N in passes])
+        ax.set_xticks(range(len(cols)), [str(N) for N in cols])
         ax.set_yticks(range(len(loads)), [f"{n} ({n / D_K:.2g})" for n in loads])
         ax.set_xlabel("N (passes)")
         ax.set_title(title, fontsize=9)
@@ -286,8 +288,12 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
 def adaptive_table(results: dict) -> str:
     """results: {run name: adaptive_vs_fixed(...)} -> markdown, with the fixed-N accuracy
     interpolated at each adaptive setting's mean N (matched average passes)."""
-    lines = ["| run | eps | adaptive mean N | adaptive acc | fixed acc at that mean N | diff |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["Fixed N (N = 1, 2, ...) accuracy of each model, on the same examples:", "",
+             "| run | fixed N accuracy |", "|---|---|"]
+    for name, r in sorted(results.items()):
+        lines.append(f"| {name} | " + " ".join(f"{r['fixed'][N]:.3f}" for N in sorted(r["fixed"])) + " |")
+    lines += ["", "| run | eps | adaptive mean N | adaptive acc | fixed acc at that mean N | diff |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     diffs = {}
     for name, r in sorted(results.items()):
         Ns = sorted(r["fixed"])
@@ -304,11 +310,12 @@ def adaptive_table(results: dict) -> str:
         if len(d) >= 2:
             ps = stats.paired_summary(d, "t")
             lines.append(f"| {eps} | {len(d)} | {ps.mean:+.3f} | [{ps.lo:+.3f}, {ps.hi:+.3f}] | "
-                         f"{ps.pos}/{ps.neg}/{ps.zero} |")  # fmt: skip
+                         f"{ps.positive}/{ps.negative}/{ps.zero} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(_):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     out = _OUT.value
     os.makedirs(out, exist_ok=True)
     records = collect(_RUNS_DIR.value)
@@ -317,14 +324,14 @@ def main(_):
     cells = grid_stats(records)
     loads = sorted({n for n, _ in cells})
     passes = sorted({N for _, N in cells})
-    rand_ref = random_reference(loads, passes, _REF_DRAWS.value)
+    rand_ref = random_reference(loads, REF_PASSES, _REF_DRAWS.value)
     trained_ref = {}
     for n in loads:  # the N=1 models' keys: what one wake pass writes, before any sleep
         runs = [r for r in records if r["n"] == n and r["N"] == 1]
         if runs:
-            per_run = [trained_reference(r["dir"], passes, _REF_SIZE.value) for r in runs]
+            per_run = [trained_reference(r["dir"], REF_PASSES, _REF_SIZE.value) for r in runs]
             trained_ref[n] = {N: {k: float(np.mean([p[N][k] for p in per_run])) for k in ("acc", "cos")}
-                              for N in passes}  # fmt: skip
+                              for N in REF_PASSES}  # fmt: skip
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(tables(cells, rand_ref, trained_ref))
     plot(cells, rand_ref, trained_ref, os.path.join(out, "capacity_map.png"))
