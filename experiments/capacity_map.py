@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 
 import jax
@@ -65,13 +64,20 @@ def collect(runs_dir: str) -> list[dict]:
         loads = c["task"]["num_pairs_values"]
         if len(loads) != 1:
             continue  # not a one-load capacity-map run
-        out.append({
-            "dir": run.path, "n": int(loads[0]), "window": int(c["task"]["window"]),
-            "N": int(c["passes"]), "seed": int(c["seed"]), "acc": summary["eval"]["acc"],
-            "converged": summary.get("converged") is True,
-            "stopped_at": summary.get("stopped_at"), "steps_to_90pct": summary.get("steps_to_90pct"),
-            "wall_s": summary.get("wall_s"),
-        })  # fmt: skip
+        out.append(
+            {
+                "dir": run.path,
+                "n": int(loads[0]),
+                "window": int(c["task"]["window"]),
+                "N": int(c["passes"]),
+                "seed": int(c["seed"]),
+                "acc": summary["eval"]["acc"],
+                "converged": summary.get("converged") is True,
+                "stopped_at": summary.get("stopped_at"),
+                "steps_to_90pct": summary.get("steps_to_90pct"),
+                "wall_s": summary.get("wall_s"),
+            }
+        )
     return out
 
 
@@ -84,21 +90,30 @@ def grid_stats(records: list[dict]) -> dict:
     for (n, N), runs in sorted(by.items()):
         accs = [runs[s]["acc"] for s in sorted(runs)]
         cell = {
-            "n": n, "N": N, "seeds": sorted(runs), "acc_mean": float(np.mean(accs)),
+            "n": n,
+            "N": N,
+            "seeds": sorted(runs),
+            "acc_mean": float(np.mean(accs)),
             "acc_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else float("nan"),
             "unconverged": sorted(s for s, r in runs.items() if not r["converged"]),
             "steps_to_90pct": [runs[s]["steps_to_90pct"] for s in sorted(runs)],
             "wall_s": float(sum(r["wall_s"] or 0.0 for r in runs.values())),
-        }  # fmt: skip
+        }
         base = by.get((n, 1), {})
         paired = [s for s in sorted(runs) if s in base]
         if N != 1 and len(paired) >= 2:
             d = [runs[s]["acc"] - base[s]["acc"] for s in paired]
             ps = stats.paired_summary(d, "t")
-            cell["gain"] = {"seeds": paired, "diffs": d, "mean": ps.mean, "lo": ps.lo,
-                            "hi": ps.hi, "signs": [ps.positive, ps.negative, ps.zero],
-                            "unconverged": any(not base[s]["converged"] for s in paired)
-                            or bool(cell["unconverged"])}  # fmt: skip
+            cell["gain"] = {
+                "seeds": paired,
+                "diffs": d,
+                "mean": ps.mean,
+                "lo": ps.lo,
+                "hi": ps.hi,
+                "signs": [ps.positive, ps.negative, ps.zero],
+                "unconverged": any(not base[s]["converged"] for s in paired)
+                or bool(cell["unconverged"]),
+            }
         cells[(n, N)] = cell
     return cells
 
@@ -109,7 +124,8 @@ def random_reference(loads, passes, draws: int) -> dict:
     out = {}
     for n in loads:
         keys = jax.random.split(jax.random.key(n), draws)
-        curve = jax.vmap(lambda k: capacity.random_reference(k, n, D_K, max(passes))["accuracy"])(keys)
+        draw = functools.partial(capacity.random_reference, n=n, d=D_K, max_passes=max(passes))
+        curve = jax.vmap(lambda k, draw=draw: draw(k)["accuracy"])(keys)
         out[n] = {N: float(jnp.mean(curve[:, N - 1])) for N in passes}
     return out
 
@@ -124,7 +140,9 @@ def _spec_and_params(run_dir: str):
 @functools.partial(jax.jit, static_argnames=("window", "schedule"))
 def _full_window_state(params, tokens, window: int, schedule):
     """The streaming state with the first window read by the wake pass (full, not slept)."""
-    state = sc.init_state(params.config, batch_size=tokens.shape[0], window=window, schedule=schedule)
+    state = sc.init_state(
+        params.config, batch_size=tokens.shape[0], window=window, schedule=schedule
+    )
     state, _ = jax.lax.scan(lambda s, t: (sc.wake_step(params, s, t)[0], None), state, tokens.T)
     return state
 
@@ -147,14 +165,20 @@ def trained_reference(run_dir: str, passes, size: int) -> dict:
 
     def one(kk, vv, tok):  # kk, vv [n, dh] of one example and head
         kk = kk / jnp.maximum(jnp.linalg.norm(kk, axis=-1, keepdims=True), 1e-12)
-        curve = capacity.recall_by_passes(kk, vv, max(passes), codebook=vv, value_ids=jnp.arange(n),
-                                          codebook_labels=tok)  # fmt: skip
+        curve = capacity.recall_by_passes(
+            kk, vv, max(passes), codebook=vv, value_ids=jnp.arange(n), codebook_labels=tok
+        )
         return curve["accuracy"], curve["mean_cosine"]
 
-    kh, vh = k.transpose(0, 2, 1, 3).reshape(B * H, n, -1), v.transpose(0, 2, 1, 3).reshape(B * H, n, -1)
+    kh, vh = (
+        k.transpose(0, 2, 1, 3).reshape(B * H, n, -1),
+        v.transpose(0, 2, 1, 3).reshape(B * H, n, -1),
+    )
     acc, cos = jax.vmap(one)(kh, vh, jnp.repeat(ids, H, axis=0))
-    return {N: {"acc": float(jnp.mean(acc[:, N - 1])), "cos": float(jnp.mean(cos[:, N - 1]))}
-            for N in passes}  # fmt: skip
+    return {
+        N: {"acc": float(jnp.mean(acc[:, N - 1])), "cos": float(jnp.mean(cos[:, N - 1]))}
+        for N in passes
+    }
 
 
 def _accuracy(logits, batch) -> float:
@@ -180,8 +204,10 @@ def adaptive_vs_fixed(run_dir: str, eps_values, max_passes: int, size: int) -> d
         state, n_used = adaptive.adaptive_sleep(params, state, eps, max_passes)
         state = sc.evict(state)
         _, logits = sc.stream(params, state, tokens[:, W:], 1)
-        out["adaptive"][eps] = {"acc": _accuracy(logits, _tail(batch, W)),
-                                "mean_N": float(jnp.mean(n_used))}  # fmt: skip
+        out["adaptive"][eps] = {
+            "acc": _accuracy(logits, _tail(batch, W)),
+            "mean_N": float(jnp.mean(n_used)),
+        }
     return out
 
 
@@ -201,8 +227,12 @@ def tables(cells, rand_ref, trained_ref) -> str:
     passes = sorted({N for _, N in cells})
     head = "| n (n/d_k) | " + " | ".join(f"N={N}" for N in passes) + " |"
     rule = "|---|" + "---|" * len(passes)
-    lines = ["## Converged accuracy (mean ± sd over seeds; † = a run hit the step cap)", "",
-             head, rule]  # fmt: skip
+    lines = [
+        "## Converged accuracy (mean ± sd over seeds; † = a run hit the step cap)",
+        "",
+        head,
+        rule,
+    ]
     for n in loads:
         row = []
         for N in passes:
@@ -213,22 +243,39 @@ def tables(cells, rand_ref, trained_ref) -> str:
             flag = f"† ({len(c['unconverged'])}/{len(c['seeds'])})" if c["unconverged"] else ""
             row.append(f"{c['acc_mean']:.3f} ± {c['acc_sd']:.3f} (n={len(c['seeds'])}){flag}")
         lines.append(f"| {n} ({n / D_K:.2f}) | " + " | ".join(row) + " |")
-    lines += ["", "## Paired gain over N=1 (mean, 95% paired t-interval, signs +/-)", "",
-              "| n | " + " | ".join(f"N={N}" for N in passes if N != 1) + " |",
-              "|---|" + "---|" * (len(passes) - 1)]  # fmt: skip
+    lines += [
+        "",
+        "## Paired gain over N=1 (mean, 95% paired t-interval, signs +/-)",
+        "",
+        "| n | " + " | ".join(f"N={N}" for N in passes if N != 1) + " |",
+        "|---|" + "---|" * (len(passes) - 1),
+    ]
     for n in loads:
-        row = [_fmt_gain(cells[(n, N)]["gain"]) if "gain" in cells.get((n, N), {}) else "—"
-               for N in passes if N != 1]  # fmt: skip
+        row = [
+            _fmt_gain(cells[(n, N)]["gain"]) if "gain" in cells.get((n, N), {}) else "—"
+            for N in passes
+            if N != 1
+        ]
         lines.append(f"| {n} | " + " | ".join(row) + " |")
-    lines += ["", "## No-learning reference: N plain delta sweeps (beta = 1), accuracy", "",
-              "| n | keys | " + " | ".join(f"N={N}" for N in REF_PASSES) + " |",
-              "|---|---|" + "---|" * len(REF_PASSES)]  # fmt: skip
+    lines += [
+        "",
+        "## No-learning reference: N plain delta sweeps (beta = 1), accuracy",
+        "",
+        "| n | keys | " + " | ".join(f"N={N}" for N in REF_PASSES) + " |",
+        "|---|---|" + "---|" * len(REF_PASSES),
+    ]
     for n in loads:
-        lines.append(f"| {n} | random unit, R^16 | "
-                     + " | ".join(f"{rand_ref[n][N]:.3f}" for N in REF_PASSES) + " |")  # fmt: skip
+        lines.append(
+            f"| {n} | random unit, R^16 | "
+            + " | ".join(f"{rand_ref[n][N]:.3f}" for N in REF_PASSES)
+            + " |"
+        )
         if n in trained_ref:
-            lines.append(f"| {n} | trained model's own | "
-                         + " | ".join(f"{trained_ref[n][N]['acc']:.3f}" for N in REF_PASSES) + " |")  # fmt: skip
+            lines.append(
+                f"| {n} | trained model's own | "
+                + " | ".join(f"{trained_ref[n][N]['acc']:.3f}" for N in REF_PASSES)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -243,8 +290,9 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
     acc = np.full((len(loads), len(passes)), np.nan)
     gain = np.full_like(acc, np.nan)
     ref = np.array([[rand_ref[n][N] for N in REF_PASSES] for n in loads])
-    tref = np.array([[trained_ref.get(n, {}).get(N, {}).get("acc", np.nan) for N in REF_PASSES]
-                     for n in loads])  # fmt: skip
+    tref = np.array(
+        [[trained_ref.get(n, {}).get(N, {}).get("acc", np.nan) for N in REF_PASSES] for n in loads]
+    )
     notes_acc, notes_gain = {}, {}
     for i, n in enumerate(loads):
         for j, N in enumerate(passes):
@@ -260,13 +308,36 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     panels = [
         (acc, notes_acc, "trained: converged accuracy", "viridis", (0, 1)),
-        (gain, notes_gain, "trained: paired gain over N=1 (95% CI)", "RdBu",
-         (-max(0.05, np.nanmax(np.abs(gain), initial=0)), max(0.05, np.nanmax(np.abs(gain), initial=0)))),
-        (ref, {(i, j): f"{ref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(REF_PASSES))},
-         "no learning: random unit keys", "viridis", (0, 1)),
-        (tref, {(i, j): f"{tref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(REF_PASSES))
-                if not np.isnan(tref[i, j])}, "no learning: the N=1 models' own keys", "viridis", (0, 1)),
-    ]  # fmt: skip
+        (
+            gain,
+            notes_gain,
+            "trained: paired gain over N=1 (95% CI)",
+            "RdBu",
+            (
+                -max(0.05, np.nanmax(np.abs(gain), initial=0)),
+                max(0.05, np.nanmax(np.abs(gain), initial=0)),
+            ),
+        ),
+        (
+            ref,
+            {(i, j): f"{ref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(REF_PASSES))},
+            "no learning: random unit keys",
+            "viridis",
+            (0, 1),
+        ),
+        (
+            tref,
+            {
+                (i, j): f"{tref[i, j]:.2f}"
+                for i in range(len(loads))
+                for j in range(len(REF_PASSES))
+                if not np.isnan(tref[i, j])
+            },
+            "no learning: the N=1 models' own keys",
+            "viridis",
+            (0, 1),
+        ),
+    ]
     for k, (ax, (data, notes, title, cmap, (lo, hi))) in enumerate(zip(axes, panels)):
         cols = passes if k < 2 else REF_PASSES
         im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", origin="lower")
@@ -278,8 +349,9 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     axes[0].set_ylabel("pairs n (n / d_k)")
-    fig.suptitle("recall after eviction: load x N (head dim 16); † = a run hit the step cap",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "recall after eviction: load x N (head dim 16); † = a run hit the step cap", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -288,12 +360,21 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
 def adaptive_table(results: dict) -> str:
     """results: {run name: adaptive_vs_fixed(...)} -> markdown, with the fixed-N accuracy
     interpolated at each adaptive setting's mean N (matched average passes)."""
-    lines = ["Fixed N (N = 1, 2, ...) accuracy of each model, on the same examples:", "",
-             "| run | fixed N accuracy |", "|---|---|"]
+    lines = [
+        "Fixed N (N = 1, 2, ...) accuracy of each model, on the same examples:",
+        "",
+        "| run | fixed N accuracy |",
+        "|---|---|",
+    ]
     for name, r in sorted(results.items()):
-        lines.append(f"| {name} | " + " ".join(f"{r['fixed'][N]:.3f}" for N in sorted(r["fixed"])) + " |")
-    lines += ["", "| run | eps | adaptive mean N | adaptive acc | fixed acc at that mean N | diff |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {name} | " + " ".join(f"{r['fixed'][N]:.3f}" for N in sorted(r["fixed"])) + " |"
+        )
+    lines += [
+        "",
+        "| run | eps | adaptive mean N | adaptive acc | fixed acc at that mean N | diff |",
+        "|---|---|---|---|---|---|",
+    ]
     diffs = {}
     for name, r in sorted(results.items()):
         Ns = sorted(r["fixed"])
@@ -302,15 +383,24 @@ def adaptive_table(results: dict) -> str:
             matched = float(np.interp(a["mean_N"], Ns, fixed))
             d = a["acc"] - matched
             diffs.setdefault(eps, []).append(d)
-            lines.append(f"| {name} | {eps} | {a['mean_N']:.2f} | {a['acc']:.3f} | "
-                         f"{matched:.3f} | {d:+.3f} |")  # fmt: skip
-    lines += ["", "Adaptive minus fixed at matched mean passes, over runs (95% t-interval):", "",
-              "| eps | runs | mean diff | 95% CI | signs +/-/0 |", "|---|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"| {name} | {eps} | {a['mean_N']:.2f} | {a['acc']:.3f} | "
+                f"{matched:.3f} | {d:+.3f} |"
+            )
+    lines += [
+        "",
+        "Adaptive minus fixed at matched mean passes, over runs (95% t-interval):",
+        "",
+        "| eps | runs | mean diff | 95% CI | signs +/-/0 |",
+        "|---|---|---|---|---|",
+    ]
     for eps, d in diffs.items():
         if len(d) >= 2:
             ps = stats.paired_summary(d, "t")
-            lines.append(f"| {eps} | {len(d)} | {ps.mean:+.3f} | [{ps.lo:+.3f}, {ps.hi:+.3f}] | "
-                         f"{ps.positive}/{ps.negative}/{ps.zero} |")  # fmt: skip
+            lines.append(
+                f"| {eps} | {len(d)} | {ps.mean:+.3f} | [{ps.lo:+.3f}, {ps.hi:+.3f}] | "
+                f"{ps.positive}/{ps.negative}/{ps.zero} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -323,15 +413,16 @@ def main(_):
         raise SystemExit(f"no finished one-load runs under {_RUNS_DIR.value}")
     cells = grid_stats(records)
     loads = sorted({n for n, _ in cells})
-    passes = sorted({N for _, N in cells})
     rand_ref = random_reference(loads, REF_PASSES, _REF_DRAWS.value)
     trained_ref = {}
     for n in loads:  # the N=1 models' keys: what one wake pass writes, before any sleep
         runs = [r for r in records if r["n"] == n and r["N"] == 1]
         if runs:
             per_run = [trained_reference(r["dir"], REF_PASSES, _REF_SIZE.value) for r in runs]
-            trained_ref[n] = {N: {k: float(np.mean([p[N][k] for p in per_run])) for k in ("acc", "cos")}
-                              for N in REF_PASSES}  # fmt: skip
+            trained_ref[n] = {
+                N: {k: float(np.mean([p[N][k] for p in per_run])) for k in ("acc", "cos")}
+                for N in REF_PASSES
+            }
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(tables(cells, rand_ref, trained_ref))
     plot(cells, rand_ref, trained_ref, os.path.join(out, "capacity_map.png"))
@@ -346,10 +437,18 @@ def main(_):
         with open(os.path.join(out, "adaptive.md"), "w") as f:
             f.write(adaptive_table(adaptive_results))
     with open(os.path.join(out, "capacity_map.json"), "w") as f:
-        json.dump({"records": records, "random_reference": rand_ref,
-                   "trained_reference": trained_ref, "adaptive": adaptive_results,
-                   "cells": [{k: v for k, v in c.items()} for c in cells.values()]},
-                  f, indent=1, default=str)  # fmt: skip
+        json.dump(
+            {
+                "records": records,
+                "random_reference": rand_ref,
+                "trained_reference": trained_ref,
+                "adaptive": adaptive_results,
+                "cells": [{k: v for k, v in c.items()} for c in cells.values()],
+            },
+            f,
+            indent=1,
+            default=str,
+        )
     print(open(os.path.join(out, "table.md")).read())
 
 
