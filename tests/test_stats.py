@@ -79,3 +79,21 @@ def test_report_shows_the_interval_signs_and_flags_unconverged_runs(tmp_path):
     assert "bootstrap" in flagged and report.UNCONVERGED_NOTE in flagged
     path = report.plot_sweep(_records(), str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000 and path.endswith("p.png")
+
+
+def test_verdict_names_the_direction_and_the_unconverged_pairs():
+    mean, lo, hi = stats.t_interval([0.2, 0.05, 0.0])  # includes 0
+    (line,) = report.verdict_lines(_records())
+    assert f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}], 2+/0- over 3 seeds" in line
+    assert "**no effect shown** (3/3 pairs both converged)" in line
+    (flagged,) = report.verdict_lines(_records(converged=False))
+    assert "(0/3 pairs both converged; provisional" in flagged
+
+    def shifted(by):  # passes=2 runs moved by `by` + a little per seed, passes=1 at 0.5
+        return [
+            dict(r, eval={"acc": 0.5 if r["overrides"]["passes"] == 1 else 0.5 + by(r["seed"])})
+            for r in _records()
+        ]
+
+    assert "**helps**" in report.verdict_lines(shifted(lambda s: 0.1 + 0.01 * s))[0]
+    assert "**hurts**" in report.verdict_lines(shifted(lambda s: -0.1 - 0.01 * s))[0]

@@ -164,6 +164,41 @@ def summary_table(
     return "\n".join(lines)
 
 
+def verdict_lines(
+    records: Sequence[dict],
+    metric: str = "acc",
+    baseline: Mapping[str, Any] | None = None,
+    interval: str = "t",
+) -> list[str]:
+    """One line per compared point: its paired gain on `metric` (all depths) against the
+    baseline, the 95% interval and sign counts, and what that shows: "helps" (interval
+    above 0), "hurts" (below 0) or "no effect shown" (it includes 0), with how many
+    pairs converged (an unconverged pair makes the verdict provisional)."""
+    baseline = {"passes": 1} if baseline is None else dict(baseline)
+    base_desc = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    lines = []
+    for name, (seeds, d, flag) in paired_diffs(records, metric, baseline).items():
+        if len(seeds) < 2:
+            continue
+        ps = stats.paired_summary(d, interval)
+        word = "helps" if ps.lo > 0 else "hurts" if ps.hi < 0 else "no effect shown"
+        done = [r for r in records if r["status"] == "completed"]
+        by_key = {(grid.point_key(r["overrides"]), r["seed"]): r for r in done}
+        treated_key = next(grid.point_key(r["overrides"]) for r in done if r["point"] == name)
+        base_key = grid.baseline_of(dict(treated_key), baseline)
+        both = sum(
+            not _unconverged(by_key[(treated_key, s)]) and not _unconverged(by_key[(base_key, s)])
+            for s in seeds
+        )
+        caveat = "" if not flag else "; provisional: some runs hit the step cap"
+        lines.append(
+            f"Verdict ({metric}, {name} vs {base_desc}): {ps.mean:+.3f} "
+            f"[{ps.lo:+.3f}, {ps.hi:+.3f}], {ps.positive}+/{ps.negative}- over {ps.n} seeds: "
+            f"**{word}** ({both}/{ps.n} pairs both converged{caveat})."
+        )
+    return lines
+
+
 def eval_n_table(records: Sequence[dict], metric: str = "acc") -> str | None:
     """Markdown: per point, `metric` (all depths) when evaluated at each extra N of the
     runs' `eval_passes` (summary keys `N{M}/{metric}`); None if the runs have none."""
@@ -317,6 +352,9 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
     metric = s.get("metric", "acc")
     interval = s.get("interval", "t")
     table = summary_table(records, metric=metric, baseline=baseline, interval=interval)
+    verdicts = verdict_lines(records, metric=metric, baseline=baseline, interval=interval)
+    if verdicts:
+        table = "\n".join(verdicts) + "\n\n" + table
     cross = eval_n_table(records, metric=metric)
     if cross is not None:
         table += "\n\n" + cross
