@@ -48,6 +48,12 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-host with the cluster auto-detected by JAX (TPU, SLURM)."
 )
+_DIST_TIMEOUT = flags.DEFINE_float(
+    "distributed_timeout_s",
+    sharding.DEFAULT_INIT_TIMEOUT_S,
+    "Multi-host: seconds every process waits for the others (a worker first waits this long "
+    "for the coordinator, then fails with a message naming it).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -80,8 +86,9 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
     # Before anything else touches JAX (a no-op unless asked by flags or env vars).
     sharding.maybe_initialize_distributed(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
-    )
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value,
+        timeout_s=_DIST_TIMEOUT.value,
+    )  # fmt: skip
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
     logging.info(

@@ -19,6 +19,8 @@ the data order does not depend on the number of processes or devices.
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -31,12 +33,43 @@ ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 
+DEFAULT_INIT_TIMEOUT_S = 300  # JAX's own default
+
+
+class DistributedInitError(RuntimeError):
+    """Multi-host initialisation could not start: the coordinator is unreachable."""
+
+
+def _wait_for_coordinator(address: str, timeout_s: float, who: str) -> None:
+    """Returns once `address` ("host:port") accepts a TCP connection; raises
+    DistributedInitError after `timeout_s`. JAX's own client aborts the whole process
+    (a C++ fatal error, no Python exception) when its deadline passes, so a worker checks
+    on the host first and fails with a message a user can act on."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedInitError(f"coordinator_address must be host:port, got {address!r}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise DistributedInitError(
+                    f"multi-host initialisation: {who} could not reach the coordinator "
+                    f"{address} within {timeout_s:g} s ({e}); start process 0 first, or "
+                    "check the address, the port and the network"
+                ) from e
+            time.sleep(0.2)
+
+
 def maybe_initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
     *,
     auto: bool = False,
+    timeout_s: float = DEFAULT_INIT_TIMEOUT_S,
 ) -> bool:
     """Calls `jax.distributed.initialize` if a multi-process run is asked for.
 
@@ -48,10 +81,20 @@ def maybe_initialize_distributed(
       process_id: this process's index in [0, num_processes) (default: $JAX_PROCESS_ID).
       auto: initialize even with nothing given, letting JAX detect the cluster (Cloud TPU,
         SLURM, Open MPI, Kubernetes).
+      timeout_s: how long every process waits for the others (JAX's
+        `initialization_timeout`); a worker (process_id > 0) first waits this long for the
+        coordinator to accept connections, and raises DistributedInitError naming it if
+        it never does. (Past it, JAX itself ends the process with DEADLINE_EXCEEDED.)
 
     Returns:
       True if `jax.distributed.initialize` was called.
+
+    Raises:
+      ValueError: a timeout that is not a positive number.
+      DistributedInitError: a worker could not reach the coordinator in time.
     """
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     env = os.environ
     coordinator_address = coordinator_address or env.get(ENV_COORDINATOR) or None
     if num_processes is None and env.get(ENV_NUM_PROCESSES):
@@ -64,10 +107,14 @@ def maybe_initialize_distributed(
     # recent jaxlibs; older ones had none). Harmless on GPU/TPU.
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address is not None and process_id:
+        who = f"process {process_id} of {num_processes}"
+        _wait_for_coordinator(coordinator_address, timeout_s, who)
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        initialization_timeout=int(max(1, round(timeout_s))),
     )
     return True
 

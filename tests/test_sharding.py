@@ -132,8 +132,34 @@ def test_distributed_is_not_initialized_unless_asked(monkeypatch):
     assert sharding.maybe_initialize_distributed() is False and not called
     monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
     monkeypatch.setenv(sharding.ENV_PROCESS_ID, "1")
-    assert sharding.maybe_initialize_distributed("10.0.0.1:1234") is True
-    assert called == [dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)]
+    monkeypatch.setattr(sharding, "_wait_for_coordinator", lambda *a: called.append(a))
+    assert sharding.maybe_initialize_distributed("10.0.0.1:1234", timeout_s=7) is True
+    assert called == [
+        ("10.0.0.1:1234", 7, "process 1 of 2"),
+        dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1,
+             initialization_timeout=7),
+    ]  # fmt: skip
+
+
+def test_a_worker_that_cannot_reach_the_coordinator_gets_a_clear_error(monkeypatch):
+    # JAX's client would abort the process at its deadline; the host-side check raises a
+    # Python error naming the address instead, before JAX is asked.
+    called = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: called.append(kw))
+    with socket.socket() as s:  # a port that nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(sharding.DistributedInitError, match=f"127.0.0.1:{port} within 0.5 s"):
+        sharding.maybe_initialize_distributed(f"127.0.0.1:{port}", 2, 1, timeout_s=0.5)
+    assert not called
+    with pytest.raises(ValueError, match="timeout_s must be a positive number"):
+        sharding.maybe_initialize_distributed("127.0.0.1:1", 2, 1, timeout_s=0)
+    with socket.socket() as server:  # a listening coordinator: the worker goes on to JAX
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        addr = f"127.0.0.1:{server.getsockname()[1]}"
+        assert sharding.maybe_initialize_distributed(addr, 2, 1, timeout_s=5) is True
+    assert called[0]["coordinator_address"] == addr
 
 
 # ---------------------------------------------------------------------------------------
