@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import sleep_consolidation as sc
+from experiments import plots
 from experiments.configs import common
 from sleep_consolidation import diagnostics
 
@@ -59,7 +60,7 @@ def analyze_run(run_dir: str, eval_passes: list[int], size: int, diag_size: int,
         params, tokens[:, :full], spec.window, max(trained_n, 4), schedule=spec.schedule
     )
     name = os.path.basename(os.path.normpath(run_dir))
-    diagnostics.plot_consolidation(recall, os.path.join(out, f"{name}_consolidation.png"))
+    plots.plot_consolidation(recall, os.path.join(out, f"{name}_consolidation.png"))
     return {
         "run": name,
         "trained_n": trained_n,

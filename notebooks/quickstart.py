@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import sleep_consolidation as sc
+from experiments import plots
 from sleep_consolidation import diagnostics
 from sleep_consolidation.tasks import make_task
 
@@ -161,7 +162,7 @@ print("flags:", flags or "none")
 # %%
 recall = diagnostics.recall_of_evicted_window(trained, eval_batch.tokens[:64], L, N)
 print("recall cosine after pass 1..N (window 0):", np.asarray(recall["cosine"][0, :, 0]).round(3))
-png = diagnostics.plot_consolidation(recall, os.path.join(tempfile.mkdtemp(), "consolidation.png"))
+png = plots.plot_consolidation(recall, os.path.join(tempfile.mkdtemp(), "consolidation.png"))
 fig, ax = plt.subplots(figsize=(8, 3))
 ax.imshow(plt.imread(png))
 ax.axis("off")

@@ -13,6 +13,7 @@ import pytest
 from conftest import stream_loop, tiny_config
 
 import sleep_consolidation as sc
+from experiments import plots
 from sleep_consolidation import diagnostics, fast_weights, model, rules, sequence
 from sleep_consolidation.tasks import make_task
 
@@ -87,7 +88,7 @@ def test_statistics_finite_and_streaming_agrees(params, tmp_path):
     np.testing.assert_array_equal(recall["cosine_at_window_start"][0], 0.0)  # S starts at 0
     # The window loop's per-pass change equals the one measured by streaming.
     chex.assert_trees_all_close(recall["change"], change, atol=1e-5, rtol=1e-4)
-    path = diagnostics.plot_consolidation({**recall, "change": change}, str(tmp_path / "c.png"))
+    path = plots.plot_consolidation({**recall, "change": change}, str(tmp_path / "c.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 1000
