@@ -62,6 +62,27 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def check_estimator_options(name: str, grad_passes: int | None) -> None:
+    """Refuses an unknown estimator name, or a grad_passes that does not fit it (one check
+    for `make_estimator` and for the run config, so both say the same thing).
+
+    Raises:
+      ValueError: naming the estimator and grad_passes.
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {name!r}")
+    if grad_passes is not None:
+        _check_positive_int("grad_passes", grad_passes)
+    if name == "full" and grad_passes is not None:
+        raise ValueError(
+            f"estimator 'full' backprops through every pass, but grad_passes={grad_passes} "
+            "truncates it: use estimator 'truncated' (or 'es', where it truncates the "
+            "non-theta backprop)"
+        )
+    if name == "truncated" and grad_passes is None:
+        raise ValueError("estimator 'truncated' needs grad_passes=k (the passes to backprop)")
+
+
 def make_estimator(
     name: str,
     loss_fn: Callable,
@@ -91,17 +112,7 @@ def make_estimator(
     Raises:
       ValueError: an unknown name or scope, or options that do not fit the estimator.
     """
-    if name not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {name!r}")
-    if grad_passes is not None:
-        _check_positive_int("grad_passes", grad_passes)
-    if name == "full" and grad_passes is not None:
-        raise ValueError(
-            f"estimator 'full' backprops through every pass; grad_passes={grad_passes} "
-            "asks for truncation: use estimator 'truncated'"
-        )
-    if name == "truncated" and grad_passes is None:
-        raise ValueError("estimator 'truncated' needs grad_passes=k (the passes to backprop)")
+    check_estimator_options(name, grad_passes)
     kw = {} if grad_passes is None else {"grad_passes": grad_passes}
     value_and_grad = jax.value_and_grad(functools.partial(loss_fn, **kw), has_aux=has_aux)
     if name in ("full", "truncated"):

@@ -168,21 +168,12 @@ def import_rule_module(name: str | None) -> None:
 
 
 def _check_estimator(c):
-    name, k = c["estimator"], c["grad_passes"]
-    if name not in estimators.ESTIMATORS:
-        raise ValueError(f"estimator must be one of {estimators.ESTIMATORS}, got {name!r}")
-    if name == "full" and k is not None:
-        raise ValueError(
-            f"grad_passes={k} truncates the gradient but estimator is 'full': set "
-            "estimator='truncated' (or 'es', where it truncates the non-theta backprop)"
-        )
-    if name == "truncated" and k is None:
-        raise ValueError("estimator 'truncated' needs grad_passes (the passes to backprop)")
+    estimators.check_estimator_options(c["estimator"], c["grad_passes"])
     _check_int("es_pairs", c["es_pairs"], 1)
     _check_float("es_sigma", c["es_sigma"], 0.0, lo_open=True)
     if c["es_scope"] not in estimators.ES_SCOPES:
         raise ValueError(f"es_scope must be one of {estimators.ES_SCOPES}, got {c['es_scope']!r}")
-    if name == "es" and c["es_scope"] == "all" and k is not None:
+    if c["estimator"] == "es" and c["es_scope"] == "all" and c["grad_passes"] is not None:
         raise ValueError("es_scope='all' uses no backprop; grad_passes must be None")
 
 

@@ -3,12 +3,16 @@ loop (`stream(..., impl="loop")`, design.md's snippet)."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import sleep_consolidation as sc
+from experiments.configs import recall
 
 _init_jit = jax.jit(sc.init_params, static_argnums=0)
 
@@ -56,3 +60,32 @@ def stream_loop(
 @pytest.fixture
 def tokens():
     return jax.random.randint(jax.random.key(1), (2, 11), 0, 11)
+
+
+def attn_config(**overrides):
+    """Recall tiny with an attention-only model: the cheapest program that exercises the
+    whole training loop (the loop tests of test_train, test_checkpointing, test_stopping
+    and test_sharding), 6 steps of batch 8."""
+    c = recall.get_config("tiny")
+    c.layout = ("attn",)
+    c.update(dict(steps=6, batch_size=8, log_every=2, eval_every=6, checkpoint_every=2,
+                  eval_size=16, eval_batch_size=16))  # fmt: skip
+    c.update(overrides)
+    return c
+
+
+def read_metrics(workdir):
+    """A run's metrics.jsonl as a list of dicts."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache shared by one test session's modules that use it: identical
+    programs (the same tiny config in several tests, and in CLI subprocesses) compile once;
+    XLA's CPU compile of the fast-weight gradients dominates those tests."""
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)

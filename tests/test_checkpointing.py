@@ -12,39 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import attn_config
 
 import sleep_consolidation as sc
-from experiments.configs import recall
 from sleep_consolidation import checkpointing, run_dir, train
 from sleep_consolidation.tasks import Recall
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _compilation_cache(tmp_path_factory):
-    # Same programs as test_train.py's loop tests: compile once per session.
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
-
-
-def attn_config(**overrides):
-    """Recall tiny with an attention-only model (as in test_train.py)."""
-    c = recall.get_config("tiny")
-    c.layout = ("attn",)
-    c.update(
-        dict(
-            steps=6,
-            batch_size=8,
-            log_every=2,
-            eval_every=6,
-            checkpoint_every=2,
-            eval_size=16,
-            eval_batch_size=16,
-        )  # fmt: skip
-    )
-    c.update(overrides)
-    return c
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def assert_trees_equal(a, b):

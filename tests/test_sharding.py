@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 
+import conftest
 import jax
 import numpy as np
 import pytest
+from conftest import read_metrics
 
-from experiments.configs import recall
 from sleep_consolidation import checkpointing, sharding, train
 from sleep_consolidation.model import init_params
 
@@ -28,13 +29,8 @@ TOL = 1e-5
 
 
 def attn_config(**overrides):
-    """Recall tiny with an attention-only model (as in test_train.py), one log per step."""
-    c = recall.get_config("tiny")
-    c.layout = ("attn",)
-    c.update(dict(steps=4, batch_size=8, log_every=1, eval_every=4, checkpoint_every=2,
-                  eval_size=16, eval_batch_size=16))  # fmt: skip
-    c.update(overrides)
-    return c
+    """conftest's tiny attention-only run, 4 steps with one log per step."""
+    return conftest.attn_config(**{"steps": 4, "log_every": 1, "eval_every": 4, **overrides})
 
 
 def cpu_env(num_devices: int, cache_dir) -> dict[str, str]:
@@ -46,11 +42,6 @@ def cpu_env(num_devices: int, cache_dir) -> dict[str, str]:
     for name in (sharding.ENV_COORDINATOR, sharding.ENV_NUM_PROCESSES, sharding.ENV_PROCESS_ID):
         env.pop(name, None)
     return env
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
-        return [json.loads(line) for line in f]
 
 
 def load_params(workdir):

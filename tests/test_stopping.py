@@ -6,19 +6,12 @@ import json
 import math
 import os
 
-import jax
 import pytest
+from conftest import attn_config, read_metrics
 
 from sleep_consolidation import stopping, train
-from tests.test_train import attn_config, read_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _compilation_cache(tmp_path_factory):
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 # --- the decision on synthetic histories ------------------------------------------------

@@ -11,47 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import attn_config, read_metrics, tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import depo, gsm, recall, rule110
 from sleep_consolidation import checkpointing, train
 from sleep_consolidation.tasks import Recall, make_task
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _compilation_cache(tmp_path_factory):
-    # Identical programs (same tiny config in several tests and in the CLI subprocesses)
-    # compile once per session: XLA's CPU compile of the fast-weight gradients dominates.
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
-
-
-def attn_config(**overrides):
-    """Recall tiny with an attention-only model: the cheapest program that exercises the
-    whole loop (shared by the loop tests here and in test_checkpointing.py)."""
-    c = recall.get_config("tiny")
-    c.layout = ("attn",)
-    c.update(
-        dict(
-            steps=6,
-            batch_size=8,
-            log_every=2,
-            eval_every=6,
-            checkpoint_every=2,
-            eval_size=16,
-            eval_batch_size=16,
-        )  # fmt: skip
-    )
-    c.update(overrides)
-    return c
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
-        return [json.loads(line) for line in f]
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 # ---------------------------------------------------------------------------------------

@@ -39,6 +39,12 @@ def paired_differences(
     return np.asarray(out, np.float64)
 
 
+def _as_differences(d) -> tuple[np.ndarray, float]:
+    """`d` as float64 and its mean (NaN for no differences)."""
+    d = np.asarray(d, np.float64)
+    return d, float(d.mean()) if d.size else math.nan
+
+
 def t_interval(d: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
     """The paired t-interval of the mean of `d`.
 
@@ -48,13 +54,10 @@ def t_interval(d: Sequence[float], level: float = LEVEL) -> tuple[float, float, 
     Returns:
       (mean, lo, hi); lo = hi = NaN with fewer than 2 differences (no spread to judge).
     """
-    d = np.asarray(d, np.float64)
-    n = d.size
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(d.mean())
-    if n < 2:
+    d, mean = _as_differences(d)
+    if d.size < 2:
         return mean, math.nan, math.nan
+    n = d.size
     half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
     return mean, mean - half, mean + half
 
@@ -68,13 +71,10 @@ def bootstrap_interval(
     Returns:
       (mean, lo, hi); lo = hi = NaN with fewer than 2 differences.
     """
-    d = np.asarray(d, np.float64)
-    n = d.size
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(d.mean())
-    if n < 2:
+    d, mean = _as_differences(d)
+    if d.size < 2:
         return mean, math.nan, math.nan
+    n = d.size
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     means = d[idx].mean(axis=1)
     lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
