@@ -18,6 +18,7 @@ The breakdown is `step_profile.profile` (the profiler's op times by library func
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -69,9 +70,8 @@ def _step(config, passes: int, reference: bool):
     spec = train.resolve_config(c)
     tx = train.optimizer_from_config(c)
     positions = None if reference else spec.task.answer_positions
-    if reference:
-        saved, loops.MAX_UNROLL = loops.MAX_UNROLL, 0
-    try:
+    # The reference traces every loop as a lax.scan (no unrolling).
+    with loops.unroll_limit(0) if reference else contextlib.nullcontext():
         step = train.make_train_step(
             tx, window=spec.window, passes=passes, schedule=spec.schedule, remat=c["remat"],
             grad_passes=c["grad_passes"], estimator=c["estimator"], seed=c["seed"],
@@ -79,10 +79,7 @@ def _step(config, passes: int, reference: bool):
         )  # fmt: skip
         state = train.init_train_state(train.init_params(spec.model_config, jax.random.key(0)), tx)
         batch = spec.task.batch(0, 0, c["batch_size"])
-        compiled = step.lower(state, batch).compile()  # compiled under this MAX_UNROLL
-    finally:
-        if reference:
-            loops.MAX_UNROLL = saved
+        compiled = step.lower(state, batch).compile()  # compiled under this unroll limit
     return c, spec, compiled, state, batch
 
 

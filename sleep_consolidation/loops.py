@@ -10,6 +10,8 @@ the train step of recall:capacity by a third (BUILD_NOTES.md, issue 10). Long lo
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
@@ -17,6 +19,22 @@ import jax.numpy as jnp
 # loops multiply (sleep passes x chunks), so this stays small: at 8, the benchmark's train
 # section (d=256, L=256, N up to 8: 8 chunks x 7 passes unrolled) took 791 s, mostly compiling.
 MAX_UNROLL = 4
+
+
+@contextlib.contextmanager
+def unroll_limit(limit: int):
+    """Within the block, `scan` unrolls loops of at most `limit` iterations (0: every loop
+    a `lax.scan`, the reference form), and restores the default after. It acts when a
+    function is traced: a compiled program keeps the limit it was traced under.
+    """
+    global MAX_UNROLL
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+    saved, MAX_UNROLL = MAX_UNROLL, limit
+    try:
+        yield
+    finally:
+        MAX_UNROLL = saved
 
 
 def scan(f, init, xs=None, length: int | None = None, max_unroll: int | None = None):

@@ -54,11 +54,11 @@ _GRID = [
 
 
 @pytest.mark.parametrize("rule, passes", _GRID)
-def test_fast_step_equals_reference(rule, passes, monkeypatch):
+def test_fast_step_equals_reference(rule, passes):
     batch = TASK.batch(0, 0, 8)
     fast = _loss_and_grad(_params(rule, "chunked"), batch, passes, TASK.answer_positions, 4)
-    monkeypatch.setattr(loops, "MAX_UNROLL", 0)  # every loop a lax.scan
-    ref = _loss_and_grad(_params(rule, "scan"), batch, passes, None, 1)
+    with loops.unroll_limit(0):  # every loop a lax.scan
+        ref = _loss_and_grad(_params(rule, "scan"), batch, passes, None, 1)
     np.testing.assert_allclose(fast[0], ref[0], rtol=1e-5)
     assert fast[2] == ref[2]
     for g_fast, g_ref in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(ref[1]), strict=True):
@@ -172,3 +172,16 @@ def test_a_batch_outside_its_answer_positions_is_refused(monkeypatch):
     monkeypatch.setattr(type(task), "answer_positions", property(lambda self: (99,)))
     with pytest.raises(ValueError, match="answer_positions"):
         task.batch(0, 0, 4)
+
+
+def test_unroll_limit_restores_the_default_and_refuses_bad_limits():
+    default = loops.MAX_UNROLL
+    with loops.unroll_limit(0):
+        assert loops.MAX_UNROLL == 0
+    assert loops.MAX_UNROLL == default
+    with pytest.raises(RuntimeError), loops.unroll_limit(1):
+        raise RuntimeError("restored on error too")
+    assert loops.MAX_UNROLL == default
+    with pytest.raises(ValueError, match="limit must be an int >= 0"):
+        with loops.unroll_limit(-1):
+            pass
