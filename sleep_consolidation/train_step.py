@@ -20,7 +20,12 @@ import numpy as np
 import optax
 
 from sleep_consolidation import estimators, sharding
-from sleep_consolidation.config import Schedule, check_grad_passes, check_window_and_passes
+from sleep_consolidation.config import (
+    Schedule,
+    check_grad_passes,
+    check_window_and_passes,
+    resolve_schedule,
+)
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import Params
 from sleep_consolidation.run_config import RunSpec, _check_int
@@ -118,10 +123,7 @@ def make_train_step(
       a pure jitted function. `batch` needs `tokens`, `targets`, `loss_mask` ([B, T]);
       metrics are device scalars `loss`, `grad_norm` (before clipping), `token_acc`.
     """
-    if schedule is None:
-        schedule = Schedule(**schedule_kwargs)
-    elif schedule_kwargs:
-        raise ValueError("pass either schedule= or its fields as keywords, not both")
+    schedule = resolve_schedule(schedule, schedule_kwargs)
     check_window_and_passes(window, passes)
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")

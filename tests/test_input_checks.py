@@ -226,6 +226,9 @@ def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
             params, toks, L, 2, **kw
         ),
         "evaluate": lambda **kw: evaluation.evaluate(params, task, task.eval_batch(0, 2), **kw),
+        "make_train_step": lambda **kw: sc.make_train_step(
+            optax.sgd(0.1), window=L, passes=2, **kw
+        ),
     }
     for call in calls.values():
         with pytest.raises(ValueError, match="not both"):
