@@ -398,6 +398,8 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
 
     cmap, main = runs("capacity_map"), runs("main_converged")
     assert len(cmap) == 60 and len(main) == 10 and set(main) <= set(cmap)
+    low, high = runs("capacity_map_low"), runs("capacity_map_high")
+    assert set(low) | set(high) == set(cmap) and not set(low) & set(high) and set(main) <= set(low)
     points = [dict(r.point) for r in cmap.values()]
     assert {p["task.num_pairs_values"] for p in points} == {(4,), (8,), (16,), (32,)}
     assert all(p["task.window"] == 2 * p["task.num_pairs_values"][0] for p in points)

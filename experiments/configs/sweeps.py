@@ -8,6 +8,7 @@ Variants (each function's docstring says what it asks):
   main              the README's main job: N in {1,2,4} x 2 seeds on recall:capacity.
   capacity_map      issue 13: n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
   main_converged    its load n = d_k = 16 x N in {1,4} x 5 seeds: the main-job candidate.
+  capacity_map_low / capacity_map_high   the map in two parts: n <= 16, and n = 32.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
   eval_n rules reset reinject truncation compute_matched bounds
                     beyond the paper, on recall:capacity, 3 seeds each (share their runs
@@ -113,6 +114,26 @@ def capacity_map():
     return _sweep(
         _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
         est_run_s=200.0,
+    )  # fmt: skip
+
+
+def capacity_map_low():
+    """The capacity map's loads n in {4, 8, 16} x N in {1, 2, 4} x 5 seeds (45 runs, 10 of
+    them main_converged's): the part of the map run first, cheapest loads first."""
+    axes = {**_load_axis(CAPACITY_LOADS[:3]), "passes": [1, 2, 4]}
+    return _sweep(
+        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
+        est_run_s=150.0,
+    )  # fmt: skip
+
+
+def capacity_map_high():
+    """The capacity map's hardest load, n = 32 = 2 d_k (window 64), x N in {1, 2, 4} x 5
+    seeds, in that order (N = 4 here costs ~16 core-minutes a run)."""
+    axes = {**_load_axis(CAPACITY_LOADS[3:]), "passes": [1, 2, 4]}
+    return _sweep(
+        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
+        est_run_s=600.0,
     )  # fmt: skip
 
 
@@ -260,6 +281,8 @@ VARIANTS = {
     "bounds": bounds,
     "capacity_map": capacity_map,
     "main_converged": main_converged,
+    "capacity_map_low": capacity_map_low,
+    "capacity_map_high": capacity_map_high,
 }
 
 
