@@ -18,6 +18,7 @@ command on every host with --coordinator_address=HOST0:PORT --num_processes=P
 
 from __future__ import annotations
 
+import contextlib
 import logging as logging_lib
 import sys
 
@@ -25,7 +26,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sleep_consolidation import sharding, train
+from experiments.sweeping import lock
+from sleep_consolidation import run_dir, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
@@ -80,6 +82,26 @@ class _QuietOrbax(logging_lib.Filter):
         return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
 
 
+@contextlib.contextmanager
+def _one_trainer(workdir: str):
+    """Holds `<workdir>/train.lock` while training (process 0 of a multi-host run): a
+    second launch on a live run, e.g. a sweep worker's orphan, is refused with the pid that
+    trains it; a stale lock (dead pid) is taken over. The lock is the run's first write,
+    so an unwritable workdir fails here with the run's own I/O message."""
+    if jax.process_index() != 0:
+        yield
+        return
+    held = lock.DirLock(workdir, lock.TRAIN_LOCK_FILE, what="training run")
+    try:
+        held.acquire()
+    except OSError as e:
+        raise run_dir.io_error(e, workdir) from e
+    try:
+        yield
+    finally:
+        held.release()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -96,12 +118,13 @@ def main(argv):
         jax.devices(),
     )  # fmt: skip
     try:
-        train.train_and_evaluate(
-            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
-        )
-    # Config errors and conflicts (ValueError), NaN/Inf, and I/O errors (full disk,
-    # unwritable workdir: the message names the path).
-    except (ValueError, train.NonFiniteError, OSError) as e:
+        with _one_trainer(_WORKDIR.value):
+            train.train_and_evaluate(
+                _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
+            )
+    # Config errors and conflicts (ValueError), NaN/Inf, I/O errors (full disk, unwritable
+    # workdir: the message names the path), and a run directory another process trains.
+    except (ValueError, train.NonFiniteError, OSError, lock.LockedError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

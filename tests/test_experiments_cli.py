@@ -43,6 +43,7 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, env):
         "checkpoints/20",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
+    assert not os.path.exists(os.path.join(workdir, "train.lock"))  # released at the end
     assert "tokens/s" in first.stderr and "ETA" in first.stderr  # progress lines
 
     second = run(env, *common, "--config.steps=30")
@@ -87,3 +88,18 @@ def test_cli_unwritable_workdir_fails_naming_the_path(tmp_path, env):
     out = run(env, TINY, f"--workdir={blocker / 'run'}")
     assert out.returncode == 1
     assert f"error: I/O error on {blocker / 'run'}" in out.stderr
+
+
+def test_cli_refuses_a_run_directory_another_live_process_trains(tmp_path, env):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as holder:
+        try:
+            (workdir / "train.lock").write_text(json.dumps({"pid": holder.pid, "since": 0}))
+            out = run(env, TINY, f"--workdir={workdir}", "--config.steps=2")
+        finally:
+            holder.kill()
+    assert out.returncode == 1
+    assert f"another training run (pid {holder.pid}" in out.stderr, out.stderr
+    assert not (workdir / "config.json").exists()  # refused before anything was written
+    # (a stale lock, its pid dead, is taken over: DirLock's own tests in test_sweep.py)

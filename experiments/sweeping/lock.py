@@ -1,4 +1,5 @@
-"""A pid lock file on a directory, so that two sweeps never train the same runs at once."""
+"""A pid lock file on a directory, so that two sweeps never train the same runs at once
+(`sweep.lock`), and two training processes never write one run directory (`train.lock`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import time
 
 LOCK_FILE = "sweep.lock"
+TRAIN_LOCK_FILE = "train.lock"
 
 
 class LockedError(RuntimeError):
@@ -25,14 +27,16 @@ def pid_alive(pid: int) -> bool:
 
 
 class DirLock:
-    """`<directory>/sweep.lock` holding {"pid", "host", "since"} while the sweep runs.
+    """`<directory>/<name>` (default sweep.lock) holding {"pid", "host", "since"} while its
+    holder runs (`what` names the holder in the refusal: "sweep", "training run").
 
     A lock whose pid is dead on this host is stale and taken over. A lock written on
     another host cannot be checked from here, so it is refused with the file to delete.
     """
 
-    def __init__(self, directory: str):
-        self.path = os.path.join(os.fspath(directory), LOCK_FILE)
+    def __init__(self, directory: str, name: str = LOCK_FILE, what: str = "sweep"):
+        self.path = os.path.join(os.fspath(directory), name)
+        self.what = what
         self._held = False
 
     def holder(self) -> dict | None:
@@ -64,7 +68,7 @@ class DirLock:
             if (self.holder() or {}).get("pid") == me["pid"]:
                 self._held = True
                 return
-        raise LockedError(f"could not take the lock {self.path} (another sweep is starting)")
+        raise LockedError(f"could not take the lock {self.path} (another {self.what} is starting)")
 
     def _check_stale(self, holder: dict | None) -> None:
         if holder is None:  # torn or empty: its writer died mid-write (or is writing now)
@@ -73,12 +77,12 @@ class DirLock:
         if host not in (None, socket.gethostname()):
             raise LockedError(
                 f"{self.path} is held by pid {pid} on host {host}, which cannot be checked "
-                "from here; if no sweep runs there, delete the file"
+                f"from here; if no {self.what} runs there, delete the file"
             )
         if pid == os.getpid() or pid_alive(pid):
             since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
             raise LockedError(
-                f"another sweep (pid {pid}, since {since}) is running on this directory "
+                f"another {self.what} (pid {pid}, since {since}) is running on this directory "
                 f"({self.path}); wait for it to finish or stop it"
             )
 
