@@ -24,6 +24,7 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
 
 DATA_AXIS = "data"
 # Read when the matching argument of `maybe_initialize_distributed` is None.
@@ -110,6 +111,12 @@ def maybe_initialize_distributed(
     if coordinator_address is not None and process_id:
         who = f"process {process_id} of {num_processes}"
         _wait_for_coordinator(coordinator_address, timeout_s, who)
+    # Said before the call: if the others never join, JAX ends the process at the timeout.
+    logging.warning(
+        "multi-host initialisation: coordinator %s, process %s of %s; waiting up to %g s "
+        "for every process", coordinator_address or "(auto-detected)", process_id,
+        num_processes, timeout_s,
+    )  # fmt: skip
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
