@@ -17,7 +17,8 @@ def _records():
                 acc = base + gain * (n == 16) + 0.01 * seed + 0.002 * N * seed
                 out.append({"n": n, "N": N, "seed": seed, "dir": "/nonexistent", "acc": acc,
                             "converged": not (n == 16 and N == 4 and seed == 3),
-                            "stopped_at": 3000, "steps_to_90pct": 1000, "wall_s": 10.0})  # fmt: skip
+                            "stopped_at": 3000, "steps_to_90pct": 1000,
+                            "wall_s": 10.0})  # fmt: skip
     return out
 
 
