@@ -42,8 +42,11 @@ _RUNS_DIR = flags.DEFINE_string("runs_dir", None, "directory holding the sweep's
 _OUT = flags.DEFINE_string("out", None, "output directory")
 _REF_DRAWS = flags.DEFINE_integer("ref_draws", 512, "random key sets per no-learning point")
 _REF_SIZE = flags.DEFINE_integer("ref_size", 128, "examples for the trained-key reference")
-_ADAPTIVE_SIZE = flags.DEFINE_integer("adaptive_size", 512, "held-out examples per eval")
+_ADAPTIVE_SIZE = flags.DEFINE_integer("adaptive_size", 256, "held-out examples per eval")
 _ADAPTIVE_LOADS = flags.DEFINE_list("adaptive_loads", ["16", "32"], "loads n to compare on")
+_ADAPTIVE_TRAIN_N = flags.DEFINE_list(
+    "adaptive_train_passes", ["4"], "compare on the models trained at these N (sleep in training)"
+)
 _EPS = flags.DEFINE_list("eps", ["0", "0.001", "0.01", "0.03"], "adaptive thresholds")
 _MAX_PASSES = flags.DEFINE_integer("max_passes", 8, "adaptive N_max (and fixed N up to it)")
 flags.mark_flags_as_required(["runs_dir", "out"])
@@ -428,7 +431,7 @@ def main(_):
     plot(cells, rand_ref, trained_ref, os.path.join(out, "capacity_map.png"))
     adaptive_results = {}
     for r in records:
-        if str(r["n"]) in _ADAPTIVE_LOADS.value:
+        if str(r["n"]) in _ADAPTIVE_LOADS.value and str(r["N"]) in _ADAPTIVE_TRAIN_N.value:
             name = f"n={r['n']},N={r['N']},seed={r['seed']}"
             adaptive_results[name] = adaptive_vs_fixed(
                 r["dir"], [float(e) for e in _EPS.value], _MAX_PASSES.value, _ADAPTIVE_SIZE.value
