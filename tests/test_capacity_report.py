@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments import capacity_map
+from experiments import capacity_report
 from experiments.sweeping import stats
 
 
@@ -23,7 +23,7 @@ def _records():
 
 
 def test_grid_stats_pairs_seeds_against_n1_and_flags_the_cap():
-    cells = capacity_map.grid_stats(_records())
+    cells = capacity_report.grid_stats(_records())
     assert set(cells) == {(4, 1), (4, 4), (16, 1), (16, 4)}
     assert "gain" not in cells[(16, 1)]
     g = cells[(16, 4)]["gain"]
@@ -34,7 +34,7 @@ def test_grid_stats_pairs_seeds_against_n1_and_flags_the_cap():
     assert g["signs"] == [5, 0, 0] and g["unconverged"]
     assert cells[(16, 4)]["unconverged"] == [3]
     assert not cells[(4, 4)]["gain"]["unconverged"]
-    table = capacity_map.tables(cells, {4: dict.fromkeys((1, 2, 4, 8), 0.5),
+    table = capacity_report.tables(cells, {4: dict.fromkeys((1, 2, 4, 8), 0.5),
                                         16: dict.fromkeys((1, 2, 4, 8), 0.2)}, {})  # fmt: skip
     assert f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] 5+/0-†" in table
     assert "† (1/5)" in table
@@ -44,7 +44,7 @@ def test_adaptive_table_matches_fixed_n_at_the_mean_passes():
     fixed = {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8}
     results = {"a": {"fixed": fixed, "adaptive": {0.0: {"acc": 0.7, "mean_N": 2.5}}},
                "b": {"fixed": fixed, "adaptive": {0.0: {"acc": 0.6, "mean_N": 2.0}}}}  # fmt: skip
-    table = capacity_map.adaptive_table(results)
+    table = capacity_report.adaptive_table(results)
     assert "| a | 0.0 | 2.50 | 0.700 | 0.650 | +0.050 |" in table  # 0.65 interpolated
     assert "| b | 0.0 | 2.00 | 0.600 | 0.600 | +0.000 |" in table
     assert "| 0.0 | 2 | +0.025 |" in table

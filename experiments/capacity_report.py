@@ -1,0 +1,270 @@
+"""The capacity map's tables and figure, from run records (no model is run here):
+`experiments/capacity_map.py` computes the references and the adaptive comparison and
+calls these to write them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from experiments.sweeping import stats
+from experiments.sweeping.rundir import RunDir
+
+D_K = 16  # head dimension of recall:capacity (d_model 32, 2 heads)
+REF_PASSES = (1, 2, 4, 8)  # N of the no-learning reference (beyond the trained N too)
+
+
+def collect(runs_dir: str) -> list[dict]:
+    """One record per finished run: load n, window, N, seed, metrics and convergence."""
+    out = []
+    for name in sorted(os.listdir(runs_dir)):
+        run = RunDir(os.path.join(runs_dir, name))
+        cfg, summary = run.config(), run.summary()
+        if not cfg or not summary or summary.get("status") != "completed":
+            continue
+        c = cfg["config"]
+        loads = c["task"]["num_pairs_values"]
+        if len(loads) != 1:
+            continue  # not a one-load capacity-map run
+        out.append(
+            {
+                "dir": run.path,
+                "n": int(loads[0]),
+                "window": int(c["task"]["window"]),
+                "N": int(c["passes"]),
+                "seed": int(c["seed"]),
+                "acc": summary["eval"]["acc"],
+                "converged": summary.get("converged") is True,
+                "stopped_at": summary.get("stopped_at"),
+                "steps_to_90pct": summary.get("steps_to_90pct"),
+                "wall_s": summary.get("wall_s"),
+            }
+        )
+    return out
+
+
+def grid_stats(records: list[dict]) -> dict:
+    """Per (n, N): accuracies by seed, and the paired difference against N = 1."""
+    by = {}
+    for r in records:
+        by.setdefault((r["n"], r["N"]), {})[r["seed"]] = r
+    cells = {}
+    for (n, N), runs in sorted(by.items()):
+        accs = [runs[s]["acc"] for s in sorted(runs)]
+        cell = {
+            "n": n,
+            "N": N,
+            "seeds": sorted(runs),
+            "acc_mean": float(np.mean(accs)),
+            "acc_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else float("nan"),
+            "unconverged": sorted(s for s, r in runs.items() if not r["converged"]),
+            "steps_to_90pct": [runs[s]["steps_to_90pct"] for s in sorted(runs)],
+            "wall_s": float(sum(r["wall_s"] or 0.0 for r in runs.values())),
+        }
+        base = by.get((n, 1), {})
+        paired = [s for s in sorted(runs) if s in base]
+        if N != 1 and len(paired) >= 2:
+            d = [runs[s]["acc"] - base[s]["acc"] for s in paired]
+            ps = stats.paired_summary(d, "t")
+            cell["gain"] = {
+                "seeds": paired,
+                "diffs": d,
+                "mean": ps.mean,
+                "lo": ps.lo,
+                "hi": ps.hi,
+                "signs": [ps.positive, ps.negative, ps.zero],
+                "unconverged": any(not base[s]["converged"] for s in paired)
+                or bool(cell["unconverged"]),
+            }
+        cells[(n, N)] = cell
+    return cells
+
+
+def _fmt_gain(g) -> str:
+    flag = "†" if g["unconverged"] else ""
+    s = g["signs"]
+    return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] {s[0]}+/{s[1]}-{flag}"
+
+
+def tables(cells, rand_ref, trained_ref) -> str:
+    loads = sorted({n for n, _ in cells})
+    passes = sorted({N for _, N in cells})
+    head = "| n (n/d_k) | " + " | ".join(f"N={N}" for N in passes) + " |"
+    rule = "|---|" + "---|" * len(passes)
+    lines = [
+        "## Converged accuracy (mean ± sd over seeds; † = a run hit the step cap)",
+        "",
+        head,
+        rule,
+    ]
+    for n in loads:
+        row = []
+        for N in passes:
+            c = cells.get((n, N))
+            if c is None:
+                row.append("—")
+                continue
+            flag = f"† ({len(c['unconverged'])}/{len(c['seeds'])})" if c["unconverged"] else ""
+            row.append(f"{c['acc_mean']:.3f} ± {c['acc_sd']:.3f} (n={len(c['seeds'])}){flag}")
+        lines.append(f"| {n} ({n / D_K:.2f}) | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## Paired gain over N=1 (mean, 95% paired t-interval, signs +/-)",
+        "",
+        "| n | " + " | ".join(f"N={N}" for N in passes if N != 1) + " |",
+        "|---|" + "---|" * (len(passes) - 1),
+    ]
+    for n in loads:
+        row = [
+            _fmt_gain(cells[(n, N)]["gain"]) if "gain" in cells.get((n, N), {}) else "—"
+            for N in passes
+            if N != 1
+        ]
+        lines.append(f"| {n} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## No-learning reference: N plain delta sweeps (beta = 1), accuracy",
+        "",
+        "| n | keys | " + " | ".join(f"N={N}" for N in REF_PASSES) + " |",
+        "|---|---|" + "---|" * len(REF_PASSES),
+    ]
+    for n in loads:
+        lines.append(
+            f"| {n} | random unit, R^16 | "
+            + " | ".join(f"{rand_ref[n][N]:.3f}" for N in REF_PASSES)
+            + " |"
+        )
+        if n in trained_ref:
+            lines.append(
+                f"| {n} | trained model's own | "
+                + " | ".join(f"{trained_ref[n][N]['acc']:.3f}" for N in REF_PASSES)
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(cells, rand_ref, trained_ref, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = sorted({n for n, _ in cells})
+    passes = sorted({N for _, N in cells})
+    acc = np.full((len(loads), len(passes)), np.nan)
+    gain = np.full_like(acc, np.nan)
+    ref = np.array([[rand_ref[n][N] for N in REF_PASSES] for n in loads])
+    tref = np.array(
+        [[trained_ref.get(n, {}).get(N, {}).get("acc", np.nan) for N in REF_PASSES] for n in loads]
+    )
+    notes_acc, notes_gain = {}, {}
+    for i, n in enumerate(loads):
+        for j, N in enumerate(passes):
+            c = cells.get((n, N))
+            if c is None:
+                continue
+            acc[i, j] = c["acc_mean"]
+            notes_acc[i, j] = f"{c['acc_mean']:.2f}" + ("†" if c["unconverged"] else "")
+            if "gain" in c:
+                g = c["gain"]
+                gain[i, j] = g["mean"]
+                notes_gain[i, j] = f"{g['mean']:+.3f}\n[{g['lo']:+.2f},{g['hi']:+.2f}]"
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    panels = [
+        (acc, notes_acc, "trained: converged accuracy", "viridis", (0, 1)),
+        (
+            gain,
+            notes_gain,
+            "trained: paired gain over N=1 (95% CI)",
+            "RdBu",
+            (
+                -max(0.05, np.nanmax(np.abs(gain), initial=0)),
+                max(0.05, np.nanmax(np.abs(gain), initial=0)),
+            ),
+        ),
+        (
+            ref,
+            {(i, j): f"{ref[i, j]:.2f}" for i in range(len(loads)) for j in range(len(REF_PASSES))},
+            "no learning: random unit keys",
+            "viridis",
+            (0, 1),
+        ),
+        (
+            tref,
+            {
+                (i, j): f"{tref[i, j]:.2f}"
+                for i in range(len(loads))
+                for j in range(len(REF_PASSES))
+                if not np.isnan(tref[i, j])
+            },
+            "no learning: the N=1 models' own keys",
+            "viridis",
+            (0, 1),
+        ),
+    ]
+    for k, (ax, (data, notes, title, cmap, (lo, hi))) in enumerate(zip(axes, panels)):
+        cols = passes if k < 2 else REF_PASSES
+        im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", origin="lower")
+        for (i, j), text in notes.items():
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(cols)), [str(N) for N in cols])
+        ax.set_yticks(range(len(loads)), [f"{n} ({n / D_K:.2g})" for n in loads])
+        ax.set_xlabel("N (passes)")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[0].set_ylabel("pairs n (n / d_k)")
+    fig.suptitle(
+        "recall after eviction: load x N (head dim 16); † = a run hit the step cap", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def adaptive_table(results: dict) -> str:
+    """results: {run name: adaptive_vs_fixed(...)} -> markdown, with the fixed-N accuracy
+    interpolated at each adaptive setting's mean N (matched average passes)."""
+    lines = [
+        "Fixed N (N = 1, 2, ...) accuracy of each model, on the same examples:",
+        "",
+        "| run | fixed N accuracy |",
+        "|---|---|",
+    ]
+    for name, r in sorted(results.items()):
+        lines.append(
+            f"| {name} | " + " ".join(f"{r['fixed'][N]:.3f}" for N in sorted(r["fixed"])) + " |"
+        )
+    lines += [
+        "",
+        "| run | eps | adaptive mean N | adaptive acc | fixed acc at that mean N | diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    diffs = {}
+    for name, r in sorted(results.items()):
+        Ns = sorted(r["fixed"])
+        fixed = [r["fixed"][N] for N in Ns]
+        for eps, a in r["adaptive"].items():
+            matched = float(np.interp(a["mean_N"], Ns, fixed))
+            d = a["acc"] - matched
+            diffs.setdefault(eps, []).append(d)
+            lines.append(
+                f"| {name} | {eps} | {a['mean_N']:.2f} | {a['acc']:.3f} | "
+                f"{matched:.3f} | {d:+.3f} |"
+            )
+    lines += [
+        "",
+        "Adaptive minus fixed at matched mean passes, over runs (95% t-interval):",
+        "",
+        "| eps | runs | mean diff | 95% CI | signs +/-/0 |",
+        "|---|---|---|---|---|",
+    ]
+    for eps, d in diffs.items():
+        if len(d) >= 2:
+            ps = stats.paired_summary(d, "t")
+            lines.append(
+                f"| {eps} | {len(d)} | {ps.mean:+.3f} | [{ps.lo:+.3f}, {ps.hi:+.3f}] | "
+                f"{ps.positive}/{ps.negative}/{ps.zero} |"
+            )
+    return "\n".join(lines) + "\n"
