@@ -41,7 +41,9 @@ ESTIMATOR_FIELDS = ("estimator", "es_pairs", "es_sigma", "es_scope")
 CONFIG_FIELDS_EXTRA = ("rule_module",)
 # The stopping rule (stopping.py); stop_patience=None (the default) turns it off, so a
 # run trains to `steps`. None in the others means: eval/acc, δ = 0, no least step.
-STOP_FIELDS = ("stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps")
+STOP_FIELDS = (
+    "stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps", "stop_min_value"
+)  # fmt: skip
 LOOP_FIELDS = (
     "window", "passes", "grad_passes", "remat", "batch_size", "steps", "seed", "log_every",
     "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
@@ -180,6 +182,8 @@ def _check_estimator(c):
 def _check_stop(c, task):
     _check_optional_int("stop_patience", c["stop_patience"], 1)
     _check_optional_int("stop_min_steps", c["stop_min_steps"], 0)
+    if c.get("stop_min_value") is not None:
+        _check_float("stop_min_value", c["stop_min_value"], -math.inf)
     if c["stop_min_delta"] is not None:
         _check_float("stop_min_delta", c["stop_min_delta"], 0.0)
     if c["stop_metric"] is not None:

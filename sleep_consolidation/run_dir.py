@@ -106,7 +106,7 @@ RESUME_FREE_FIELDS = frozenset({
     "steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "eval_passes", "eval_batch_size", "data_parallel", "microbatches",
     # The stopping rule, like `steps`, only decides when the run ends.
-    "stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps",
+    "stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps", "stop_min_value",
 })  # fmt: skip
 
 

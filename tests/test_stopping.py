@@ -50,6 +50,22 @@ def test_min_steps_guards_the_early_plateau():
     assert got == stopping.StopRule("eval/acc", 3, 0.0, 0)
 
 
+def test_min_value_keeps_a_run_on_the_plateau_training():
+    # The measured case (BUILD_NOTES.md stop 15): flat near 0.09 past min_steps is the
+    # plateau before learning, not convergence; once the floor is reached the rule applies.
+    rule = stopping.StopRule(patience=2, min_delta=0.005, min_steps=200, min_value=0.5)
+    stuck = [(100, 0.085), (200, 0.086), (300, 0.086), (400, 0.088)]
+    assert not rule.decide(stuck)
+    assert stopping.StopRule(patience=2, min_delta=0.005, min_steps=200).decide(stuck)
+    learned = [*stuck, (500, 0.9), (600, 0.901), (700, 0.902)]
+    assert rule.decide(learned)
+    loss_rule = stopping.StopRule("eval/loss", patience=2, min_steps=0, min_value=1.0)
+    assert not loss_rule.decide([(1, 3.0), (2, 3.0), (3, 3.0)])  # "min": must reach <= 1
+    assert loss_rule.decide([(1, 3.0), (2, 0.9), (3, 0.9), (4, 0.9)])
+    got = stopping.StopRule.from_config({"stop_patience": 2, "stop_min_value": 0.5})
+    assert got.min_value == 0.5
+
+
 def test_steps_to_fraction_and_history():
     lines = [
         {"step": 50, "loss": 3.0},
@@ -78,6 +94,7 @@ def test_steps_to_fraction_and_history():
         ({"stop_metric": "eval/acc/d=99"}, "stop_metric"),
         ({"stop_metric": "eval_N4/acc"}, "stop_metric"),  # 4 is not in eval_passes
         ({"stop_metric": "acc"}, "stop_metric"),
+        ({"stop_min_value": float("nan")}, "stop_min_value"),
     ],
 )
 def test_bad_stop_fields_are_refused(override, message):

@@ -219,13 +219,14 @@ def test_progress_display_on_a_non_terminal_stream(tmp_path):
 # --- sweeps through submitit, with a stand-in trainer ---------------------------------
 
 
-def _base(tmp_path, steps=10):
+def _base(tmp_path, steps=10, **more):
     path = tmp_path / "base.py"
+    fields = {"steps": steps, "passes": 1, "seed": 0, "log_every": 5, **more}
     path.write_text(
         textwrap.dedent(f"""
         from ml_collections import ConfigDict
         def get_config(arg=None):
-            return ConfigDict({{"steps": {steps}, "passes": 1, "seed": 0, "log_every": 5}})
+            return ConfigDict({fields!r})
     """)
     )
     return grid.Sweep(config=str(path), axes={"passes": [1, 2]}, seeds=(0,), parallel=2)
@@ -293,6 +294,15 @@ def test_changed_config_is_refused_or_rerun_under_a_new_name(tmp_path):
     # The renamed runs are now the ones this config reuses.
     plan = runner.plan(changed, runs_dir, "rerun")
     assert [p.status for p in plan] == [runner.FINISHED] * 2
+    # "continue": a change that only decides when the run ends (here steps) resumes the
+    # original runs; a change of what is computed stays refused.
+    plan = runner.plan(changed, runs_dir, "continue")
+    assert [p.status for p in plan] == [runner.RESUME] * 2
+    assert [os.path.basename(p.run_dir) for p in plan] == ["base,seed=0", "passes=2,seed=0"]
+    assert all("steps: 10 -> 20" in p.changed for p in plan)
+    computed = _base(tmp_path, steps=10, batch_size=4)
+    with pytest.raises(runner.ConfigChangedError, match=r"batch_size"):
+        runner.check_no_changes(runner.plan(computed, runs_dir, "continue"))
 
 
 def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):

@@ -95,6 +95,9 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.stop_min_delta = config_dict.placeholder(float)
     c.stop_metric = config_dict.placeholder(str)
     c.stop_min_steps = config_dict.placeholder(int)
+    # ... and only once the metric's best has reached stop_min_value (None: no floor), so a
+    # run still on the loss plateau trains on to the cap instead of "converging" there.
+    c.stop_min_value = config_dict.placeholder(float)
 
     # Scale-out (README, "Launching on several GPUs"): False/1 = one device; True = over every
     # device (of every process); n = over the first n. batch_size must divide evenly.

@@ -19,8 +19,9 @@ DRY_RUN = flags.DEFINE_bool(
 )
 ON_CONFIG_CHANGE = flags.DEFINE_enum(
     "on_config_change", "refuse", runner.ON_CONFIG_CHANGE,
-    "A run directory that recorded another config than the sweep launches now: refuse, or "
-    "rerun it under <name>,cfg=<hash>.",
+    "A run directory that recorded another config than the sweep launches now: refuse, "
+    "rerun it under <name>,cfg=<hash>, or continue it from its checkpoint when the changes "
+    "only decide when it ends (steps, the stopping rule, cadences; recorded in the run).",
 )  # fmt: skip
 PLAIN_EVERY = flags.DEFINE_float(
     "progress_every", 30.0, "Seconds between progress lines when stdout is not a terminal."

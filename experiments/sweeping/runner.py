@@ -23,11 +23,12 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
+from sleep_consolidation.run_dir import RESUME_FREE_FIELDS
 
 RESULTS_FILE = "results.jsonl"
 SUBMITIT_DIR = "submitit"
 COMMAND_FILE = "command.sh"
-ON_CONFIG_CHANGE = ("refuse", "rerun")
+ON_CONFIG_CHANGE = ("refuse", "rerun", "continue")
 NEW, RESUME, FINISHED, CHANGED = "new", "resume", "finished", "config changed"
 
 
@@ -69,8 +70,17 @@ def config_diff(recorded: Any, launched: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _status(run_dir: str, config: dict) -> tuple[str, list[str]]:
-    rd = RunDir(run_dir)
+def _only_when_it_ends(recorded: dict, config: dict) -> bool:
+    """Whether every field that differs only decides when the run ends (`steps`, the
+    stopping rule, cadences: `RESUME_FREE_FIELDS`, steps not under a cosine
+    schedule), so the run continues from its checkpoint as the training CLI allows."""
+    fields = {k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k)}
+    cosine = "cosine" in (recorded.get("lr_schedule"), config.get("lr_schedule"))
+    return all(f in RESUME_FREE_FIELDS and not (f == "steps" and cosine) for f in fields)
+
+
+def _status(path: str, config: dict) -> tuple[str, list[str]]:
+    rd = RunDir(path)
     recorded = rd.config()
     if recorded is None:
         return NEW, []
@@ -84,7 +94,11 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
     """Every run of `sweep` with its directory, launch flags, config and status.
 
     With on_config_change="rerun", a CHANGED run moves to `<name>,cfg=<hash of config>`
-    (itself NEW, RESUME or FINISHED); with "refuse" it stays CHANGED.
+    (itself NEW, RESUME or FINISHED); with "continue", a CHANGED run whose changes only
+    decide when it ends (a longer cap, a changed stopping rule: `_only_when_it_ends`) is
+    resumed under the new values, which `experiments.train` records in its config.json
+    (`config_changes`), and any other CHANGED run stays CHANGED; with "refuse" it stays
+    CHANGED.
     """
     if on_config_change not in ON_CONFIG_CHANGE:
         raise ValueError(f"on_config_change must be one of {ON_CONFIG_CHANGE}")
@@ -94,6 +108,12 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
         config = _jsonable(grid.load_config_file(sweep.config, sweep.config_arg, flags).to_dict())
         run_dir = os.path.join(runs_dir, run.name)
         status, diff = _status(run_dir, config)
+        if (
+            status == CHANGED
+            and on_config_change == "continue"
+            and _only_when_it_ends(RunDir(run_dir).config().get("config") or {}, config)
+        ):
+            status = RESUME
         if status == CHANGED and on_config_change == "rerun":
             digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
             run_dir = f"{run_dir},cfg={digest}"
