@@ -21,7 +21,7 @@ import json
 import os
 
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 
 import sleep_consolidation as sc
 from experiments import plots
@@ -59,10 +59,15 @@ def analyze_run(run_dir: str, eval_passes: list[int], size: int, diag_size: int,
     recall = diagnostics.recall_of_evicted_window(
         params, tokens[:, :full], spec.window, max(trained_n, 4), schedule=spec.schedule
     )
-    name = os.path.basename(os.path.normpath(run_dir))
+    # A short label (sweep run names spell out every changed field): the task's depth knob,
+    # the trained N and the seed.
+    knob = getattr(task, "depth_knob", None)
+    depth = "" if knob is None else f"{knob}={'-'.join(map(str, getattr(task, knob)))},"
+    name = f"{task.name},{depth}N={trained_n},seed={seed}"
     plots.plot_consolidation(recall, os.path.join(out, f"{name}_consolidation.png"))
     return {
         "run": name,
+        "run_dir": run_dir,
         "trained_n": trained_n,
         "eval_by_n": by_n,
         "conditions": conditions,
@@ -110,6 +115,7 @@ def _table(results: list[dict], depths_key: str = "acc") -> str:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     run_dirs = sorted({d for g in _RUNS.value for d in glob.glob(g) if os.path.isdir(d)})
     if not run_dirs:
         raise SystemExit(f"no run directories match {_RUNS.value!r}")
