@@ -36,6 +36,7 @@ def _perfect(params, state):
     return state.replace(fast=(S,))
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_it_stops_at_once_on_a_window_it_already_recalls_perfectly():
     params, state = _woken()
     perfect = _perfect(params, state)

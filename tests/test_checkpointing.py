@@ -32,6 +32,7 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     config = attn_config(steps=20, checkpoint_every=5, log_every=1, eval_every=10,
                          lr_schedule="cosine", warmup_steps=3)  # fmt: skip

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import sleep_consolidation as sc
 from sleep_consolidation.tasks import make_task
@@ -18,6 +19,7 @@ if ROOT not in sys.path:  # examples/ is not an installed package
 import examples.custom_rule  # noqa: E402, F401  (registers "oja")
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_custom_rule_trains_through_sleep():
     assert "oja" in sc.available_rules()
     task = make_task(

@@ -12,6 +12,7 @@ import sleep_consolidation as sc
 L = 4
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_design_contract_snippet_runs_as_written():
     B, L_, N = 2, 4, 3
     cfg = sc.ModelConfig(
@@ -38,6 +39,7 @@ def test_design_contract_snippet_runs_as_written():
     assert state.pos.shape == () and sc.window_full(state).shape == ()
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_one_pass_is_the_vanilla_hybrid(tokens):
     """N=1 = one pass per window with fast weights carried: no sleep_step is ever called."""
     params = sc.init_params(tiny_config(), jax.random.key(0))
@@ -112,6 +114,7 @@ def test_gradients_flow_through_sleep(tokens):
     assert max(diffs) > 1e-6
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_truncated_gradients_differ_and_stay_finite(tokens):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     full = jax.grad(_last_window_loss)(params, tokens, 4)

@@ -33,6 +33,7 @@ def test_stream_matches_the_reference_loop(eviction):
     assert int(got_state.pos) == int(want_state.pos) == 2
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_stream_chunked_rule():
     params = init(tiny_config("delta", impl="chunked", chunk_size=2), 2)
     toks = random_tokens(3, 1, 9)

@@ -64,7 +64,7 @@ def test_every_rule_and_pass_count(rule, passes):
 @pytest.mark.parametrize(
     "window,eviction,reset",
     [
-        (3, "hard", True),
+        pytest.param(3, "hard", True, marks=pytest.mark.slow),
         pytest.param(5, "hard", False, marks=pytest.mark.slow),
         pytest.param(3, "sliding", False, marks=pytest.mark.slow),
         (5, "sliding", True),
@@ -92,7 +92,11 @@ def test_reinjection_and_looped_subsets(schedule):
 
 @pytest.mark.parametrize(
     "layout",
-    [("attn", "attn"), ("ssm",), pytest.param(("ssm", "attn", "ssm"), marks=pytest.mark.slow)],
+    [
+        pytest.param(("attn", "attn"), marks=pytest.mark.slow),
+        ("ssm",),
+        pytest.param(("ssm", "attn", "ssm"), marks=pytest.mark.slow),
+    ],
 )
 def test_other_layouts(layout):
     params = sc.init_params(tiny_config(layout=layout), jax.random.key(0))

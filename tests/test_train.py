@@ -249,6 +249,7 @@ def test_loss_falls_on_tiny_task(tmp_path, get_config):
     _loss_falls(get_config, tmp_path)
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_eval_passes_logs_other_n(tmp_path):
     # The tiny recall program of test_loss_falls_on_tiny_recall (attn + GDN, trained at
     # N=2), so only the N=1 and N=3 evals compile anew; with a GDN block N matters.
