@@ -71,6 +71,25 @@ def io_error(e: OSError, workdir: str) -> RunIOError:
     return err
 
 
+def close_all(closers, workdir: str, failure: BaseException | None) -> None:
+    """Calls every `(what, fn)` of `closers` in order, whatever the others did. An error
+    is raised (an OSError as `io_error`) only if the run had none (`failure` None) and it
+    is the first; every other is logged, so a second error never hides the first."""
+    first: Exception | None = None
+    for what, fn in closers:
+        try:
+            fn()
+        except Exception as e:
+            if failure is None and first is None:
+                first = e
+            else:
+                logging.error("could not also %s %s: %s: %s", what, workdir, type(e).__name__, e)
+    if isinstance(first, OSError):
+        raise io_error(first, workdir) from first
+    if first is not None:
+        raise first
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x))
 

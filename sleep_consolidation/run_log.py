@@ -178,6 +178,12 @@ class Throughput:
         """Seconds to train `steps_left` more steps at the rate measured so far."""
         return self.train_s / max(self.timed_steps, 1) * steps_left
 
+    def eta_text(self, steps_left: int) -> str:
+        """`eta` as "1h02m" or "3m05s"."""
+        m, s = divmod(int(self.eta(steps_left)), 60)
+        h, m = divmod(m, 60)
+        return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
     def tokens_per_s(self) -> float | None:
         """Tokens per second over every timed lap (None before the first)."""
         return self.timed_steps * self.tokens_per_step / self.train_s if self.train_s else None

@@ -160,6 +160,15 @@ def steps_to_fraction(
     return int(history[-1][0])
 
 
+def summary_fields(history, reason: str, metric: str, step: int) -> dict:
+    """The convergence fields of a run's summary.json: `stopped_at`, `stop_reason`,
+    `converged`, `stop_metric` and `steps_to_90pct` (`steps_to_fraction` of `history`)."""
+    return dict(
+        stopped_at=step, stop_reason=reason, converged=reason == CONVERGED, stop_metric=metric,
+        steps_to_90pct=steps_to_fraction(history, FRACTION, metric_mode(metric)),
+    )  # fmt: skip
+
+
 __all__ = [
     "CONVERGED",
     "DEFAULT_METRIC",
@@ -171,4 +180,5 @@ __all__ = [
     "metric_mode",
     "plateaued",
     "steps_to_fraction",
+    "summary_fields",
 ]

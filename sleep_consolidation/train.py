@@ -62,6 +62,7 @@ from sleep_consolidation.run_dir import (
     ConfigConflictError,
     RunIOError,
     check_workdir,
+    close_all,
     io_error,
     read_jsonl,
     run_record,
@@ -88,12 +89,6 @@ __all__ = [
     "optimizer_labels", "resolve_config", "run_record", "theta_record", "train_and_evaluate",
     "train_step_from_config",
 ]  # fmt: skip
-
-
-def _eta(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 class Trainer:
@@ -184,7 +179,7 @@ class Trainer:
         logging.info(
             "step %d/%d  loss %.4f  grad_norm %.3g  tokens/s %s  ETA %s",
             step, steps, line["loss"], line["grad_norm"],
-            "-" if rate is None else f"{rate:.0f}", _eta(clock.eta(steps - step)),
+            "-" if rate is None else f"{rate:.0f}", clock.eta_text(steps - step),
         )  # fmt: skip
         return line
 
@@ -272,13 +267,8 @@ class Trainer:
             ckpt.wait()  # an asynchronous save that failed raises here, before "completed"
             step = int(jax.device_get(state.step))
             reason = summary.setdefault("stop_reason", stopping.STEP_CAP)
-            summary.update(
-                status="completed", step=step, stopped_at=step,
-                converged=reason == stopping.CONVERGED, stop_metric=self.stop_metric,
-                steps_to_90pct=stopping.steps_to_fraction(
-                    self.history, stopping.FRACTION, stopping.metric_mode(self.stop_metric)
-                ),
-            )  # fmt: skip
+            summary.update(status="completed", step=step)
+            summary.update(stopping.summary_fields(self.history, reason, self.stop_metric, step))
         except NonFiniteError as e:
             failure = e
             summary.update(status="failed", error=str(e), failed_step=e.step)
@@ -308,26 +298,13 @@ class Trainer:
 
     def _finish(self, ckpt, summary: dict[str, Any], failure: BaseException | None) -> None:
         """Writes summary.json, then closes the logs and the checkpointer (which waits for
-        a save in flight), each tried whatever the others did. An error here is raised
-        only if the run had none; after a first error it is logged, so it cannot hide it."""
-        first: Exception | None = None
-        for what, fn in [
+        a save in flight), each tried whatever the others did (`run_dir.close_all`)."""
+        closers = [
             ("write the summary of", functools.partial(self._write_summary, summary)),
             ("close the logs of", self.log.close),
             ("close the checkpoints of", ckpt.close),
-        ]:
-            try:
-                fn()
-            except Exception as e:
-                if failure is None and first is None:
-                    first = e
-                else:
-                    logging.error("could not also %s %s: %s: %s", what, self.workdir,
-                                  type(e).__name__, e)  # fmt: skip
-        if isinstance(first, OSError):
-            raise io_error(first, self.workdir) from first
-        if first is not None:
-            raise first
+        ]
+        close_all(closers, self.workdir, failure)
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         if self.main:
@@ -339,22 +316,14 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains and evaluates one config, resuming from `workdir` if it holds a checkpoint.
 
-    Writes `config.json`, `metrics.jsonl` (one object per logged step: `step`, `loss`
-    (mean since the last line), `grad_norm`, `token_acc`, `lr`, `tokens_per_s`,
-    `elapsed_s`, and `eval/...` per depth at eval steps, plus `eval_N{M}/...` for each M
-    in `eval_passes`), checkpoints and `summary.json` (its `eval` dict: the last eval, keys
-    without the `eval/` prefix, `N{M}/...` for eval_passes; `stopped_at`, `stop_reason`
-    ("converged": the stopping rule fired, `stopping.py`; "step_cap": `steps` reached),
-    `converged` and `steps_to_90pct`, the first eval step at which `stop_metric` reached
-    90% of its final value). With rule="parametric" it
-    also writes `theta.jsonl` (`theta_record`: every ssm layer's coefficients and nearest
-    built-in rule) at step 0 and at every eval step. The numbers of every metrics line also
-    go to TensorBoard event files in `workdir` (`run_log.py`).
-
-    `config.data_parallel` (True: all devices; n: the first n) trains data-parallel over a
-    mesh (`sharding.py`). In a multi-process run (`sharding.maybe_initialize_distributed`)
-    every process calls this; only process 0 writes config, metrics and summary (Orbax
-    coordinates the checkpoint across processes).
+    Writes `config.json` (`run_dir.run_record`), `metrics.jsonl` (a line per logged step:
+    `step`, `loss` (mean since the last line), `grad_norm`, `token_acc`, `lr`,
+    `tokens_per_s`, `elapsed_s`; `eval/...` per depth at eval steps, `eval_N{M}/...` for
+    M in `eval_passes`), the same numbers as TensorBoard events, checkpoints, `theta.jsonl`
+    with rule="parametric" (`theta_record`, at step 0 and every eval), and `summary.json`
+    (`eval`: the last eval without the `eval/` prefix; the convergence fields of
+    `stopping.summary_fields`). With `config.data_parallel` it trains over a data mesh
+    (`sharding.py`); in a multi-process run every process calls this and process 0 writes.
 
     Args:
       config: the run config (a ConfigDict or a mapping with every field of CONFIG_FIELDS).
