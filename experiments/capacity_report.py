@@ -88,7 +88,7 @@ def _fmt_gain(g) -> str:
     return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] {s[0]}+/{s[1]}-{flag}"
 
 
-def tables(cells, rand_ref, trained_ref) -> str:
+def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
     loads = sorted({n for n, _ in cells})
     passes = sorted({N for _, N in cells})
     head = "| n (n/d_k) | " + " | ".join(f"N={N}" for N in passes) + " |"
@@ -136,9 +136,15 @@ def tables(cells, rand_ref, trained_ref) -> str:
             + " | ".join(f"{rand_ref[n][N]:.3f}" for N in REF_PASSES)
             + " |"
         )
+        if rand_ref_2h is not None:
+            lines.append(
+                f"| {n} | random unit, R^32 (2 heads as one) | "
+                + " | ".join(f"{rand_ref_2h[n][N]:.3f}" for N in REF_PASSES)
+                + " |"
+            )
         if n in trained_ref:
             lines.append(
-                f"| {n} | trained model's own | "
+                f"| {n} | trained N=1 models' own (per head) | "
                 + " | ".join(f"{trained_ref[n][N]['acc']:.3f}" for N in REF_PASSES)
                 + " |"
             )
