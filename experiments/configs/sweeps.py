@@ -80,10 +80,11 @@ def main():
 # than 0.005 over the last 4 evals, never below eval/acc 0.5 and never before step 2000
 # (at n = 32 a run sits on a loss plateau near chance for ~1500 steps before it learns,
 # and a flat stretch there is not convergence), capped at 6000 steps (a run that hits the
-# cap is flagged unconverged in the report). One load per model. The window is 2n, so the pairs fill the first window
-# exactly and a step costs in proportion to the load (T = 4n): the fast weights see the same
-# n pairs whatever the padding, and a fixed window 64 made the map cost ~20 h on 2 cores.
-# Runs are named by what they change, so the sweeps share their runs through --runs_dir.
+# cap is flagged unconverged in the report). One load per model. The window is 2n, so the
+# pairs fill the first window exactly and a step costs in proportion to the load (T = 4n):
+# the fast weights see the same n pairs whatever the padding, and a fixed window 64 made
+# the map cost ~20 h on 2 cores. Runs are named by what they change, so the sweeps share
+# their runs through --runs_dir.
 
 CAPACITY_LOADS = (4, 8, 16, 32)  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
 _CONVERGED = {
