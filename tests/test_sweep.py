@@ -54,14 +54,14 @@ def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
         grid.check_fields(base, runs)
         return {r.point_name + f",{r.seed}": r for r in grid.store_as_changes(runs, base, fixed)}
 
-    main, reset = stored("main"), stored("reset")
+    main, reset = stored("main_2000"), stored("reset")
     assert main["passes=1,0"].name == "base,seed=0"
     assert reset["passes=1,reset_between_passes=False,0"].name == main["passes=1,0"].name
     assert reset["passes=2,reset_between_passes=False,1"].name == main["passes=2,1"].name
     assert reset["passes=2,reset_between_passes=True,1"].name == (
         "passes=2,reset_between_passes=True,seed=1"
     )
-    changed = stored("main", fixed={"steps": 7})
+    changed = stored("main_2000", fixed={"steps": 7})
     assert changed["passes=1,0"].name == "steps=7,seed=0"
     flags = grid.override_flags(grid.launch_overrides(changed["passes=2,0"]))
     assert flags == ["--config.passes=2", "--config.steps=7", "--config.seed=0"]
@@ -410,6 +410,9 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     assert len(cmap) == 60 and len(main) == 10 and set(main) <= set(cmap)
     low, high = runs("capacity_map_low"), runs("capacity_map_high")
     assert set(low) | set(high) == set(cmap) and not set(low) & set(high) and set(main) <= set(low)
+    new_main = runs("main")  # the README's main job: the map's n = 8 slice at N in {1, 4}
+    assert len(new_main) == 10 and set(new_main) <= set(low)
+    assert {dict(r.point)["task.num_pairs_values"] for r in new_main.values()} == {(8,)}
     points = [dict(r.point) for r in cmap.values()]
     assert {p["task.num_pairs_values"] for p in points} == {(4,), (8,), (16,), (32,)}
     assert all(p["task.window"] == 2 * p["task.num_pairs_values"][0] for p in points)

@@ -13,7 +13,8 @@ Run-book:
   vs chance 0.125):
   python -m experiments.train --config=experiments/configs/recall.py:tiny --workdir=/tmp/recall
 
-  Capacity (the README's main job, swept over N by experiments/configs/sweeps.py:main):
+  Capacity (the README main job until stop 15, swept over N by sweeps.py:main_2000;
+  the main job now trains its n = 8 slice to convergence, sweeps.py:main):
   n in {4, 8, 16} pairs against a fast-weight head dimension of 16 (d=32, 2 heads,
   attn+ssm, delta rule, MLP ratio 4), window 32 (T=64), batch 64, 2000 AdamW steps at a
   constant 3e-3 without clipping, embedding re-injected into every sleep pass (without it
@@ -22,7 +23,7 @@ Run-book:
   to 5 min (N=4) on one core of a 2-core CPU.
   python -m experiments.train --config=experiments/configs/recall.py:capacity --workdir=/tmp/cap
   The sweep over N (add --dry_run to list its 6 runs and the estimated time):
-  python -m experiments.sweep --sweep=experiments/configs/sweeps.py:main --workdir=runs/main
+  python -m experiments.sweep --sweep=experiments/configs/sweeps.py:main_2000 --workdir=runs/main
 """
 
 from experiments.configs import common
