@@ -65,6 +65,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
 
 # Orbax's failed read of the corrupt step leaves an asyncio callback that fires after its
 # event loop closed; harmless.
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_resume_falls_back_past_a_corrupt_latest_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")

@@ -114,6 +114,7 @@ def test_loops_scan_matches_lax_scan(n):
     assert float(carry) == 3.0 and ys is None
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_forward_positions_equal_the_full_logits():
     params = _params("gated_delta", "chunked")
     tokens = jnp.asarray(TASK.batch(0, 0, 2).tokens)

@@ -55,6 +55,7 @@ def test_one_pass_is_the_vanilla_hybrid(tokens):
     )
 
 
+@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
 def test_sleep_changes_logits_only_after_the_first_window(tokens):
     params = sc.init_params(tiny_config(), jax.random.key(0))
     one = sc.forward(params, tokens, window=L, passes=1)

@@ -67,7 +67,7 @@ def test_every_rule_and_pass_count(rule, passes):
         pytest.param(3, "hard", True, marks=pytest.mark.slow),
         pytest.param(5, "hard", False, marks=pytest.mark.slow),
         pytest.param(3, "sliding", False, marks=pytest.mark.slow),
-        (5, "sliding", True),
+        pytest.param(5, "sliding", True, marks=pytest.mark.slow),
     ],
 )
 def test_schedules(window, eviction, reset):
@@ -94,7 +94,7 @@ def test_reinjection_and_looped_subsets(schedule):
     "layout",
     [
         pytest.param(("attn", "attn"), marks=pytest.mark.slow),
-        ("ssm",),
+        pytest.param(("ssm",), marks=pytest.mark.slow),
         pytest.param(("ssm", "attn", "ssm"), marks=pytest.mark.slow),
     ],
 )
