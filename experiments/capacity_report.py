@@ -176,7 +176,8 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
             if "gain" in c:
                 g = c["gain"]
                 gain[i, j] = g["mean"]
-                notes_gain[i, j] = f"{g['mean']:+.3f}\n[{g['lo']:+.2f},{g['hi']:+.2f}]"
+                flag = "†" if g["unconverged"] else ""
+                notes_gain[i, j] = f"{g['mean']:+.3f}{flag}\n[{g['lo']:+.3f},{g['hi']:+.3f}]"
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     panels = [
         (acc, notes_acc, "trained: converged accuracy", "viridis", (0, 1)),
