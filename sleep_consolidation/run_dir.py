@@ -146,6 +146,14 @@ def _structural(field: str) -> bool:
     return field.startswith(("model.", "task.")) or field == "optimizer"
 
 
+def only_when_it_ends(saved: dict[str, Any], requested: dict[str, Any]) -> bool:
+    """Whether every field that differs between two run configs only decides when the run
+    ends (`RESUME_FREE_FIELDS`; `steps` not under a cosine schedule): such a change
+    continues a run (`check_workdir`; a sweep's `--on_config_change=continue`)."""
+    fields = {k for k in set(saved) | set(requested) if saved.get(k) != requested.get(k)}
+    return not any(_guarded(f, saved, requested) for f in fields)
+
+
 def _guarded(field: str, saved: dict[str, Any], requested: dict[str, Any]) -> bool:
     if field == "steps":
         return "cosine" in (saved.get("lr_schedule"), requested.get("lr_schedule"))

@@ -109,6 +109,15 @@ def _load_axis(loads):
     return {"task.num_pairs_values+task.window": [((n,), 2 * n) for n in loads]}
 
 
+def _converged(loads, passes, est_run_s):
+    """recall:capacity at these loads (window 2n) x N, seeds 0-4, under the stopping rule."""
+    axes = {**_load_axis(loads), "passes": list(passes)}
+    return _sweep(
+        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
+        est_run_s=est_run_s,
+    )  # fmt: skip
+
+
 def capacity_map():
     """The capacity map: recall after eviction at n in {4, 8, 16, 32} pairs (head dimension
     16, window 2n) x N in {1, 2, 4}, 5 paired seeds, each run to convergence. 60 runs,
@@ -117,11 +126,7 @@ def capacity_map():
     Report: converged accuracy and paired gain over N=1 per (n, N), with 95% intervals; set
     beside `sleep_consolidation.capacity` (the no-learning delta rule).
     """
-    axes = {**_load_axis(CAPACITY_LOADS), "passes": [1, 2, 4]}
-    return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=200.0,
-    )  # fmt: skip
+    return _converged(CAPACITY_LOADS, [1, 2, 4], est_run_s=200.0)
 
 
 def main():
@@ -131,41 +136,25 @@ def main():
     slice whose runs fit 15 min on 2 cores (n = 16 takes ~30 min: main_converged). Prints
     the table with 95% paired intervals and a one-line verdict.
     """
-    axes = {**_load_axis([8]), "passes": [1, 4]}
-    return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=150.0,
-    )  # fmt: skip
+    return _converged([8], [1, 4], est_run_s=150.0)
 
 
 def capacity_map_low():
     """The capacity map's loads n in {4, 8, 16} x N in {1, 2, 4} x 5 seeds (45 runs, 10 of
     them main_converged's): the part of the map run first, cheapest loads first."""
-    axes = {**_load_axis(CAPACITY_LOADS[:3]), "passes": [1, 2, 4]}
-    return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=150.0,
-    )  # fmt: skip
+    return _converged(CAPACITY_LOADS[:3], [1, 2, 4], est_run_s=150.0)
 
 
 def capacity_map_high():
     """The capacity map's hardest load, n = 32 = 2 d_k (window 64), x N in {1, 2, 4} x 5
     seeds, in that order (N = 4 here costs ~16 core-minutes a run)."""
-    axes = {**_load_axis(CAPACITY_LOADS[3:]), "passes": [1, 2, 4]}
-    return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=600.0,
-    )  # fmt: skip
+    return _converged(CAPACITY_LOADS[3:], [1, 2, 4], est_run_s=600.0)
 
 
 def main_converged():
     """The main-job candidate: the capacity map's load at the head dimension (n = 16 = d_k)
     x N in {1, 4} x 5 paired seeds, to convergence (its runs are capacity_map's). 10 runs."""
-    axes = {**_load_axis([16]), "passes": [1, 4]}
-    return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
-        est_run_s=170.0,
-    )  # fmt: skip
+    return _converged([16], [1, 4], est_run_s=170.0)
 
 
 def converged_pilot():

@@ -176,14 +176,14 @@ def verdict_lines(
     pairs converged (an unconverged pair makes the verdict provisional)."""
     baseline = {"passes": 1} if baseline is None else dict(baseline)
     base_desc = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    done = [r for r in records if r["status"] == "completed"]
+    by_key = {(grid.point_key(r["overrides"]), r["seed"]): r for r in done}
     lines = []
     for name, (seeds, d, flag) in paired_diffs(records, metric, baseline).items():
         if len(seeds) < 2:
             continue
         ps = stats.paired_summary(d, interval)
         word = "helps" if ps.lo > 0 else "hurts" if ps.hi < 0 else "no effect shown"
-        done = [r for r in records if r["status"] == "completed"]
-        by_key = {(grid.point_key(r["overrides"]), r["seed"]): r for r in done}
         treated_key = next(grid.point_key(r["overrides"]) for r in done if r["point"] == name)
         base_key = grid.baseline_of(dict(treated_key), baseline)
         both = sum(

@@ -23,7 +23,7 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
-from sleep_consolidation.run_dir import RESUME_FREE_FIELDS
+from sleep_consolidation.run_dir import only_when_it_ends
 
 RESULTS_FILE = "results.jsonl"
 SUBMITIT_DIR = "submitit"
@@ -70,15 +70,6 @@ def config_diff(recorded: Any, launched: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _only_when_it_ends(recorded: dict, config: dict) -> bool:
-    """Whether every field that differs only decides when the run ends (`steps`, the
-    stopping rule, cadences: `RESUME_FREE_FIELDS`, steps not under a cosine
-    schedule), so the run continues from its checkpoint as the training CLI allows."""
-    fields = {k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k)}
-    cosine = "cosine" in (recorded.get("lr_schedule"), config.get("lr_schedule"))
-    return all(f in RESUME_FREE_FIELDS and not (f == "steps" and cosine) for f in fields)
-
-
 def _status(path: str, config: dict) -> tuple[str, list[str]]:
     rd = RunDir(path)
     recorded = rd.config()
@@ -95,7 +86,7 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
 
     With on_config_change="rerun", a CHANGED run moves to `<name>,cfg=<hash of config>`
     (itself NEW, RESUME or FINISHED); with "continue", a CHANGED run whose changes only
-    decide when it ends (a longer cap, a changed stopping rule: `_only_when_it_ends`) is
+    decide when it ends (a longer cap, a changed stopping rule: `run_dir.only_when_it_ends`) is
     resumed under the new values, which `experiments.train` records in its config.json
     (`config_changes`), and any other CHANGED run stays CHANGED; with "refuse" it stays
     CHANGED.
@@ -111,7 +102,7 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
         if (
             status == CHANGED
             and on_config_change == "continue"
-            and _only_when_it_ends(RunDir(run_dir).config().get("config") or {}, config)
+            and only_when_it_ends(RunDir(run_dir).config().get("config") or {}, config)
         ):
             status = RESUME
         if status == CHANGED and on_config_change == "rerun":
