@@ -10,6 +10,7 @@ Variants (each function's docstring says what it asks):
   capacity_map      issue 13: n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
   main_converged    its load n = d_k = 16 x N in {1,4} x 5 seeds (~30 min on 2 cores).
   capacity_map_low / capacity_map_high   the map in two parts: n <= 16, and n = 32.
+  capacity_map_n8   the map's N = 8 column at n in {16, 8, 4}, hardest load first.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
   eval_n rules reset reinject truncation compute_matched bounds
                     beyond the paper, on recall:capacity, 3 seeds each (share their runs
@@ -149,6 +150,13 @@ def capacity_map_high():
     """The capacity map's hardest load, n = 32 = 2 d_k (window 64), x N in {1, 2, 4} x 5
     seeds, in that order (N = 4 here costs ~16 core-minutes a run)."""
     return _converged(CAPACITY_LOADS[3:], [1, 2, 4], est_run_s=600.0)
+
+
+def capacity_map_n8():
+    """The capacity map's N = 8 column at n in {16, 8, 4} x 5 seeds, hardest load first (its
+    N = 1 pairs are capacity_map's runs). N = 8 costs about twice N = 4: ~18 core-minutes a
+    run at n = 16. Does more sleep deepen the failures N = 2 and 4 showed at n = d_k?"""
+    return _converged([16, 8, 4], [8], est_run_s=700.0)
 
 
 def main_converged():
@@ -294,6 +302,7 @@ VARIANTS = {
     "main_converged": main_converged,
     "capacity_map_low": capacity_map_low,
     "capacity_map_high": capacity_map_high,
+    "capacity_map_n8": capacity_map_n8,
 }
 
 
