@@ -18,6 +18,10 @@ Reads every finished run under --runs_dir (config.json + summary.json of
   * adaptive.md: on the hardest loads, each model evaluated with adaptive sleep
     (`sleep_consolidation.adaptive_sleep`, a threshold eps per pass, up to --max_passes)
     against fixed N, at matched average passes.
+Run directories are not kept between machines (checkpoints are never committed): with
+--previous=results/capacity_map/capacity_map.json,results/capacity_map/adaptive.json an
+extended map keeps the earlier runs' records (a run on disk wins over its earlier record),
+their trained-key reference and their adaptive results.
 The library computes; this script only orchestrates, tabulates and plots.
 """
 
@@ -49,6 +53,13 @@ _ADAPTIVE_TRAIN_N = flags.DEFINE_list(
 )
 _EPS = flags.DEFINE_list("eps", ["0", "0.001", "0.01", "0.03"], "adaptive thresholds")
 _MAX_PASSES = flags.DEFINE_integer("max_passes", 8, "adaptive N_max (and fixed N up to it)")
+_PREVIOUS = flags.DEFINE_list(
+    "previous",
+    [],
+    "earlier reports' JSON (capacity_map.json, adaptive.json): their records of runs not "
+    "under --runs_dir join the map, and their trained-key reference and adaptive results "
+    "stand for what cannot be recomputed without those runs",
+)
 flags.mark_flags_as_required(["runs_dir", "out"])
 
 
@@ -154,7 +165,9 @@ def main(_):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     out = _OUT.value
     os.makedirs(out, exist_ok=True)
-    records = report.collect(_RUNS_DIR.value)
+    previous = report.load_previous(_PREVIOUS.value)  # read first: a bad file fails early
+    on_disk = report.collect(_RUNS_DIR.value)
+    records = report.merge_records(on_disk, previous["records"])
     if not records:
         raise SystemExit(f"no finished one-load runs under {_RUNS_DIR.value}")
     cells = report.grid_stats(records)
@@ -165,8 +178,10 @@ def main(_):
     rand_ref_2h = random_reference(loads, REF_PASSES, _REF_DRAWS.value, d=2 * D_K)
     trained_ref = {}
     for n in loads:  # the N=1 models' keys: what one wake pass writes, before any sleep
-        runs = [r for r in records if r["n"] == n and r["N"] == 1]
-        if runs:
+        runs = [r for r in on_disk if r["n"] == n and r["N"] == 1]
+        if not runs and n in previous["trained_reference"]:
+            trained_ref[n] = previous["trained_reference"][n]  # its models are not on disk
+        elif runs:
             per_run = [trained_reference(r["dir"], REF_PASSES, _REF_SIZE.value) for r in runs]
             trained_ref[n] = {
                 N: {k: float(np.mean([p[N][k] for p in per_run])) for k in ("acc", "cos")}
@@ -175,8 +190,8 @@ def main(_):
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(report.tables(cells, rand_ref, trained_ref, rand_ref_2h))
     report.plot(cells, rand_ref, trained_ref, os.path.join(out, "capacity_map.png"))
-    adaptive_results = {}
-    for r in records:
+    adaptive_results = dict(previous["adaptive"])
+    for r in on_disk:
         if str(r["n"]) in _ADAPTIVE_LOADS.value and str(r["N"]) in _ADAPTIVE_TRAIN_N.value:
             name = f"n={r['n']},N={r['N']},seed={r['seed']}"
             adaptive_results[name] = adaptive_vs_fixed(

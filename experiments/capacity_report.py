@@ -45,6 +45,43 @@ def collect(runs_dir: str) -> list[dict]:
     return out
 
 
+def load_previous(paths) -> dict:
+    """What earlier reports (capacity_map.json, adaptive.json) hold, with their JSON string
+    keys turned back into numbers: {"records", "trained_reference", "adaptive"}.
+
+    Why: a report is rebuilt from run directories, and those are not kept (checkpoints are
+    never committed); the committed JSON of an earlier report carries each run's record, so
+    a map extended by new runs can still show every run it rests on.
+    """
+    import json
+
+    out = {"records": [], "trained_reference": {}, "adaptive": {}}
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        if not isinstance(d, dict) or not {"records", "trained_reference", "adaptive"} & set(d):
+            raise ValueError(f"{path} is not a capacity-map report (no records / adaptive)")
+        for r in d.get("records", []):
+            out["records"].append({**r, "source": path})
+        for n, by_N in d.get("trained_reference", {}).items():
+            out["trained_reference"][int(n)] = {int(N): v for N, v in by_N.items()}
+        for name, r in d.get("adaptive", {}).items():
+            out["adaptive"][name] = {
+                "fixed": {int(N): a for N, a in r["fixed"].items()},
+                "adaptive": {float(e): a for e, a in r["adaptive"].items()},
+            }
+    return out
+
+
+def merge_records(on_disk: list[dict], previous: list[dict]) -> list[dict]:
+    """The runs on disk, plus each earlier record whose (n, N, seed) has no run on disk (a
+    run on disk is the newer word on its point; a point seen twice before keeps the last)."""
+    key = lambda r: (r["n"], r["N"], r["seed"])
+    merged = {key(r): r for r in previous}
+    merged.update({key(r): r for r in on_disk})
+    return [merged[k] for k in sorted(merged)]
+
+
 def grid_stats(records: list[dict]) -> dict:
     """Per (n, N): accuracies by seed, and the paired difference against N = 1."""
     by = {}

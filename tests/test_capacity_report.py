@@ -48,3 +48,40 @@ def test_adaptive_table_matches_fixed_n_at_the_mean_passes():
     assert "| a | 0.0 | 2.50 | 0.700 | 0.650 | +0.050 |" in table  # 0.65 interpolated
     assert "| b | 0.0 | 2.00 | 0.600 | 0.600 | +0.000 |" in table
     assert "| 0.0 | 2 | +0.025 |" in table
+
+
+def test_an_extended_map_keeps_earlier_records_and_lets_runs_on_disk_win(tmp_path):
+    import json
+
+    earlier = _records()
+    path = tmp_path / "capacity_map.json"
+    ref = {"16": {"1": {"acc": 0.4, "cos": 0.6}, "8": {"acc": 0.7, "cos": 0.9}}}
+    adaptive = {"n=16,N=4,seed=0": {"fixed": {"1": 0.5, "2": 0.6},
+                                    "adaptive": {"0.0": {"acc": 0.55, "mean_N": 1.5}}}}  # fmt: skip
+    path.write_text(json.dumps({"records": earlier, "trained_reference": ref,
+                                "adaptive": adaptive}))  # fmt: skip
+    prev = capacity_report.load_previous([str(path)])
+    assert prev["trained_reference"] == {16: {1: {"acc": 0.4, "cos": 0.6},
+                                              8: {"acc": 0.7, "cos": 0.9}}}  # fmt: skip
+    a = prev["adaptive"]["n=16,N=4,seed=0"]
+    assert a["fixed"] == {1: 0.5, 2: 0.6} and a["adaptive"] == {0.0: {"acc": 0.55, "mean_N": 1.5}}
+    assert "| n=16,N=4,seed=0 | 0.0 | 1.50 | 0.550 | 0.550 | +0.000 |" in (
+        capacity_report.adaptive_table(prev["adaptive"])
+    )
+    # a new run of an earlier point replaces its record; a new point joins the map
+    newer = {**earlier[0], "acc": 0.123, "dir": "/new"}
+    extra = {**earlier[0], "n": 32, "dir": "/new32"}
+    merged = capacity_report.merge_records([newer, extra], prev["records"])
+    assert len(merged) == len(earlier) + 1
+    by = {(r["n"], r["N"], r["seed"]): r for r in merged}
+    assert by[(4, 1, 0)]["acc"] == 0.123 and "source" not in by[(4, 1, 0)]
+    assert by[(16, 4, 3)]["source"] == str(path) and by[(32, 1, 0)]["dir"] == "/new32"
+    cells = capacity_report.grid_stats(merged)
+    assert (32, 1) in cells and cells[(4, 1)]["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_a_file_that_is_not_a_capacity_map_report_is_refused(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text('{"eval": {"acc": 0.5}}')
+    with pytest.raises(ValueError, match="not a capacity-map report"):
+        capacity_report.load_previous([str(path)])
