@@ -42,7 +42,9 @@ from experiments.capacity_report import D_K, REF_PASSES
 from experiments.configs import common
 from sleep_consolidation import adaptive, capacity
 
-_RUNS_DIR = flags.DEFINE_string("runs_dir", None, "directory holding the sweep's run dirs")
+_RUNS_DIR = flags.DEFINE_list(
+    "runs_dir", None, "directories holding the sweeps' run dirs (comma-separated)"
+)
 _OUT = flags.DEFINE_string("out", None, "output directory")
 _REF_DRAWS = flags.DEFINE_integer("ref_draws", 512, "random key sets per no-learning point")
 _REF_SIZE = flags.DEFINE_integer("ref_size", 128, "examples for the trained-key reference")
@@ -166,7 +168,7 @@ def main(_):
     out = _OUT.value
     os.makedirs(out, exist_ok=True)
     previous = report.load_previous(_PREVIOUS.value)  # read first: a bad file fails early
-    on_disk = report.collect(_RUNS_DIR.value)
+    on_disk = [r for d in _RUNS_DIR.value for r in report.collect(d)]
     records = report.merge_records(on_disk, previous["records"])
     if not records:
         raise SystemExit(f"no finished one-load runs under {_RUNS_DIR.value}")

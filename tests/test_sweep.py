@@ -413,6 +413,12 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     new_main = runs("main")  # the README's main job: the map's n = 8 slice at N in {1, 4}
     assert len(new_main) == 10 and set(new_main) <= set(low)
     assert {dict(r.point)["task.num_pairs_values"] for r in new_main.values()} == {(8,)}
+    n8 = runs("capacity_map_n8")  # N = 8 at the loads below 2 d_k, the same run settings
+    assert len(n8) == 15 and not set(n8) & set(cmap)
+    assert {
+        (dict(r.point)["passes"], dict(r.point)["task.num_pairs_values"]) for r in n8.values()
+    } == {(8, (16,)), (8, (8,)), (8, (4,))}
+    assert next(iter(n8.values())).name.replace("passes=8,", "") in cmap  # its N=1 pair
     points = [dict(r.point) for r in cmap.values()]
     assert {p["task.num_pairs_values"] for p in points} == {(4,), (8,), (16,), (32,)}
     assert all(p["task.window"] == 2 * p["task.num_pairs_values"][0] for p in points)
