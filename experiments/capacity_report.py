@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from experiments.configs.sweeps import PLATEAU_FLOOR
 from experiments.sweeping import stats
 from experiments.sweeping.rundir import RunDir
 
@@ -99,9 +100,23 @@ def grid_stats(records: list[dict]) -> dict:
             "unconverged": sorted(s for s, r in runs.items() if not r["converged"]),
             "steps_to_90pct": [runs[s]["steps_to_90pct"] for s in sorted(runs)],
             "wall_s": float(sum(r["wall_s"] or 0.0 for r in runs.values())),
+            # a run that never reached the floor is still on the loss plateau: it has no
+            # learning speed (90% of a plateau accuracy is reached at once)
+            "left_plateau": sorted(s for s, r in runs.items() if r["acc"] >= PLATEAU_FLOOR),
         }
         base = by.get((n, 1), {})
         paired = [s for s in sorted(runs) if s in base]
+        both_left = [
+            s for s in paired
+            if min(runs[s]["acc"], base[s]["acc"]) >= PLATEAU_FLOOR
+            and None not in (runs[s]["steps_to_90pct"], base[s]["steps_to_90pct"])
+        ]  # fmt: skip
+        if N != 1 and len(both_left) >= 2:
+            d = [runs[s]["steps_to_90pct"] - base[s]["steps_to_90pct"] for s in both_left]
+            ps = stats.paired_summary(d, "t")
+            cell["speed_gain"] = {"seeds": both_left, "diffs": d, "mean": ps.mean,
+                                  "lo": ps.lo, "hi": ps.hi,
+                                  "signs": [ps.positive, ps.negative, ps.zero]}  # fmt: skip
         if N != 1 and len(paired) >= 2:
             d = [runs[s]["acc"] - base[s]["acc"] for s in paired]
             ps = stats.paired_summary(d, "t")
@@ -159,6 +174,43 @@ def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
             for N in passes
             if N != 1
         ]
+        lines.append(f"| {n} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"## Learning: runs that left the loss plateau (final accuracy >= {PLATEAU_FLOOR}), "
+        "and steps to 90% of the final accuracy",
+        "",
+        "Per cell: runs that left / runs, and the mean steps to 90% over the runs that left. "
+        "Paired: N minus N=1 in steps over the seeds where both left (95% paired "
+        "t-interval, signs +/-; negative = faster).",
+        "",
+        "| n | " + " | ".join(f"N={N}" for N in passes)
+        + " | " + " | ".join(f"N={N} - N=1 (steps)" for N in passes if N != 1) + " |",
+        "|---|" + "---|" * (2 * len(passes) - 1),
+    ]  # fmt: skip
+    for n in loads:
+        row = []
+        for N in passes:
+            c = cells.get((n, N))
+            if c is None:
+                row.append("—")
+                continue
+            steps = [
+                t for s, t in zip(c["seeds"], c["steps_to_90pct"])
+                if s in c["left_plateau"] and t is not None
+            ]  # fmt: skip
+            speed = f", {np.mean(steps):.0f}" if steps else ""
+            row.append(f"{len(c['left_plateau'])}/{len(c['seeds'])}{speed}")
+        for N in passes:
+            if N == 1:
+                continue
+            g = cells.get((n, N), {}).get("speed_gain")
+            row.append(
+                f"{g['mean']:+.0f} [{g['lo']:+.0f}, {g['hi']:+.0f}] {g['signs'][0]}+/"
+                f"{g['signs'][1]}- (n={len(g['seeds'])})"
+                if g
+                else "—"
+            )
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += [
         "",

@@ -85,3 +85,26 @@ def test_a_file_that_is_not_a_capacity_map_report_is_refused(tmp_path):
     path.write_text('{"eval": {"acc": 0.5}}')
     with pytest.raises(ValueError, match="not a capacity-map report"):
         capacity_report.load_previous([str(path)])
+
+
+def test_learning_speed_pairs_only_seeds_where_both_runs_left_the_plateau():
+    records = []
+    for seed in range(4):
+        records.append({"n": 16, "N": 1, "seed": seed, "acc": 0.9, "converged": True,
+                        "steps_to_90pct": 2000, "wall_s": 1.0, "dir": "/x"})  # fmt: skip
+        stuck = seed == 3  # on the plateau: 90% of 0.2 comes at once, no learning speed
+        steps = 250 if stuck else 1500 + 100 * seed
+        records.append({"n": 16, "N": 4, "seed": seed, "acc": 0.2 if stuck else 0.9,
+                        "converged": not stuck, "steps_to_90pct": steps,
+                        "wall_s": 1.0, "dir": "/x"})  # fmt: skip
+    cells = capacity_report.grid_stats(records)
+    assert cells[(16, 4)]["left_plateau"] == [0, 1, 2] and cells[(16, 1)]["left_plateau"] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    g = cells[(16, 4)]["speed_gain"]
+    assert g["seeds"] == [0, 1, 2] and g["diffs"] == [-500, -400, -300] and g["signs"] == [0, 3, 0]
+    table = capacity_report.tables(cells, {16: dict.fromkeys((1, 2, 4, 8), 0.5)}, {})
+    assert "| 16 | 4/4, 2000 | 3/4, 1600 | -400 [" in table

@@ -90,6 +90,7 @@ def main_2000():
 # their runs through --runs_dir.
 
 CAPACITY_LOADS = (4, 8, 16, 32)  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
+PLATEAU_FLOOR = 0.5  # eval/acc below it: still on the loss plateau (~0.09 here), not converged
 _CONVERGED = {
     "steps": 6000,
     "eval_every": 250,
@@ -101,7 +102,7 @@ _CONVERGED = {
     # ... and never while eval/acc is still below 0.5: a run on the plateau (~0.09 here) is
     # flat but has not converged (n=16, N=4 seeds 1-2 "converged" at 0.17 and 0.09 without
     # this floor); it trains on to the cap and is flagged unconverged if it never gets there.
-    "stop_min_value": 0.5,
+    "stop_min_value": PLATEAU_FLOOR,
 }
 
 
