@@ -140,6 +140,25 @@ def _fmt_gain(g) -> str:
     return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] {s[0]}+/{s[1]}-{flag}"
 
 
+def _fmt_acc(c) -> str:
+    flag = f"† ({len(c['unconverged'])}/{len(c['seeds'])})" if c["unconverged"] else ""
+    return f"{c['acc_mean']:.3f} ± {c['acc_sd']:.3f} (n={len(c['seeds'])}){flag}"
+
+
+def _fmt_learning(c) -> str:
+    """Runs that left the plateau / runs, and their mean steps to 90% of the final accuracy."""
+    steps = [
+        t for s, t in zip(c["seeds"], c["steps_to_90pct"])
+        if s in c["left_plateau"] and t is not None
+    ]  # fmt: skip
+    speed = f", {np.mean(steps):.0f}" if steps else ""
+    return f"{len(c['left_plateau'])}/{len(c['seeds'])}{speed}"
+
+
+def _cells_row(cells, n, passes, fmt) -> list[str]:
+    return [fmt(cells[(n, N)]) if (n, N) in cells else "—" for N in passes]
+
+
 def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
     loads = sorted({n for n, _ in cells})
     passes = sorted({N for _, N in cells})
@@ -152,14 +171,7 @@ def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
         rule,
     ]
     for n in loads:
-        row = []
-        for N in passes:
-            c = cells.get((n, N))
-            if c is None:
-                row.append("—")
-                continue
-            flag = f"† ({len(c['unconverged'])}/{len(c['seeds'])})" if c["unconverged"] else ""
-            row.append(f"{c['acc_mean']:.3f} ± {c['acc_sd']:.3f} (n={len(c['seeds'])}){flag}")
+        row = _cells_row(cells, n, passes, _fmt_acc)
         lines.append(f"| {n} ({n / D_K:.2f}) | " + " | ".join(row) + " |")
     lines += [
         "",
@@ -189,18 +201,7 @@ def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
         "|---|" + "---|" * (2 * len(passes) - 1),
     ]  # fmt: skip
     for n in loads:
-        row = []
-        for N in passes:
-            c = cells.get((n, N))
-            if c is None:
-                row.append("—")
-                continue
-            steps = [
-                t for s, t in zip(c["seeds"], c["steps_to_90pct"])
-                if s in c["left_plateau"] and t is not None
-            ]  # fmt: skip
-            speed = f", {np.mean(steps):.0f}" if steps else ""
-            row.append(f"{len(c['left_plateau'])}/{len(c['seeds'])}{speed}")
+        row = _cells_row(cells, n, passes, _fmt_learning)
         for N in passes:
             if N == 1:
                 continue
