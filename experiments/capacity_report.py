@@ -159,6 +159,42 @@ def _cells_row(cells, n, passes, fmt) -> list[str]:
     return [fmt(cells[(n, N)]) if (n, N) in cells else "—" for N in passes]
 
 
+def stuck_vs_n1(cells, loads, N) -> dict | None:
+    """Paired over (load, seed) at the given loads: runs of N still on the plateau against
+    their N = 1 pairs (exact McNemar test, `stats.paired_failures`); None without pairs."""
+    treated, baseline = [], []
+    for n in loads:
+        c, b = cells.get((n, N)), cells.get((n, 1))
+        if c is None or b is None:
+            continue
+        for s in sorted(set(c["seeds"]) & set(b["seeds"])):
+            treated.append(s not in c["left_plateau"])
+            baseline.append(s not in b["left_plateau"])
+    return stats.paired_failures(treated, baseline) if treated else None
+
+
+def _stuck_lines(cells, loads, passes) -> list[str]:
+    hard = [n for n in loads if n >= D_K]
+    lines = [
+        f"## Stuck on the loss plateau at the loads n >= d_k ({', '.join(map(str, hard))}), "
+        "pooled over loads and seeds",
+        "",
+        "Pairs (load, seed) with both runs; stuck = final accuracy < "
+        f"{PLATEAU_FLOOR}. p: exact McNemar test on the discordant pairs.",
+        "",
+        "| N | pairs | stuck at N only | stuck at N=1 only | both | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for N in passes:
+        r = stuck_vs_n1(cells, hard, N) if N != 1 else None
+        if r:
+            lines.append(
+                f"| {N} | {r['pairs']} | {r['treated_only']} | {r['baseline_only']} | "
+                f"{r['both']} | {r['p']:.3f} |"
+            )
+    return lines
+
+
 def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
     loads = sorted({n for n, _ in cells})
     passes = sorted({N for _, N in cells})
@@ -213,6 +249,7 @@ def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
                 else "—"
             )
         lines.append(f"| {n} | " + " | ".join(row) + " |")
+    lines += ["", *_stuck_lines(cells, loads, passes)]
     lines += [
         "",
         "## No-learning reference: N plain delta sweeps (beta = 1), accuracy",

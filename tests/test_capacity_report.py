@@ -108,3 +108,6 @@ def test_learning_speed_pairs_only_seeds_where_both_runs_left_the_plateau():
     assert g["seeds"] == [0, 1, 2] and g["diffs"] == [-500, -400, -300] and g["signs"] == [0, 3, 0]
     table = capacity_report.tables(cells, {16: dict.fromkeys((1, 2, 4, 8), 0.5)}, {})
     assert "| 16 | 4/4, 2000 | 3/4, 1600 | -400 [" in table
+    stuck = capacity_report.stuck_vs_n1(cells, [16], 4)  # seed 3 stuck at N=4 only
+    assert (stuck["pairs"], stuck["treated_only"], stuck["baseline_only"]) == (4, 1, 0)
+    assert "| 4 | 4 | 1 | 0 | 0 | 1.000 |" in table

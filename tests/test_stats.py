@@ -97,3 +97,15 @@ def test_verdict_names_the_direction_and_the_unconverged_pairs():
 
     assert "**helps**" in report.verdict_lines(shifted(lambda s: 0.1 + 0.01 * s))[0]
     assert "**hurts**" in report.verdict_lines(shifted(lambda s: -0.1 - 0.01 * s))[0]
+
+
+def test_paired_failures_is_mcnemars_exact_test_on_the_discordant_pairs():
+    # 5 discordant pairs all one way: p = 2 * 0.5**5 = 0.0625; concordant pairs add nothing
+    r = stats.paired_failures([1, 1, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0])
+    assert (r["pairs"], r["treated_only"], r["baseline_only"], r["both"]) == (8, 5, 0, 1)
+    assert r["p"] == pytest.approx(0.0625)
+    # 2 one way, 1 the other: p = P(X <= 1 or X >= 2 | n=3) = 1
+    assert stats.paired_failures([1, 1, 0], [0, 0, 1])["p"] == pytest.approx(1.0)
+    assert stats.paired_failures([0, 1], [0, 1])["p"] == 1.0  # no discordant pair
+    with pytest.raises(ValueError, match="2 treated outcomes but 3"):
+        stats.paired_failures([0, 1], [0, 1, 1])

@@ -129,3 +129,23 @@ def describe_method(method: str, level: float = LEVEL) -> str:
     if method == "t":
         return f"{level:.0%} paired t-interval over seeds"
     return f"{level:.0%} percentile bootstrap over seeds (10,000 resamples, rng seed 0)"
+
+
+def paired_failures(treated: Sequence[bool], baseline: Sequence[bool]) -> dict:
+    """Exact McNemar test on paired yes/no outcomes (e.g. "stuck on the plateau"), one pair
+    per seed (and load): only the discordant pairs carry information, and under "no
+    difference" each is equally likely to go either way (a two-sided binomial test,
+    scipy's `binomtest`, on the treated-only count).
+
+    Returns:
+      {"pairs", "treated_only", "baseline_only", "both", "p"} (p = 1.0 with no discordant
+      pair).
+    """
+    if len(treated) != len(baseline):
+        raise ValueError(f"{len(treated)} treated outcomes but {len(baseline)} baseline ones")
+    t, b = np.asarray(treated, bool), np.asarray(baseline, bool)
+    t_only, b_only = int(np.sum(t & ~b)), int(np.sum(b & ~t))
+    n = t_only + b_only
+    p = float(_scipy_stats.binomtest(t_only, n, 0.5).pvalue) if n else 1.0
+    return {"pairs": int(t.size), "treated_only": t_only, "baseline_only": b_only,
+            "both": int(np.sum(t & b)), "p": p}  # fmt: skip
