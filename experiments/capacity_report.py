@@ -305,7 +305,7 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
                 gain[i, j] = g["mean"]
                 flag = "†" if g["unconverged"] else ""
                 notes_gain[i, j] = f"{g['mean']:+.3f}{flag}\n[{g['lo']:+.3f},{g['hi']:+.3f}]"
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 3.8))
     panels = [
         (acc, notes_acc, "trained: converged accuracy", "viridis", (0, 1)),
         (
@@ -342,7 +342,7 @@ def plot(cells, rand_ref, trained_ref, path: str) -> None:
         cols = passes if k < 2 else REF_PASSES
         im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", origin="lower")
         for (i, j), text in notes.items():
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            ax.text(j, i, text, ha="center", va="center", fontsize=6 if k == 1 else 7)
         ax.set_xticks(range(len(cols)), [str(N) for N in cols])
         ax.set_yticks(range(len(loads)), [f"{n} ({n / D_K:.2g})" for n in loads])
         ax.set_xlabel("N (passes)")
