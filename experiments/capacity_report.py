@@ -5,6 +5,7 @@ calls these to write them.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -54,8 +55,6 @@ def load_previous(paths) -> dict:
     never committed); the committed JSON of an earlier report carries each run's record, so
     a map extended by new runs can still show every run it rests on.
     """
-    import json
-
     out = {"records": [], "trained_reference": {}, "adaptive": {}}
     for path in paths:
         with open(path) as f:
@@ -83,6 +82,18 @@ def merge_records(on_disk: list[dict], previous: list[dict]) -> list[dict]:
     return [merged[k] for k in sorted(merged)]
 
 
+def _left_plateau(r) -> bool:
+    """A run below the floor is still on the loss plateau: it has no learning speed (90% of
+    a plateau accuracy is reached at once)."""
+    return r["acc"] >= PLATEAU_FLOOR
+
+
+def _paired(d, seeds) -> dict:
+    ps = stats.paired_summary(d, "t")
+    return {"seeds": seeds, "diffs": d, "mean": ps.mean, "lo": ps.lo, "hi": ps.hi,
+            "signs": [ps.positive, ps.negative, ps.zero]}  # fmt: skip
+
+
 def grid_stats(records: list[dict]) -> dict:
     """Per (n, N): accuracies by seed, and the paired difference against N = 1."""
     by = {}
@@ -100,44 +111,33 @@ def grid_stats(records: list[dict]) -> dict:
             "unconverged": sorted(s for s, r in runs.items() if not r["converged"]),
             "steps_to_90pct": [runs[s]["steps_to_90pct"] for s in sorted(runs)],
             "wall_s": float(sum(r["wall_s"] or 0.0 for r in runs.values())),
-            # a run that never reached the floor is still on the loss plateau: it has no
-            # learning speed (90% of a plateau accuracy is reached at once)
-            "left_plateau": sorted(s for s, r in runs.items() if r["acc"] >= PLATEAU_FLOOR),
+            "left_plateau": sorted(s for s, r in runs.items() if _left_plateau(r)),
         }
         base = by.get((n, 1), {})
         paired = [s for s in sorted(runs) if s in base]
         both_left = [
             s for s in paired
-            if min(runs[s]["acc"], base[s]["acc"]) >= PLATEAU_FLOOR
+            if _left_plateau(runs[s]) and _left_plateau(base[s])
             and None not in (runs[s]["steps_to_90pct"], base[s]["steps_to_90pct"])
         ]  # fmt: skip
         if N != 1 and len(both_left) >= 2:
             d = [runs[s]["steps_to_90pct"] - base[s]["steps_to_90pct"] for s in both_left]
-            ps = stats.paired_summary(d, "t")
-            cell["speed_gain"] = {"seeds": both_left, "diffs": d, "mean": ps.mean,
-                                  "lo": ps.lo, "hi": ps.hi,
-                                  "signs": [ps.positive, ps.negative, ps.zero]}  # fmt: skip
+            cell["speed_gain"] = _paired(d, both_left)
         if N != 1 and len(paired) >= 2:
             d = [runs[s]["acc"] - base[s]["acc"] for s in paired]
-            ps = stats.paired_summary(d, "t")
-            cell["gain"] = {
-                "seeds": paired,
-                "diffs": d,
-                "mean": ps.mean,
-                "lo": ps.lo,
-                "hi": ps.hi,
-                "signs": [ps.positive, ps.negative, ps.zero],
-                "unconverged": any(not base[s]["converged"] for s in paired)
-                or bool(cell["unconverged"]),
-            }
+            cell["gain"] = _paired(d, paired)
+            cell["gain"]["unconverged"] = any(not base[s]["converged"] for s in paired) or bool(
+                cell["unconverged"]
+            )
         cells[(n, N)] = cell
     return cells
 
 
-def _fmt_gain(g) -> str:
-    flag = "†" if g["unconverged"] else ""
-    s = g["signs"]
-    return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] {s[0]}+/{s[1]}-{flag}"
+def _fmt_gain(g, digits: int = 3) -> str:
+    """mean [lo, hi] k+/m-, with † when a run of the pair hit the cap."""
+    flag = "†" if g.get("unconverged") else ""
+    s, f = g["signs"], f"+.{digits}f"
+    return f"{g['mean']:{f}} [{g['lo']:{f}}, {g['hi']:{f}}] {s[0]}+/{s[1]}-{flag}"
 
 
 def _fmt_acc(c) -> str:
@@ -242,12 +242,7 @@ def tables(cells, rand_ref, trained_ref, rand_ref_2h=None) -> str:
             if N == 1:
                 continue
             g = cells.get((n, N), {}).get("speed_gain")
-            row.append(
-                f"{g['mean']:+.0f} [{g['lo']:+.0f}, {g['hi']:+.0f}] {g['signs'][0]}+/"
-                f"{g['signs'][1]}- (n={len(g['seeds'])})"
-                if g
-                else "—"
-            )
+            row.append(f"{_fmt_gain(g, digits=0)} (n={len(g['seeds'])})" if g else "—")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", *_stuck_lines(cells, loads, passes)]
     lines += [
