@@ -7,7 +7,9 @@ innermost recognised function names the category. This is experiment tooling (it
 trace files under a temporary directory), so it lives in `experiments/`, not the library.
 
 Categories: rule (rules.py / chunked.py), attention (attention.py core: scores, softmax,
-RoPE), projections_mlp (matmuls of every block's projections and MLP), norms_elementwise
+RoPE), batched_matmul_grad (the gradients of the rule's and attention's batched products,
+`linear.matmul`: its custom VJP keeps only that frame, so the two cannot be told apart),
+projections_mlp (matmuls of every block's projections and MLP), norms_elementwise
 (RMSNorm, L2 norm, conv, gates, residuals), loss (cross-entropy and the logits), optimizer
 (optax), other (what none of these claims: copies between loops, concatenations).
 """
@@ -56,10 +58,14 @@ _FUNCTION_CATEGORY = {
     "masked_cross_entropy": "loss",
     "embed": "loss",
 }
+# Used only when no outer frame is recognised: `linear.matmul`'s forward products find their
+# caller (the rule, attention) further out; its backward products keep only its own frame.
+_FALLBACK_CATEGORY = {"matmul": "batched_matmul_grad"}
 _FILE_CATEGORY = {"optax": "optimizer", "chunked.py": "rule", "rules.py": "rule"}
 CATEGORIES = (
     "rule",
     "attention",
+    "batched_matmul_grad",
     "projections_mlp",
     "norms_elementwise",
     "loss",
@@ -121,6 +127,9 @@ def _category(chain, op_name: str) -> str:
                 return cat
     if "optax" in op_name or "/adam" in op_name:
         return "optimizer"
+    for _, func in chain:
+        if func in _FALLBACK_CATEGORY:
+            return _FALLBACK_CATEGORY[func]
     return "other"
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_consolidation.config import ModelConfig
-from sleep_consolidation.linear import linear
+from sleep_consolidation.linear import linear, matmul
 
 _NEG = -1e30  # finite "minus infinity": masked rows never become all -inf (each query sees itself)
 
@@ -52,9 +52,11 @@ def _qkv(p, cfg: ModelConfig, x, positions):
 def _attend(p, q, k, v, mask):
     """q [B,Tq,H,dh], k/v [B,Tk,H,dh], mask [Tq,Tk] -> [B, Tq, D]."""
     B, Tq, H, dh = q.shape
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * dh**-0.5
+    heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, dh] <-> [B, H, T, dh]
+    # `matmul`: batched products whose backward is in XLA:CPU's fast form (linear.py).
+    scores = matmul(heads(q), heads(k), transpose_b=True) * dh**-0.5  # [B, H, Tq, Tk]
     scores = jnp.where(mask[None, None], scores, _NEG)
-    out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+    out = heads(matmul(jax.nn.softmax(scores, axis=-1), heads(v)))
     return linear(out.reshape(B, Tq, H * dh), p["wo"])
 
 

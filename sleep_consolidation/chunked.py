@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_consolidation import loops
+from sleep_consolidation.linear import matmul, transposed
 
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
@@ -111,9 +112,9 @@ def _unit_lower_inverse_fwd(M):
 
 
 def _unit_lower_inverse_bwd(T, G):
-    Tt = jnp.swapaxes(T, -1, -2)
     C = T.shape[-1]
-    return (jnp.where(jnp.tril(jnp.ones((C, C), bool), -1), -(Tt @ G @ Tt), 0.0),)
+    dM = -(transposed(T) @ G @ jnp.swapaxes(T, -1, -2))  # T^T materialised: the fast form
+    return (jnp.where(jnp.tril(jnp.ones((C, C), bool), -1), dM, 0.0),)
 
 
 _unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
@@ -176,38 +177,39 @@ def _chunk_form(S0, q, k, v, log_decay, write, erase, valid, chunk_size, *, rema
 
     Qd = Q * decay_in if gated else Q  # Q e^g: reads S0 decayed to each position
     Kd = K * decay_out if gated else K  # K e^(g_last - g): writes decayed to the chunk end
-    P = jnp.einsum("...cd,...sd->...cs", Q, K) * Gamma  # causal intra-chunk scores
-    xs = {"Kd": Kd}
+    # Batched products go through `linear.matmul` (fast-form backward on XLA:CPU).
+    P = matmul(Q, K, transpose_b=True) * Gamma  # causal intra-chunk scores
+    xs = {"KdT": transposed(Kd)}  # the body's write reads Kd^T: transposed once, up front
     if gated:
         xs["dc"] = decay_chunk
     if delta:
         strict = jnp.tril(jnp.ones((C, C), bool), -1)
-        A = jnp.einsum("...cd,...sd->...cs", K, K) * Gamma * b  # b_i k_i.k_j Gamma_ij
+        A = matmul(K, K, transpose_b=True) * Gamma * b  # b_i k_i.k_j Gamma_ij
         IA = jnp.where(strict, A, 0.0) + jnp.eye(C, dtype=f32)
         # (I + A)^-1 explicitly, then plain matmuls: on CPU ~2x faster than solving for the
         # 2 d right-hand sides directly.
         Tinv = _unit_lower_inverse(IA)
         Tb = Tinv * jnp.swapaxes(b, -1, -2)  # (I + A)^-1 diag(b)
         Ta = Tb if same else Tinv * jnp.swapaxes(a, -1, -2)  # (I + A)^-1 diag(a)
-        xs["U"] = Ta @ V
-        xs["WQ"] = jnp.concatenate([Tb @ (K * decay_in if gated else K), Qd], axis=-2)
+        xs["U"] = matmul(Ta, V)
+        xs["WQ"] = jnp.concatenate([matmul(Tb, K * decay_in if gated else K), Qd], axis=-2)
         xs["P"] = P
     else:
         xs["U"] = V * a  # Hebbian: the written values do not depend on S
-        xs["PU"] = P @ xs["U"]
+        xs["PU"] = matmul(P, xs["U"])
         xs["Qd"] = Qd
 
     def body(S, x):
         if delta:
             # [W; Q e^g] S in one matmul: [B, H, 2C, dk] @ [B, H, dk, dv].
-            XS = x["WQ"] @ S
+            XS = matmul(x["WQ"], S)
             V_new = x["U"] - XS[..., :C, :]
-            O = XS[..., C:, :] + x["P"] @ V_new
+            O = XS[..., C:, :] + matmul(x["P"], V_new)
         else:
             V_new = x["U"]
-            O = x["Qd"] @ S + x["PU"]
+            O = matmul(x["Qd"], S) + x["PU"]
         S_dec = S * x["dc"] if gated else S
-        return S_dec + jnp.swapaxes(x["Kd"], -1, -2) @ V_new, O
+        return S_dec + matmul(x["KdT"], V_new), O
 
     if remat:
         body = jax.checkpoint(body)
