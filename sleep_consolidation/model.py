@@ -86,7 +86,20 @@ def _mlp(block, h):
     return h + linear(jax.nn.gelu(linear(x, block["w1"])), block["w2"])
 
 
-def window_pass(params: Params, blocks: range, h, fast: dict, prefix: dict, valid=None):
+def take_positions(h, positions):
+    """h[:, positions] as slices of contiguous runs (a gather's gradient is a scatter, which
+    is slow on CPU; the answer positions of the tasks are a few runs)."""
+    runs, start = [], 0
+    for i in range(1, len(positions) + 1):
+        if i == len(positions) or positions[i] != positions[i - 1] + 1:
+            runs.append(h[:, positions[start] : positions[i - 1] + 1])
+            start = i
+    return runs[0] if len(runs) == 1 else jnp.concatenate(runs, axis=1)
+
+
+def window_pass(
+    params: Params, blocks: range, h, fast: dict, prefix: dict, valid=None, out_positions=None
+):
     """Runs the blocks in `blocks` once over a window.
 
     Args:
@@ -94,9 +107,14 @@ def window_pass(params: Params, blocks: range, h, fast: dict, prefix: dict, vali
       fast: {block index: S [B, H, dh, dh]} for the ssm blocks (others ignored).
       prefix: {block index: (k, v, valid)} kept attention prefix per attn block.
       valid: optional bool [T]; positions past the filled part do not write fast weights.
+      out_positions: optional static tuple of window positions: the last block's mixer
+        still reads and writes the whole window (its fast weights and KV are exact), but
+        its residual and MLP run at these positions only, and h_out holds only them. For
+        a caller that reads nothing else of h_out (logits at answer positions).
 
     Returns:
-      (h_out [B, T, D], fast (updated copy), kv {attn block index: (k, v)} of this pass).
+      (h_out [B, T, D] (or [B, len(out_positions), D]), fast (updated copy), kv {attn
+      block index: (k, v)} of this pass).
     """
     cfg = params.config
     fast = dict(fast)
@@ -110,6 +128,8 @@ def window_pass(params: Params, blocks: range, h, fast: dict, prefix: dict, vali
             kv[i] = (k, v)
         else:
             y, fast[i] = fast_weights.fast_weight_window(block["mixer"], cfg, x, fast[i], valid)
+        if out_positions is not None and i == blocks[-1]:
+            h, y = take_positions(h, out_positions), take_positions(y, out_positions)
         h = _mlp(block, h + y)
     return h, fast, kv
 

@@ -64,11 +64,11 @@ def init_carry(cfg, batch: int, window: int, schedule: Schedule) -> WindowCarry:
     return WindowCarry(fast=fast, prefix=prefix)
 
 
-def _blocks(params, blocks, h, fast, prefix, record):
+def _blocks(params, blocks, h, fast, prefix, record, out_positions=None):
     """`model.window_pass` over `blocks`, plus {ssm block: its normed input} when `record`
     (then run one block at a time: the same operations, so the same numbers)."""
     if not record:
-        return (*model.window_pass(params, blocks, h, fast, prefix), {})
+        return (*model.window_pass(params, blocks, h, fast, prefix, None, out_positions), {})
     cfg = params.config
     kv, xs = {}, {}
     for i in blocks:
@@ -91,12 +91,16 @@ def _window_step(
     remat="none",
     grad_passes=None,
     record=False,
+    out_positions=None,
 ):
     """Wake pass over one window, then, if `sleep`, N-1 sleep passes and eviction.
 
     Returns (carry, h): h [B, L, D] is the wake pass's stack output, from which the logits
     are read (after the loop over windows, so that only the positions asked for pay for
-    the unembedding). With `record` (static; for diagnostics) it returns (carry, h, aux):
+    the unembedding). `out_positions` (static window positions; not with `record`): h is
+    read there only, so where nothing else reads the last block's output (no sleep pass
+    follows that reads it), its residual and MLP run there only and h is [B, len, D].
+    With `record` (static; for diagnostics) it returns (carry, h, aux):
       aux["fast"]: {ssm block: [n, B, H, dh, dh]} S after pass 1..n (n = N with `sleep`,
         else 1; a block outside the looped range keeps its wake value);
       aux["inputs"]: {ssm block: [B, L, D]} the block's normed input in the last pass that
@@ -109,16 +113,25 @@ def _window_step(
     looped_ssm = [b for b in cfg.ssm_blocks if b in looped]
     fast, prefix = carry.fast, carry.prefix
     fast_start = dict(fast)
+    n_blocks = len(cfg.layout)
+    if record and out_positions is not None:
+        raise ValueError("out_positions cannot be used with record")
+    # The last block's output is read by the sleep passes when it is looped and any follow.
+    reduce = out_positions is not None and (not sleep or passes == 1 or stop < n_blocks)
+    out_looped = out_positions if reduce and stop == n_blocks else None
+    out_post = out_positions if reduce and stop < n_blocks else None
 
     h, fast, kv, xs = _blocks(
         params, range(0, start), model.embed(params, toks), fast, prefix, record
     )
     loop_input = h
-    h, fast, kv_loop, xs_loop = _blocks(params, looped, h, fast, prefix, record)
+    h, fast, kv_loop, xs_loop = _blocks(params, looped, h, fast, prefix, record, out_looped)
     features = h
     h, fast, kv_post, xs_post = _blocks(
-        params, range(stop, len(cfg.layout)), h, fast, prefix, record
+        params, range(stop, n_blocks), h, fast, prefix, record, out_post
     )
+    if out_positions is not None and not reduce:
+        h = model.take_positions(h, out_positions)
     kv = {**kv, **kv_loop, **kv_post}
     xs = {**xs, **xs_loop, **xs_post}
     fast_wake = fast
@@ -193,17 +206,6 @@ def _window_step(
     return result(fast, prefix, {**xs, **xs_l}, slept)
 
 
-def _take_positions(h, positions):
-    """h[:, positions] as slices of contiguous runs (a gather's gradient is a scatter, which
-    is slow on CPU; the answer positions of the tasks are a few runs)."""
-    runs, start = [], 0
-    for i in range(1, len(positions) + 1):
-        if i == len(positions) or positions[i] != positions[i - 1] + 1:
-            runs.append(h[:, positions[start] : positions[i - 1] + 1])
-            start = i
-    return runs[0] if len(runs) == 1 else jnp.concatenate(runs, axis=1)
-
-
 def forward(
     params: Params,
     tokens,
@@ -257,7 +259,7 @@ def forward(
     positions = check_positions(positions, T)
     L = window
     n_scan = (T - 1) // L  # windows followed by more tokens: all full, all consolidated
-    step = lambda carry, toks, sleep: _window_step(
+    step = lambda carry, toks, sleep, out_positions=None: _window_step(
         params,
         carry,
         toks,
@@ -267,24 +269,34 @@ def forward(
         sleep=sleep,
         remat=remat,
         grad_passes=grad_passes,
+        out_positions=out_positions,
     )
     if remat == "window":
-        step = jax.checkpoint(step, static_argnums=(2,))
+        step = jax.checkpoint(step, static_argnums=(2, 3))
+    # Positions asked for in the last window are passed to it, so that its last block
+    # computes its output there only (sorted positions: the early ones come first).
+    first_last = n_scan * L
+    late = tuple(p - first_last for p in positions or () if p >= first_last)
+    if not late or positions != tuple(sorted(positions)):
+        late = None
     carry = init_carry(cfg, B, L, schedule)
     pieces = []
     if n_scan:
         scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
         carry, hs = loops.scan(
-            lambda c, t: step(c, t, True), carry, scanned,
+            lambda c, t: step(c, t, True, None), carry, scanned,
             max_unroll=0 if remat == "window" else None,
         )  # fmt: skip
         pieces.append(hs.swapaxes(0, 1).reshape(B, n_scan * L, -1))
     last = tokens[:, n_scan * L :]
-    carry, h = step(carry, last, return_fast and last.shape[1] == L)
+    carry, h = step(carry, last, return_fast and last.shape[1] == L, late)
+    if late is not None:
+        early = positions[: len(positions) - len(late)]
+        pieces = [model.take_positions(pieces[0], early)] if early else []
     pieces.append(h)
     h = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
-    if positions is not None:
-        h = _take_positions(h, positions)
+    if positions is not None and late is None:
+        h = model.take_positions(h, positions)
     logits = model.logits(params, h)
     if return_fast:
         return logits, tuple(carry.fast[b] for b in cfg.ssm_blocks)

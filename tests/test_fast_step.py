@@ -127,6 +127,38 @@ def test_forward_positions_equal_the_full_logits():
         sc.forward(params, tokens, window=8, passes=2, positions=(16,))
 
 
+@pytest.mark.parametrize(
+    "passes, loop_blocks, remat",
+    [
+        (2, (0, 2), "none"),  # the last block after the looped range
+        # (the looped-range case is the fast step's own, tested against the reference above)
+        pytest.param(1, None, "none", marks=pytest.mark.slow),
+        pytest.param(2, None, "none", marks=pytest.mark.slow),
+        pytest.param(2, (1, 3), "window", marks=pytest.mark.slow),
+    ],
+)
+def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks, remat):
+    """The last window's last block runs its residual and MLP at the asked positions only
+    (where no sleep pass reads its output): logits and gradients as from the full pass."""
+    cfg = sc.ModelConfig(
+        vocab_size=TASK.vocab_size, d_model=16, num_heads=2, layout=("ssm", "attn", "ssm"),
+        rule="gated_delta", chunk_size=4, mlp_ratio=2,
+    )  # fmt: skip
+    params = sc.init_params(cfg, jax.random.key(2))
+    tokens = jnp.asarray(TASK.batch(0, 0, 2).tokens)
+    kw = dict(window=8, passes=passes, loop_blocks=loop_blocks, remat=remat)
+    fwd = jax.jit(lambda p, pos: sc.forward(p, tokens, positions=pos, **kw), static_argnums=1)
+    full = fwd(params, None)
+    for pos in ((12, 13, 15), (0, 5, 6, 7, 12, 15), (15, 3), (2, 4)):
+        np.testing.assert_allclose(fwd(params, pos), full[:, list(pos)], rtol=1e-5, atol=1e-5)
+    pos = (3, 9, 10, 14)
+    grad = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p)))))(params)
+    want = grad(lambda p: sc.forward(p, tokens, **kw)[:, list(pos)])
+    got = grad(lambda p: sc.forward(p, tokens, positions=pos, **kw))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+
+
 def test_fused_projection_equals_separate_matmuls():
     params = _params("gated_delta", "chunked")
     p = params.blocks[1]["mixer"]
