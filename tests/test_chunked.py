@@ -41,7 +41,8 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-@pytest.mark.parametrize("T,C,masked", [(32, 8, False), (37, 16, True)])
+# (7, 16): a chunk longer than the sequence is cut to it (one chunk of 7, no padding).
+@pytest.mark.parametrize("T,C,masked", [(32, 8, False), (37, 16, True), (7, 16, True)])
 def test_chunked_matches_scan(name, T, C, masked):
     rule = rules.get_rule(name)
     assert rule.chunked is chunked.CHUNKED[name]
