@@ -53,7 +53,7 @@ linear.defvjp(_linear_fwd, _linear_bwd)
 def transposed(a):
     """swapaxes(a, -1, -2), materialised: XLA may not fold it into the dot that reads it
     (as a left operand, that dot would take the slow path; see the module docstring)."""
-    return jax.lax.optimization_barrier(jnp.swapaxes(a, -1, -2))
+    return jax.lax.optimization_barrier(_swap(a))
 
 
 def matmul(a, b, *, transpose_b: bool = False):
