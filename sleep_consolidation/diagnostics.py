@@ -166,7 +166,7 @@ def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, st
     stats_out = None
     if stats:
         aux, n_ssm = out[2], len(cfg.ssm_blocks)
-        cos, err, cos0, err0, change = [], [], [], [], []
+        cos, err, cos0, err0, change, s_norm = [], [], [], [], [], []
         for b in cfg.ssm_blocks:
             S_pass = aux["fast"][b]  # [N, B, H, dk, dv]: S after pass 1..N (wake = pass 1)
             k, v = block_keys_values(params.blocks[b]["mixer"], cfg, aux["inputs"][b])
@@ -174,12 +174,15 @@ def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, st
             c0, e0 = _recall_stats(fast_start[b], k, v)
             cos.append(c), err.append(e), cos0.append(c0), err0.append(e0)
             change.append(jax.vmap(_rel_change)(S_pass[:-1], S_pass[1:]))
+            s_norm.append(jnp.mean(jnp.sqrt(jnp.sum(S_pass**2, axis=(2, 3, 4))), axis=1))
         stats_out = {
             "cosine": _stack_layers(cos, n_ssm, (passes,)),
             "rel_error": _stack_layers(err, n_ssm, (passes,)),
             "cosine_at_window_start": _stack_layers(cos0, n_ssm, ()),
             "rel_error_at_window_start": _stack_layers(err0, n_ssm, ()),
             "change": _stack_layers(change, n_ssm, (passes - 1,)),
+            "fast_norm": _stack_layers(s_norm, n_ssm, (passes,)),
+            "h_norm": aux["h_norm"],
         }
 
     S = tuple(carry.fast[b] for b in cfg.ssm_blocks)
@@ -300,14 +303,37 @@ def recall_of_evicted_window(
     Returns:
       dict of float32 arrays: "cosine", "rel_error" [W, N, n_ssm] (index p-1 = after pass
       p), "cosine_at_window_start", "rel_error_at_window_start" [W, n_ssm] (S as the window
-      opened, before it wrote anything) and "change" [W, N-1, n_ssm] (as
-      `fast_weight_change_per_pass`, from this path).
+      opened, before it wrote anything), "change" [W, N-1, n_ssm] (as
+      `fast_weight_change_per_pass`, from this path), "fast_norm" [W, N, n_ssm] (mean over
+      examples of ||S_p||_F over [H, dk, dv]) and "h_norm" [W, N] (mean |h| of the looped
+      blocks' output after pass p: what pass p+1 reads).
     """
     sched = resolve_schedule(schedule, schedule_kwargs)
     check_tokens(tokens, params.config.vocab_size, rank=2)
     _check_full_window(tokens, window)
     _, out, _ = window_loop(params, tokens, window, passes, stats=True, schedule=sched)
     return out
+
+
+def per_pass_statistics(
+    params: Params, tokens, window: int, passes: int, *, schedule=None, **schedule_kwargs
+) -> dict[str, list[float]]:
+    """Per pass p = 1..N, means over the full windows (and the ssm layers) of
+    `recall_of_evicted_window`'s "fast_norm", "h_norm" and "cosine": the numbers that show
+    a run diverging (norms growing pass after pass) or collapsing (recall falling).
+
+    Returns:
+      {"fast_norm": [N floats], "h_norm": [N], "recall_cosine": [N]}; a model without ssm
+      blocks has no fast weights: its "fast_norm" and "recall_cosine" are NaN.
+    """
+    out = recall_of_evicted_window(params, tokens, window, passes, schedule=schedule,
+                                   **schedule_kwargs)  # fmt: skip
+    means = {
+        "fast_norm": jnp.mean(out["fast_norm"], axis=(0, 2)),
+        "h_norm": jnp.mean(out["h_norm"], axis=0),
+        "recall_cosine": jnp.mean(out["cosine"], axis=(0, 2)),
+    }
+    return {k: [float(x) for x in jax.device_get(v)] for k, v in means.items()}
 
 
 def memory_conditions(
@@ -379,6 +405,7 @@ __all__ = [
     "block_keys_values",
     "fast_weight_change_per_pass",
     "memory_conditions",
+    "per_pass_statistics",
     "recall_of_evicted_window",
     "roll_memory",
     "window_loop",

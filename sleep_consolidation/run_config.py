@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sleep_consolidation import estimators, stopping
+from sleep_consolidation import curriculum, estimators, stopping
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
@@ -49,10 +49,17 @@ LOOP_FIELDS = (
     "eval_every", "eval_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
     "eval_passes", "data_parallel", "microbatches",
 )  # fmt: skip
+# Training many passes (all off by default): start from another run's final parameters
+# (`init_from`: its workdir), ramp N up from 1 over the first `passes_ramp_steps` steps
+# (curriculum.py), and log per-pass norms and recall on `pass_stats_size` eval examples
+# at every eval (diagnostics.per_pass_statistics).
+RECIPE_FIELDS = ("init_from", "passes_ramp_steps", "pass_stats_size")
 CONFIG_FIELDS = (
     "task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS,
-    *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA, *STOP_FIELDS,
+    *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA, *STOP_FIELDS, *RECIPE_FIELDS,
 )  # fmt: skip
+# Fields a config written before they existed may lack; missing means this default (off).
+OPTIONAL_FIELDS = {"init_from": None, "passes_ramp_steps": None, "pass_stats_size": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +91,9 @@ def _check_float(name, value, lo, hi=math.inf, lo_open=False):
 
 
 def config_to_dict(config) -> dict[str, Any]:
-    """A ConfigDict (or any mapping) as a plain dict."""
-    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    """A ConfigDict (or any mapping) as a plain dict, with the optional fields it lacks
+    set to their defaults (`OPTIONAL_FIELDS`)."""
+    return {**OPTIONAL_FIELDS, **(config.to_dict() if hasattr(config, "to_dict") else dict(config))}
 
 
 def resolve_config(config) -> RunSpec:
@@ -145,6 +153,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     _check_data_parallel(c["data_parallel"], c["batch_size"])
     _check_int("microbatches", c["microbatches"], 1)
     _check_stop(c, task)
+    _check_recipe(c)
     if c["batch_size"] % c["microbatches"]:
         raise ValueError(
             f"batch_size {c['batch_size']} is not divisible by microbatches={c['microbatches']}"
@@ -188,6 +197,22 @@ def _check_stop(c, task):
         _check_float("stop_min_delta", c["stop_min_delta"], 0.0)
     if c["stop_metric"] is not None:
         stopping.check_metric(c["stop_metric"], task.depths, c["eval_passes"])
+
+
+def _check_recipe(c):
+    if c["init_from"] is not None and (not isinstance(c["init_from"], str) or not c["init_from"]):
+        raise ValueError(f"init_from must be a run's workdir (str) or None, got {c['init_from']!r}")
+    curriculum.check_ramp_steps(c["passes_ramp_steps"])
+    if c["passes_ramp_steps"] and c["grad_passes"] is not None:
+        # Truncation to the last k passes is undefined while the ramp's N is below k.
+        raise ValueError("passes_ramp_steps cannot be combined with grad_passes (truncation)")
+    if c["pass_stats_size"] is not None:
+        _check_int("pass_stats_size", c["pass_stats_size"], 1)
+        if c["pass_stats_size"] > c["eval_size"]:
+            raise ValueError(
+                f"pass_stats_size={c['pass_stats_size']} exceeds eval_size={c['eval_size']} "
+                "(the statistics are computed on the first eval examples)"
+            )
 
 
 def _check_eval_passes(value):

@@ -126,6 +126,8 @@ RESUME_FREE_FIELDS = frozenset({
     "eval_passes", "eval_batch_size", "data_parallel", "microbatches",
     # The stopping rule, like `steps`, only decides when the run ends.
     "stop_metric", "stop_patience", "stop_min_delta", "stop_min_steps", "stop_min_value",
+    # Diagnostics only: what is logged at each eval, not what is trained.
+    "pass_stats_size",
 })  # fmt: skip
 
 

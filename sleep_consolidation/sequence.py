@@ -64,6 +64,11 @@ def init_carry(cfg, batch: int, window: int, schedule: Schedule) -> WindowCarry:
     return WindowCarry(fast=fast, prefix=prefix)
 
 
+def _mean_norm(h):
+    """Mean over examples and positions of the feature vector's Euclidean norm."""
+    return jnp.mean(jnp.linalg.norm(h, axis=-1))
+
+
 def _blocks(params, blocks, h, fast, prefix, record, out_positions=None):
     """`model.window_pass` over `blocks`, plus {ssm block: its normed input} when `record`
     (then run one block at a time: the same operations, so the same numbers)."""
@@ -104,7 +109,10 @@ def _window_step(
       aux["fast"]: {ssm block: [n, B, H, dh, dh]} S after pass 1..n (n = N with `sleep`,
         else 1; a block outside the looped range keeps its wake value);
       aux["inputs"]: {ssm block: [B, L, D]} the block's normed input in the last pass that
-        ran it (the input its keys and values were computed from).
+        ran it (the input its keys and values were computed from);
+      aux["h_norm"]: [n] the mean over (example, position) of |h| for the looped blocks'
+        output after pass 1..n (what the next pass reads; its growth across passes is
+        the looped-model instability to watch).
     Without `record` nothing extra is computed.
     """
     cfg = params.config
@@ -136,7 +144,7 @@ def _window_step(
     xs = {**xs, **xs_loop, **xs_post}
     fast_wake = fast
 
-    def result(fast, prefix, xs, slept=None):
+    def result(fast, prefix, xs, slept=None, h_norms=None):
         carry = WindowCarry(fast=fast, prefix=prefix)
         if not record:
             return carry, h
@@ -144,7 +152,8 @@ def _window_step(
         S = {b: jnp.broadcast_to(fast_wake[b], (n, *fast_wake[b].shape)) for b in cfg.ssm_blocks}
         for b, S_b in (slept or {}).items():  # looped blocks: S after each sleep pass
             S[b] = jnp.concatenate([fast_wake[b][None], S_b])
-        return carry, h, {"fast": S, "inputs": xs}
+        h_norm = [_mean_norm(features)[None]] + ([h_norms] if h_norms is not None else [])
+        return carry, h, {"fast": S, "inputs": xs, "h_norm": jnp.concatenate(h_norm)}
 
     if not sleep:
         return result(fast, prefix, xs)
@@ -155,7 +164,7 @@ def _window_step(
         x = h + inp if sched.reinject_embedding else h
         h, fast_new, kv_new, xs_new = _blocks(p, looped, x, source, prefix, record)
         fast_new = {b: fast_new[b] for b in looped_ssm}
-        return (h, fast_new, kv_new, xs_new), (fast_new if record else None)
+        return (h, fast_new, kv_new, xs_new), ((fast_new, _mean_norm(h)) if record else None)
 
     if remat == "pass":
         sleep_pass = jax.checkpoint(sleep_pass)
@@ -202,8 +211,11 @@ def _window_step(
             b: attention.slide_prefix(*prefix[b], kv[b][0], kv[b][1], window, cfg.rope_base)
             for b in cfg.attn_blocks
         }
-    slept = {b: jnp.concatenate([ys[b] for ys in per_pass]) for b in looped_ssm} if per_pass else {}
-    return result(fast, prefix, {**xs, **xs_l}, slept)
+    if not per_pass:
+        return result(fast, prefix, {**xs, **xs_l}, {})
+    slept = {b: jnp.concatenate([ys[0][b] for ys in per_pass]) for b in looped_ssm}
+    h_norms = jnp.concatenate([ys[1] for ys in per_pass])
+    return result(fast, prefix, {**xs, **xs_l}, slept, h_norms)
 
 
 def forward(

@@ -28,7 +28,8 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import checkpointing, parametric, sharding, stopping
+from sleep_consolidation import checkpointing, curriculum, diagnostics, parametric, sharding
+from sleep_consolidation import stopping
 from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import init_params
@@ -119,9 +120,14 @@ class Trainer:
         except OSError as e:
             raise io_error(e, workdir) from e
 
+        if c["init_from"] is not None:  # before anything is compiled
+            checkpointing.check_init_source(c["init_from"], spec.model_config, workdir)
         self.tx = optimizer_from_config(c)
         self.lr_fn = lr_schedule_from_config(c)
-        self.train_step = train_step_from_config(c, spec, self.tx, mesh=mesh)
+        # One compiled step per N the run uses (one unless passes_ramp_steps is set), built
+        # when first needed: N is static under jit.
+        self.train_steps: dict[int, Any] = {}
+        self.ramp_steps = c["passes_ramp_steps"] or 0
         if mesh is None:
             # Committed to the device like a restored state, so that a fresh and a resumed
             # run lower to the same program (and share XLA's compilation cache).
@@ -150,13 +156,36 @@ class Trainer:
         params = init_params(self.spec.model_config, jax.random.key(self.c["seed"]))
         return init_train_state(params, self.tx)
 
+    def _fresh_state(self) -> TrainState:
+        """Step 0: a new init, or (init_from) the source run's latest parameters with a
+        fresh optimizer state."""
+        if self.c["init_from"] is None:
+            return self._init_state()
+        like = jax.eval_shape(self._init_state).params
+        params = checkpointing.load_init_params(self.c["init_from"], like)
+        logging.info("initialised %s from the parameters of %s", self.workdir, self.c["init_from"])
+        return init_train_state(params, self.tx)
+
+    def _train_step(self, passes: int):
+        """The jitted step at N = `passes` (compiled once per N)."""
+        if passes not in self.train_steps:
+            self.train_steps[passes] = train_step_from_config(
+                self.c, self.spec, self.tx, mesh=self.mesh, passes=passes
+            )
+        return self.train_steps[passes]
+
+    def _may_stop(self, step: int) -> bool:
+        # Never while N is still ramping up: the evals then score a model trained at fewer
+        # passes than it is evaluated at.
+        return self.stop_rule is not None and step >= self.ramp_steps
+
     def _restore(self, ckpt: checkpointing.Checkpointer) -> tuple[TrainState, int]:
         abstract = sharding.abstract_with_sharding(
             jax.eval_shape(self._init_state), self.state_sharding
         )
         state = ckpt.restore(abstract)
         if state is None:
-            return self.place_state(self._init_state()), 0
+            return self.place_state(self._fresh_state()), 0
         logging.info("resuming %s from step %d", self.workdir, int(state.step))
         return state, int(state.step)
 
@@ -168,7 +197,25 @@ class Trainer:
         logging.info("eval step %d: %s", step, "  ".join(
             f"{k} {v:.4f}" for k, v in summary.items() if v is not None
         ))  # fmt: skip
-        return metrics_line(evals), summary
+        line = metrics_line(evals)
+        if self.c["pass_stats_size"]:
+            line.update(self._pass_stats(params))
+        return line, summary
+
+    def _pass_stats(self, params) -> dict[str, float | None]:
+        """`pass_stats/{fast_norm,h_norm,recall_cosine}/p{p}` after each pass p = 1..N
+        (the target N) on the first pass_stats_size eval examples; NaN is logged as None."""
+        tokens = self.evaluator.batch.tokens[: self.c["pass_stats_size"]]
+        if tokens.shape[1] < self.spec.window:
+            return {}
+        stats = diagnostics.per_pass_statistics(
+            params, tokens, self.spec.window, self.c["passes"], schedule=self.spec.schedule
+        )
+        return {
+            f"pass_stats/{name}/p{p}": (v if v == v else None)  # NaN: no ssm block
+            for name, values in stats.items()
+            for p, v in enumerate(values, start=1)
+        }
 
     def _line(self, i: int, means: dict[str, float], clock: Throughput) -> dict[str, Any]:
         """The metrics.jsonl line of step i + 1 (without eval), logged as a progress line."""
@@ -191,7 +238,8 @@ class Trainer:
         for i in range(start, steps):
             step = i + 1
             batch = self.place_batch(task.batch(c["seed"], i, c["batch_size"]))
-            state, metrics = self.train_step(state, batch)
+            passes = curriculum.passes_at(i, c["passes"], self.ramp_steps)
+            state, metrics = self._train_step(passes)(state, batch)
             step_metrics.push(step, metrics)
             if clock.mark is None:  # the first step (compilation) is startup, not training
                 step_metrics.fetch()
@@ -201,12 +249,13 @@ class Trainer:
             if not (is_eval or is_ckpt or step % c["log_every"] == 0):
                 continue
             line = self._line(i, step_metrics.mean(), clock)  # every step so far checked
+            line["passes"] = passes  # the N of this step (the ramp's, or `passes`)
             converged = False
             if is_eval:
                 eval_line, summary["eval"] = self._evaluate(state.params, step)
                 line.update(eval_line)
                 self.history.append((step, eval_line.get(self.stop_metric)))
-                converged = self.stop_rule is not None and self.stop_rule.decide(self.history)
+                converged = self._may_stop(step) and self.stop_rule.decide(self.history)
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
             if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
@@ -253,9 +302,7 @@ class Trainer:
             self.history = stopping.eval_history(
                 read_jsonl(os.path.join(self.workdir, METRICS_FILE)), self.stop_metric, start
             )
-            stopped = (
-                bool(start) and self.stop_rule is not None and self.stop_rule.decide(self.history)
-            )
+            stopped = bool(start) and self._may_stop(start) and self.stop_rule.decide(self.history)
             if not stopped:
                 state = self._train(ckpt, state, start, clock, summary)
             if stopped or start >= c["steps"]:

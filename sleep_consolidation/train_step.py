@@ -203,18 +203,20 @@ def make_train_step(
     )  # fmt: skip
 
 
-def train_step_from_config(c: dict[str, Any], spec: RunSpec, tx, mesh=None):
+def train_step_from_config(c: dict[str, Any], spec: RunSpec, tx, mesh=None, passes=None):
     """`make_train_step` with every option read from a resolved config.
 
     Args:
       c: the config as a dict (`run_config.config_to_dict`); spec: `resolve_config(c)`.
       tx: the optimizer (`optimizer_from_config(c)`); mesh: as in `make_train_step`.
+      passes: N of this step (a curriculum's); None: the config's `passes`.
 
     Returns:
       the jitted train step.
     """
+    passes = c["passes"] if passes is None else passes
     return make_train_step(
-        tx, window=spec.window, passes=c["passes"], schedule=spec.schedule, remat=c["remat"],
+        tx, window=spec.window, passes=passes, schedule=spec.schedule, remat=c["remat"],
         grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
         es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"], mesh=mesh,
         loss_positions=spec.task.answer_positions, microbatches=c["microbatches"],

@@ -103,6 +103,18 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     # device (of every process); n = over the first n. batch_size must divide evenly.
     c.data_parallel = config_dict.FieldReference(False, field_type=object)  # bool or int
     c.microbatches = 1  # gradient accumulation over this many parts of each batch
+
+    # Training many passes (README "Training many passes"; all off by default).
+    # init_from: another run's workdir; this run starts from its latest parameters with a
+    # fresh optimizer (e.g. N=4 from a converged N=1 model). Refused before compiling if
+    # that run's model differs in shape or rule.
+    c.init_from = config_dict.placeholder(str)
+    # passes_ramp_steps=K: N grows linearly from 1 to `passes` over the first K steps
+    # (sleep_consolidation/curriculum.py); evaluation and the stopping rule use `passes`.
+    c.passes_ramp_steps = config_dict.placeholder(int)
+    # pass_stats_size=m: at every eval, log the mean norm of S and of h and the window-recall
+    # cosine after each pass on the first m eval examples (pass_stats/... in metrics.jsonl).
+    c.pass_stats_size = config_dict.placeholder(int)
     return c
 
 
