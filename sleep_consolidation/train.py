@@ -28,8 +28,14 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import checkpointing, curriculum, diagnostics, parametric, sharding
-from sleep_consolidation import stopping
+from sleep_consolidation import (
+    checkpointing,
+    curriculum,
+    diagnostics,
+    parametric,
+    sharding,
+    stopping,
+)
 from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import init_params

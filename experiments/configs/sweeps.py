@@ -91,7 +91,7 @@ def main_2000():
 
 CAPACITY_LOADS = (4, 8, 16, 32)  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
 PLATEAU_FLOOR = 0.5  # eval/acc below it: still on the loss plateau (~0.09 here), not converged
-_CONVERGED = {
+CONVERGED = {
     "steps": 6000,
     "eval_every": 250,
     "checkpoint_every": 500,
@@ -115,7 +115,7 @@ def _converged(loads, passes, est_run_s):
     """recall:capacity at these loads (window 2n) x N, seeds 0-4, under the stopping rule."""
     axes = {**_load_axis(loads), "passes": list(passes)}
     return _sweep(
-        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(_CONVERGED),
+        _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(CONVERGED),
         est_run_s=est_run_s,
     )  # fmt: skip
 
