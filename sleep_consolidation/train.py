@@ -112,6 +112,8 @@ class Trainer:
         self.spec = spec = resolve_config(config)
         self.c = c = config_to_dict(config)
         self.workdir = workdir = os.fspath(workdir)
+        if c["init_from"] is not None:  # before anything is written or compiled
+            checkpointing.check_init_source(c["init_from"], spec.model_config, workdir)
         self.mesh = mesh = sharding.mesh_from_config(c["data_parallel"])
         if mesh is not None:
             sharding.check_batch_size(c["batch_size"], mesh)
@@ -126,8 +128,6 @@ class Trainer:
         except OSError as e:
             raise io_error(e, workdir) from e
 
-        if c["init_from"] is not None:  # before anything is compiled
-            checkpointing.check_init_source(c["init_from"], spec.model_config, workdir)
         self.tx = optimizer_from_config(c)
         self.lr_fn = lr_schedule_from_config(c)
         # One compiled step per N the run uses (one unless passes_ramp_steps is set), built
