@@ -226,8 +226,8 @@ def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
             both = [(a["steps_to_90pct"], b["steps_to_90pct"]) for a, b in pairs
                     if a["left_plateau"] and b["left_plateau"]]  # fmt: skip
             sgain = stats.paired_summary([a - b for a, b in both]).fmt() if both else "n/a"
-            lines.append(f"| {name} | {base} | {len(pairs)} | {gain.fmt()} | "
-                         f"{fail['treated_only']} / {fail['baseline_only']} (p = {fail['p']:.3g}) | "
+            stuck = f"{fail['treated_only']} / {fail['baseline_only']} (p = {fail['p']:.3g})"
+            lines.append(f"| {name} | {base} | {len(pairs)} | {gain.fmt()} | {stuck} | "
                          f"{sgain} (n={len(both)}) |")  # fmt: skip
         lines.append("")
     return "\n".join(lines), recs
