@@ -16,6 +16,11 @@ Run-book:
   Tiny (CPU smoke test, 20-35 s on a 2-core CPU; loss 2.79 -> 1.84, eval acc 0.29 vs
   chance 0.125):
   python -m experiments.train --config=experiments/configs/depo.py:tiny --workdir=/tmp/depo
+
+  Training many passes (README "Training many passes"): --config.init_from=<workdir of a
+  trained run, e.g. its N=1 model> starts from its parameters (fresh optimizer);
+  --config.passes_ramp_steps=K ramps N linearly from 1 to passes over the first K steps;
+  --config.pass_stats_size=64 logs per-pass norms and recall at every eval.
 """
 
 from experiments.configs import common

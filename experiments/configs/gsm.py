@@ -12,6 +12,11 @@ Run-book:
   Tiny (CPU smoke test, 20-30 s on a 2-core CPU; loss 3.50 -> 1.70, i.e. it learns that
   the answer is one of 5 values (ln 5 = 1.61) but not yet which: eval acc 0.25, chance 0.2):
   python -m experiments.train --config=experiments/configs/gsm.py:tiny --workdir=/tmp/gsm
+
+  Training many passes (README "Training many passes"): --config.init_from=<workdir of a
+  trained run, e.g. its N=1 model> starts from its parameters (fresh optimizer);
+  --config.passes_ramp_steps=K ramps N linearly from 1 to passes over the first K steps;
+  --config.pass_stats_size=64 logs per-pass norms and recall at every eval.
 """
 
 from experiments.configs import common

@@ -31,6 +31,11 @@ Run-book (variants after the colon: "" recall, "depo", "meta", each optionally "
       --workdir=/tmp/param
   python -m experiments.train --config=experiments/configs/parametric.py:depo,tiny \
       --workdir=/tmp/param_depo
+
+  Training many passes (README "Training many passes"): --config.init_from=<workdir of a
+  trained run, e.g. its N=1 model> starts from its parameters (fresh optimizer);
+  --config.passes_ramp_steps=K ramps N linearly from 1 to passes over the first K steps;
+  --config.pass_stats_size=64 logs per-pass norms and recall at every eval.
 """
 
 from __future__ import annotations

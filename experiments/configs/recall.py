@@ -24,6 +24,11 @@ Run-book:
   python -m experiments.train --config=experiments/configs/recall.py:capacity --workdir=/tmp/cap
   The sweep over N (add --dry_run to list its 6 runs and the estimated time):
   python -m experiments.sweep --sweep=experiments/configs/sweeps.py:main_2000 --workdir=runs/main
+
+  Training many passes (README "Training many passes"): --config.init_from=<workdir of a
+  trained run, e.g. its N=1 model> starts from its parameters (fresh optimizer);
+  --config.passes_ramp_steps=K ramps N linearly from 1 to passes over the first K steps;
+  --config.pass_stats_size=64 logs per-pass norms and recall at every eval.
 """
 
 from experiments.configs import common

@@ -22,6 +22,11 @@ Run-book:
   Tiny (CPU smoke test, 25-40 s on a 2-core CPU; loss 0.90 -> 0.05, eval acc 0.98 vs
   chance 0.25 at t=1):
   python -m experiments.train --config=experiments/configs/rule110.py:tiny --workdir=/tmp/r110
+
+  Training many passes (README "Training many passes"): --config.init_from=<workdir of a
+  trained run, e.g. its N=1 model> starts from its parameters (fresh optimizer);
+  --config.passes_ramp_steps=K ramps N linearly from 1 to passes over the first K steps;
+  --config.pass_stats_size=64 logs per-pass norms and recall at every eval.
 """
 
 from experiments.configs import common
