@@ -20,6 +20,7 @@ from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
     check_grad_passes,
+    check_sleep_reaches,
     check_window_and_passes,
 )
 from sleep_consolidation.optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -119,6 +120,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     schedule.loop_range(model_config)
     window = task.default_window if c["window"] is None else c["window"]
     check_window_and_passes(window, c["passes"])
+    check_sleep_reaches(window, task.seq_len, task.answer_positions)
     check_grad_passes(c["grad_passes"], c["passes"])
     if c["remat"] not in REMAT_MODES:
         raise ValueError(f"config.remat must be one of {REMAT_MODES}, got {c['remat']!r}")

@@ -238,3 +238,35 @@ def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
         with pytest.raises(ValueError, match="must be a Schedule"):
             call(schedule={"eviction": "sliding"})
     assert sc.init_state(CFG, B, L, eviction="sliding").schedule == sc.Schedule("sliding")
+
+
+# ---------------------------------------------------------------------------------------
+# A window under which sleep never runs
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_window_with_no_full_window_before_the_answers_is_refused():
+    """recall tiny: 16 tokens, answers at 12..15. window=1000 (or 13: the first window
+    would end after the last answer) never consolidates anything before an answer, so
+    passes=1 and passes=2 would train the same model."""
+    from experiments.configs import recall
+
+    for window in (1000, 16):
+        c = recall.get_config("tiny")
+        c.window = window
+        with pytest.raises(ValueError, match=rf"window={window} leaves no full window before "
+                           r"the answers: sequence length 16, answers at positions 12\.\.15"):
+            train.resolve_config(c)
+    c = recall.get_config("tiny")
+    c.window = 15  # the answer at 15 follows a consolidated window: allowed
+    train.resolve_config(c)
+
+
+def test_forward_refuses_sleep_that_cannot_reach_an_output(params):
+    toks = jnp.zeros((B, 2 * L), jnp.int32)
+    with pytest.raises(ValueError, match=r"window=3 leaves no full window before the outputs"):
+        sc.forward(params, toks, L, 2, positions=(0, 2))
+    with pytest.raises(ValueError, match=r"window=6 leaves no full window"):
+        sc.forward(params, toks, 2 * L, 2)
+    assert sc.forward(params, toks, L, 2, positions=(3,)).shape == (B, 1, CFG.vocab_size)
+    assert sc.forward(params, toks, 2 * L, 1).shape == (B, 2 * L, CFG.vocab_size)  # N = 1
