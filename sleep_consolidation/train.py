@@ -283,9 +283,16 @@ class Trainer:
             summary.update(status="failed", error=str(failure))
             logging.error("%s", failure)
             raise failure from e
+        except Exception as e:  # e.g. no usable checkpoint: a failure, not an interruption
+            failure = e
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+            logging.error("%s", e)
+            raise
         except BaseException as e:
             failure = e
             summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
+            if getattr(e, "signal_name", None):  # a stop signal (run_dir.StopSignal)
+                summary["signal"] = e.signal_name
             raise
         finally:
             summary.update(
