@@ -13,9 +13,12 @@ Layout (checkpoints: see `checkpointing.py`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 from absl import logging
@@ -37,6 +40,44 @@ class ConfigConflictError(ValueError):
 class RunIOError(OSError):
     """Writing a run's outputs failed (a full disk, an unwritable workdir); the run stopped
     and its last good checkpoint is kept."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGTERM: Slurm's preemption and time-out; SIGINT) raised in the main
+    thread, so that a run ends as on Ctrl-C: the last checkpoint kept (a save in flight
+    finished), summary.json "interrupted" with `signal`, locks released."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}")
+
+
+@contextlib.contextmanager
+def stop_signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
+    """Within the block, the first of `signums` raises `StopSignal`; a repeat is logged
+    and ignored, so that the clean-up it started (the summary, the save in flight) is not
+    cut short. Does nothing outside the main thread (Python delivers signals there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        del frame
+        if fired:
+            logging.warning("%s again while stopping: finishing the clean-up first",
+                            signal.Signals(signum).name)  # fmt: skip
+            return
+        fired.append(signum)
+        raise StopSignal(signum)
+
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def latest_checkpoint_on_disk(workdir: str) -> int | None:
