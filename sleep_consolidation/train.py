@@ -28,7 +28,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import checkpointing, parametric, sharding, stopping
+from sleep_consolidation import checkpointing, parametric, run_dir, sharding, stopping
 from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import init_params
@@ -232,6 +232,7 @@ class Trainer:
         c, spec = self.c, self.spec
         clock = Throughput(self.t0, c["batch_size"] * spec.task.seq_len)
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
+        summary["config_digest"] = run_dir.config_digest(c)  # what "completed" refers to
         try:
             ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"])
         except OSError as e:
