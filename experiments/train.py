@@ -7,7 +7,8 @@ Each config file's docstring is its run-book. Outputs under --workdir: config.js
 metrics.jsonl, summary.json, checkpoints/, TensorBoard event files
 (`tensorboard --logdir runs/`). Exits non-zero on an invalid config, a workdir holding a
 run of a different config (rerun with --allow_config_change to continue it under the new
-values anyway), a NaN/Inf loss or gradient norm, or a full disk / unwritable workdir.
+values anyway), a NaN/Inf loss or gradient norm, or a full disk / unwritable workdir;
+128 + the signal number on SIGTERM or SIGINT (summary.json records the stop).
 
 Several devices: --config.data_parallel=True (or a device count). Several hosts: the same
 command on every host with --coordinator_address=HOST0:PORT --num_processes=P
@@ -118,10 +119,16 @@ def main(argv):
         jax.devices(),
     )  # fmt: skip
     try:
-        with _one_trainer(_WORKDIR.value):
+        # SIGTERM (Slurm's preemption and time-out) stops the run like Ctrl-C: summary.json
+        # records it, the lock is released, the last checkpoint kept.
+        with run_dir.stop_signals_raise(), _one_trainer(_WORKDIR.value):
             train.train_and_evaluate(
                 _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
             )
+    except run_dir.StopSignal as e:
+        logging.error("%s: %s", _WORKDIR.value, e)
+        print(f"error: {_WORKDIR.value}: {e}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
     # Config errors and conflicts (ValueError), NaN/Inf, I/O errors (full disk, unwritable
     # workdir: the message names the path), and a run directory another process trains.
     except (ValueError, train.NonFiniteError, OSError, lock.LockedError) as e:

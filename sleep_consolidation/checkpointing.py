@@ -9,8 +9,11 @@ Layout of a run's workdir:
 
 Orbax writes each step into a temporary directory and renames it when complete, so a save
 cut off mid-write leaves only a `<step>.orbax-checkpoint-tmp-*` directory, which is not a
-step (and is removed when the next manager opens). A step that is present but unreadable
-(e.g. a truncated file) is moved to `checkpoints_corrupt/` and the previous step is used.
+step (and is removed when the training run's manager opens). A step that is present but
+unreadable (e.g. a truncated file) or holds non-finite numbers is moved to
+`checkpoints_corrupt/` by the training run and the previous step is used. A reader
+(`load_params`, `Checkpointer(read_only=True)`) never deletes or moves anything: it skips
+such a step, so that reading a live run is safe.
 """
 
 from __future__ import annotations
@@ -29,10 +32,35 @@ from absl import logging
 from sleep_consolidation.config import ModelConfig
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.state import MemoryState
+from sleep_consolidation.train_step import NonFiniteError
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """No checkpoint step of a run could be restored (or the one asked for is unusable);
+    the message names the directory and each step with its reason."""
+
+
+class _NonFinite(Exception):
+    """Why a step was rejected: these leaves hold NaN/Inf."""
+
+    def __init__(self, leaves: list[str]):
+        super().__init__(f"non-finite numbers in {', '.join(leaves[:3])}")
+
+
+def non_finite_leaves(tree) -> list[str]:
+    """The paths of the floating-point leaves of `tree` that hold a NaN or an Inf."""
+    bad = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(x, "dtype", None)
+        if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+            continue
+        if not bool(jax.numpy.isfinite(x).all()):
+            bad.append(jax.tree_util.keystr(path))
+    return bad
 
 
 class Checkpointer:
@@ -42,16 +70,27 @@ class Checkpointer:
       workdir: the run directory; checkpoints go to `workdir/checkpoints`.
       max_to_keep: number of most recent steps kept on disk.
       async_save: write in a background thread (call `wait` or `close` before exit).
+      read_only: a reader of the run (possibly live): nothing in the run directory is
+        created, deleted or moved; an unusable step is skipped, not quarantined.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save=True):
+    def __init__(
+        self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save=True,
+        read_only: bool = False,
+    ):  # fmt: skip
         self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax needs absolute paths
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+        self.read_only = read_only
+        if read_only and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"no checkpoint directory {self.directory}")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
-            cleanup_tmp_directories=True,  # leftovers of saves cut off mid-write
+            create=not read_only,
+            # Leftovers of saves cut off mid-write; a reader must leave them alone: in a
+            # live run such a directory is the save being written.
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("params", "opt")
@@ -64,8 +103,18 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, train_state) -> int:
-        """Saves `train_state` under its own step number; returns that step."""
+        """Saves `train_state` under its own step number; returns that step.
+
+        Raises:
+          NonFiniteError: a parameter holds NaN/Inf (nothing is saved, so the last good
+            checkpoint stays the latest).
+        """
+        if self.read_only:
+            raise ValueError(f"{self.directory} was opened read-only")
         step = int(jax.device_get(train_state.step))
+        bad = non_finite_leaves(train_state.params)
+        if bad:
+            raise NonFiniteError(step, f"parameters ({', '.join(bad[:3])})", float("nan"))
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -101,15 +150,31 @@ class Checkpointer:
         """Restores only the `Params` of `step` (default: the latest readable step)."""
         args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
         if step is not None:
-            return self._manager.restore(step, args=args).params
+            try:
+                restored = self._manager.restore(step, args=args)
+            except Exception as e:
+                raise CheckpointError(self._describe([(step, e)])) from e
+            bad = non_finite_leaves(restored.params)
+            if bad:
+                raise CheckpointError(self._describe([(step, _NonFinite(bad))]))
+            return restored.params
         restored = self._restore_latest(args)
         return None if restored is None else restored.params
 
+    def _describe(self, failed) -> str:
+        what = "; ".join(
+            f"step {s} ({os.path.join(self.directory, str(s))}): {type(e).__name__}: "
+            f"{str(e)[:300]}" for s, e in failed
+        )  # fmt: skip
+        return f"checkpoint(s) in {self.directory} could not be used: {what}"
+
     def _restore_latest(self, args):
-        """Restores the newest readable step. A step that fails is moved aside only once an
-        older step restores with the same arguments (so it really was unreadable); if every
-        step fails, the error is systematic (wrong path, devices, shapes) and nothing is
-        moved: the first error is raised and all finished work stays where it is."""
+        """Restores the newest readable, finite step. A step that fails to read is moved
+        aside only once an older step restores with the same arguments (so it really was
+        unreadable); a step holding NaN/Inf is corrupt whatever the others do and is moved
+        aside at once. A reader (`read_only`) moves nothing, it only skips. If no step can
+        be used, CheckpointError names each step and why; unreadable steps are then left
+        where they are (the cause may be systematic: wrong path, devices or shapes)."""
         failed: list[tuple[int, Exception]] = []
         for step in reversed(self.all_steps()):
             try:
@@ -117,19 +182,35 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - classified below by the older steps
                 failed.append((step, e))
                 continue
+            bad = non_finite_leaves(dict(restored.items()))  # Composite is not a pytree
+            if bad:
+                logging.warning("checkpoint step %d in %s holds non-finite numbers (%s)%s",
+                                step, self.directory, ", ".join(bad[:3]),
+                                "" if self.read_only else f"; moving it to {CORRUPT_DIR}")  # fmt: skip
+                if not self.read_only:
+                    self._quarantine(step)
+                failed.append((step, _NonFinite(bad)))
+                continue
             for bad_step, e in failed:
+                if isinstance(e, _NonFinite):
+                    continue
                 logging.warning(
-                    "checkpoint step %d in %s is unreadable (%s: %s) while step %d is fine; "
-                    "moving it to %s",
-                    bad_step, self.directory, type(e).__name__, str(e)[:200], step, CORRUPT_DIR,
+                    "checkpoint step %d in %s is unreadable (%s: %s) while step %d is fine%s",
+                    bad_step, self.directory, type(e).__name__, str(e)[:200], step,
+                    "" if self.read_only else f"; moving it to {CORRUPT_DIR}",
                 )  # fmt: skip
-                self._quarantine(bad_step)
+                if not self.read_only:
+                    self._quarantine(bad_step)
             return restored
         if failed:
-            raise failed[0][1]
+            raise CheckpointError(
+                self._describe(failed) + ". Nothing restorable is left: if these steps are "
+                f"corrupt, move {self.directory} aside to train the run afresh."
+            ) from failed[0][1]
         return None
 
     def _quarantine(self, step: int) -> None:
+        assert not self.read_only, "a reader never moves a checkpoint"
         # Moved out of the manager's directory so that the step number can be saved again.
         dest = os.path.join(self.workdir, CORRUPT_DIR)
         os.makedirs(dest, exist_ok=True)
@@ -197,7 +278,8 @@ def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), abstract
     )
-    with Checkpointer(workdir, async_save=False) as ckpt:
+    # Read-only: a notebook reading a live run must not delete the save being written.
+    with Checkpointer(workdir, async_save=False, read_only=True) as ckpt:
         params = ckpt.restore_params(abstract, step)
     if params is None:
         raise FileNotFoundError(f"no readable checkpoint in {workdir}/{CHECKPOINT_DIR}")

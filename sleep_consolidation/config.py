@@ -198,6 +198,33 @@ def check_window_and_passes(window, passes) -> None:
     _check_int("passes", passes, 1)
 
 
+def _describe_positions(positions) -> str:
+    p = sorted(positions)
+    if len(p) > 1 and p == list(range(p[0], p[-1] + 1)):
+        return f"{p[0]}..{p[-1]}"
+    return ", ".join(map(str, p[:8])) + (", ..." if len(p) > 8 else "")
+
+
+def check_sleep_reaches(window, seq_len: int, positions=None, what: str = "answers") -> None:
+    """Refuses a window under which no consolidated window precedes any of `positions`
+    (default: every position of the sequence).
+
+    A window is consolidated (slept on and evicted) only once it is full and more tokens
+    follow, so position p sees a consolidated window only if p >= window. Were every
+    position below it, N would change nothing and a sweep over N would silently report
+    no effect of sleep.
+    """
+    positions = range(seq_len) if positions is None else positions
+    if not positions or max(positions) >= window:
+        return
+    raise ValueError(
+        f"window={window} leaves no full window before the {what}: sequence length "
+        f"{seq_len}, {what} at positions {_describe_positions(positions)}; the first window "
+        f"would be consolidated only after position {window - 1}, so sleep never runs "
+        f"before an {what[:-1]} (use window <= {max(positions)})"
+    )
+
+
 def check_grad_passes(grad_passes, passes) -> None:
     """`grad_passes` (truncated backprop) is None or an int k in [1, passes]: a k larger than
     the number of passes would silently mean full backprop, so it is refused."""

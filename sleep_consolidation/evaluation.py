@@ -67,6 +67,12 @@ def evaluate(
       (exact-answer accuracy; NaN for a depth with no answers in `batch`).
     """
     schedule = resolve_schedule(schedule, schedule_kwargs)
+    if params.config.vocab_size != task.vocab_size:
+        # Ids of the smaller vocabulary all embed, so the numbers would look plausible.
+        raise ValueError(
+            f"evaluate: the model's vocab_size {params.config.vocab_size} differs from task "
+            f"{task.name}'s vocab_size {task.vocab_size}: the params belong to another task"
+        )
     window = task.default_window if window is None else window
     depths = tuple(task.depths)
     n = int(batch.tokens.shape[0])

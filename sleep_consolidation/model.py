@@ -72,9 +72,11 @@ def embed(params: Params, tokens):
     rather than a silent clamp or a wrap-around to a real row (host-side callers refuse them
     before compiling; inside jit the NaN reaches the logits)."""
     V = params.embed.shape[0]
-    # `take` wraps negative ids (numpy indexing): map them past the end so they fill too.
-    tokens = jnp.where(tokens < 0, V, tokens)
-    return jnp.take(params.embed, tokens, axis=0, mode="fill", fill_value=jnp.nan)
+    # The range is tested in the ids' own width: `take` narrows wide ids (int64 under
+    # jax_enable_x64, uint32) to int32 first, so 2**32 + 3 would read row 3.
+    valid = (tokens >= 0) & (tokens < V)
+    rows = jnp.take(params.embed, jnp.where(valid, tokens, 0).astype(jnp.int32), axis=0)
+    return jnp.where(valid[..., None], rows, jnp.nan)
 
 
 def logits(params: Params, h):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
     check_grad_passes,
+    check_sleep_reaches,
     check_window_and_passes,
 )
 from sleep_consolidation.optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -60,6 +62,11 @@ CONFIG_FIELDS = (
 )  # fmt: skip
 # Fields a config written before they existed may lack; missing means this default (off).
 OPTIONAL_FIELDS = {"init_from": None, "passes_ramp_steps": None, "pass_stats_size": None}
+
+
+# Far past any rate that trains (Muon's default is 2e-3, AdamW's 3e-4); above it a rate
+# is a typo (1e39 is Inf in float32) and only produces non-finite parameters.
+MAX_LEARNING_RATE = 1e3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +134,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     schedule.loop_range(model_config)
     window = task.default_window if c["window"] is None else c["window"]
     check_window_and_passes(window, c["passes"])
+    check_sleep_reaches(window, task.seq_len, task.answer_positions)
     check_grad_passes(c["grad_passes"], c["passes"])
     if c["remat"] not in REMAT_MODES:
         raise ValueError(f"config.remat must be one of {REMAT_MODES}, got {c['remat']!r}")
@@ -136,10 +144,12 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
         raise ValueError(
             f"config.lr_schedule must be one of {LR_SCHEDULES}, got {c['lr_schedule']!r}"
         )
-    _check_float("learning_rate", c["learning_rate"], 0.0, lo_open=True)
-    _check_float("adam_learning_rate", c["adam_learning_rate"], 0.0, lo_open=True)
+    _check_float("learning_rate", c["learning_rate"], 0.0, MAX_LEARNING_RATE, lo_open=True)
+    _check_float("adam_learning_rate", c["adam_learning_rate"], 0.0, MAX_LEARNING_RATE,
+                 lo_open=True)  # fmt: skip
     if c["theta_learning_rate"] is not None:
-        _check_float("theta_learning_rate", c["theta_learning_rate"], 0.0, lo_open=True)
+        _check_float("theta_learning_rate", c["theta_learning_rate"], 0.0, MAX_LEARNING_RATE,
+                     lo_open=True)  # fmt: skip
     _check_estimator(c)
     _check_float("min_lr_ratio", c["min_lr_ratio"], 0.0, 1.0)
     _check_float("clip_norm", c["clip_norm"], 0.0)
@@ -158,6 +168,7 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
         raise ValueError(
             f"batch_size {c['batch_size']} is not divisible by microbatches={c['microbatches']}"
         )
+    check_memory(c, task, model_config)
     return RunSpec(task=task, model_config=model_config, schedule=schedule, window=window)
 
 
@@ -231,3 +242,46 @@ def _check_data_parallel(value, batch_size):
         raise ValueError(
             f"batch_size {batch_size} is not divisible by data_parallel={value} devices"
         )
+
+
+def host_memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_lower_bounds(c: dict[str, Any], task: Task, model_config: ModelConfig) -> dict:
+    """Bytes a run needs at least, per field that sets the size: {field: bytes}.
+
+    Lower bounds, so that a refusal is certain: `batch_size`, the batch on the host (5
+    int32/float32 arrays of [B, T]) plus the residual stream of every block of one
+    microbatch, kept for the backward pass (float32 [B/microbatches, T, d_model]);
+    `eval_size`, the eval set on the host, held twice while it is built (its chunks and
+    their concatenation); `eval_batch_size`, the residual stream of one eval forward. The
+    real peak is several times larger (MLP, attention, sleep passes).
+    """
+    T, d, blocks = task.seq_len, model_config.d_model, len(model_config.layout)
+    micro = -(-c["batch_size"] // c["microbatches"])
+    return {
+        "batch_size": 20 * c["batch_size"] * T + 4 * micro * T * d * blocks,
+        "eval_size": 2 * 20 * c["eval_size"] * T,
+        "eval_batch_size": 4 * min(c["eval_batch_size"], c["eval_size"]) * T * d,
+    }
+
+
+def check_memory(c: dict[str, Any], task: Task, model_config: ModelConfig, limit=None) -> None:
+    """Refuses sizes whose memory is known to exceed the machine (`memory_lower_bounds`
+    against `limit`, default the host's physical memory), before anything is allocated:
+    otherwise the process is killed for memory with no message."""
+    limit = host_memory_bytes() if limit is None else limit
+    if not limit:
+        return
+    for field, need in memory_lower_bounds(c, task, model_config).items():
+        if need > limit:
+            raise ValueError(
+                f"{field}={c[field]} needs at least {need / 2**30:.1f} GiB (sequence length "
+                f"{task.seq_len}, d_model {model_config.d_model}), more than this machine's "
+                f"{limit / 2**30:.1f} GiB of memory"
+            )

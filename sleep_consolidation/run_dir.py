@@ -13,9 +13,13 @@ Layout (checkpoints: see `checkpointing.py`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 from absl import logging
@@ -37,6 +41,44 @@ class ConfigConflictError(ValueError):
 class RunIOError(OSError):
     """Writing a run's outputs failed (a full disk, an unwritable workdir); the run stopped
     and its last good checkpoint is kept."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGTERM: Slurm's preemption and time-out; SIGINT) raised in the main
+    thread, so that a run ends as on Ctrl-C: the last checkpoint kept (a save in flight
+    finished), summary.json "interrupted" with `signal`, locks released."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}")
+
+
+@contextlib.contextmanager
+def stop_signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
+    """Within the block, the first of `signums` raises `StopSignal`; a repeat is logged
+    and ignored, so that the clean-up it started (the summary, the save in flight) is not
+    cut short. Does nothing outside the main thread (Python delivers signals there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        del frame
+        if fired:
+            logging.warning("%s again while stopping: finishing the clean-up first",
+                            signal.Signals(signum).name)  # fmt: skip
+            return
+        fired.append(signum)
+        raise StopSignal(signum)
+
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def latest_checkpoint_on_disk(workdir: str) -> int | None:
@@ -115,6 +157,32 @@ def run_record(config, spec: RunSpec) -> dict[str, Any]:
     )
 
 
+def config_digest(config) -> str:
+    """A short hash of a run config (as config.json records it under "config"), written
+    into summary.json so that a summary can be matched with the config it ended under."""
+    text = json.dumps(_jsonable(config_to_dict(config)), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def summary_mismatch(summary: dict[str, Any] | None, record: dict[str, Any] | None) -> str | None:
+    """Why `summary` (summary.json) does not show `record` (config.json) finished, or None
+    if it does: it must say "completed", under the same `steps` and (when it records one)
+    the same config digest. A run extended, changed or cut short after it completed keeps
+    its old summary until it ends again, so the status alone is not enough."""
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return "its summary.json does not say completed"
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict):
+        return "its config.json is missing or has no config"
+    if summary.get("steps") != config.get("steps"):
+        return (f"summary.json completed steps={summary.get('steps')} but config.json "
+                f"asks for steps={config.get('steps')}")  # fmt: skip
+    digest = summary.get("config_digest")
+    if digest is not None and digest != config_digest(config):
+        return "summary.json was written under another config than config.json holds"
+    return None
+
+
 # What may change when a run is continued: how long it trains, how often the loop logs,
 # evaluates and saves, at which extra N it evaluates, and how the work is split
 # (eval_batch_size; data_parallel and microbatches, which change results by rounding
@@ -187,6 +255,7 @@ def check_workdir(
       ConfigConflictError: naming each refused field with its saved and requested value.
     """
     path = os.path.join(workdir, CONFIG_FILE)
+    _check_steps_reach_the_checkpoint(workdir, record)
     try:
         saved = checkpointing.read_run_config(workdir)
     except ValueError as e:  # written atomically, so never torn by this code
@@ -226,6 +295,18 @@ def check_workdir(
                  workdir, step, changed)  # fmt: skip
     entry = {"step": step, "fields": changed, "allowed": bool(guarded)}
     return {**record, "config_changes": [*records, entry]}
+
+
+def _check_steps_reach_the_checkpoint(workdir: str, record: dict[str, Any]) -> None:
+    # A model trained past `steps` cannot stand as a run of `steps`: it would be recorded
+    # as completed at the lower count with the longer-trained parameters.
+    step, steps = latest_checkpoint_on_disk(workdir), record["config"]["steps"]
+    if step is not None and step > steps:
+        raise ConfigConflictError(
+            f"workdir {workdir} holds a checkpoint at step {step}, past steps={steps}: the "
+            f"model trained {step} steps would be recorded as a {steps}-step run. Use a new "
+            f"--workdir for {steps} steps, or steps >= {step} to continue this one."
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sleep_consolidation import attention, loops, model
 from sleep_consolidation.config import (
     Schedule,
     check_grad_passes,
+    check_sleep_reaches,
     check_tokens,
     check_window_and_passes,
     resolve_schedule,
@@ -269,6 +270,8 @@ def forward(
     if T < 1:
         raise ValueError("tokens must hold at least one position")
     positions = check_positions(positions, T)
+    if passes > 1:  # with N = 1 a window that never fills is the plain hybrid, not an error
+        check_sleep_reaches(window, T, positions, what="outputs")
     L = window
     n_scan = (T - 1) // L  # windows followed by more tokens: all full, all consolidated
     step = lambda carry, toks, sleep, out_positions=None: _window_step(

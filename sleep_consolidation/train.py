@@ -33,6 +33,7 @@ from sleep_consolidation import (
     curriculum,
     diagnostics,
     parametric,
+    run_dir,
     sharding,
     stopping,
 )
@@ -287,6 +288,7 @@ class Trainer:
         c, spec = self.c, self.spec
         clock = Throughput(self.t0, c["batch_size"] * spec.task.seq_len)
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
+        summary["config_digest"] = run_dir.config_digest(c)  # what "completed" refers to
         try:
             ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"])
         except OSError as e:
@@ -336,9 +338,16 @@ class Trainer:
             summary.update(status="failed", error=str(failure))
             logging.error("%s", failure)
             raise failure from e
+        except Exception as e:  # e.g. no usable checkpoint: a failure, not an interruption
+            failure = e
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+            logging.error("%s", e)
+            raise
         except BaseException as e:
             failure = e
             summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
+            if getattr(e, "signal_name", None):  # a stop signal (run_dir.StopSignal)
+                summary["signal"] = e.signal_name
             raise
         finally:
             summary.update(

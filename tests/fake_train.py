@@ -41,7 +41,8 @@ def main(argv):
             with open(os.path.join(wd, METRICS_FILE), "a") as f:
                 f.write(json.dumps(line) + "\n")
     acc = 0.5 + 0.1 * c.passes + 0.01 * c.seed
-    summary = {"status": "completed", "step": c.steps, "resumed_from": start or None,
+    summary = {"status": "completed", "step": c.steps, "steps": c.steps,
+               "resumed_from": start or None,
                "eval": {"acc": acc, "acc/d=1": acc}, "train_s": time.time() - t0,
                "wall_s": time.time() - t0}  # fmt: skip
     with open(os.path.join(wd, SUMMARY_FILE), "w") as f:

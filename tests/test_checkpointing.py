@@ -248,3 +248,108 @@ def test_a_failing_summary_write_of_a_finished_run_is_raised(tmp_path, monkeypat
         train.train_and_evaluate(attn_config(steps=2), workdir)
     with checkpointing.Checkpointer(workdir) as ckpt:
         assert ckpt.all_steps() == [2]  # the checkpointer was still closed cleanly
+
+
+# ---------------------------------------------------------------------------------------
+# Non-finite and unreadable checkpoints; readers are read-only
+# ---------------------------------------------------------------------------------------
+
+
+def _overwrite_with_nan_params(workdir, step):
+    """Replaces checkpoint `step` with one whose parameters are NaN (what garbled array
+    bytes can decode to), written by Orbax itself so that it reads back cleanly."""
+    abstract = jax.eval_shape(
+        lambda: train.init_train_state(
+            sc.init_params(train.resolve_config(attn_config()).model_config, jax.random.key(0)),
+            train.make_optimizer("muon"),
+        )
+    )
+    with checkpointing.Checkpointer(workdir, async_save=False) as ckpt:
+        state = ckpt.restore(abstract)
+        import shutil
+
+        shutil.rmtree(os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step)))
+        ckpt._manager.reload()
+        nan = jax.tree_util.tree_map(lambda x: jnp.full_like(x, jnp.nan), state.params)
+        bad = state.replace(params=nan, step=jnp.asarray(step, jnp.int32))
+        ckpt._manager.save(step, args=ocp_args(bad), force=True)
+
+
+def ocp_args(state):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+    )
+
+
+def test_a_non_finite_checkpoint_is_skipped_by_readers_and_quarantined_by_the_run(
+    tmp_path, caplog
+):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(), workdir)  # checkpoints 2, 4, 6
+    final = checkpointing.load_params(workdir)
+    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
+        at_4 = ckpt.restore_params(jax.eval_shape(lambda: final), 4)
+    _overwrite_with_nan_params(workdir, 6)
+    ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    # A reader: never NaN parameters, never a move; the step asked for is named.
+    assert_trees_equal(checkpointing.load_params(workdir), at_4)
+    assert "checkpoint step 6" in caplog.text and "non-finite" in caplog.text
+    with pytest.raises(checkpointing.CheckpointError, match=rf"{ckpt_dir}/6\): .*non-finite"):
+        checkpointing.load_params(workdir, step=6)
+    assert sorted(os.listdir(ckpt_dir)) == ["2", "4", "6"]
+    # The run: step 6 is moved aside, the run resumes from 4 and ends finite.
+    summary = train.train_and_evaluate(attn_config(), workdir)
+    assert summary["resumed_from"] == 4 and summary["status"] == "completed"
+    assert os.listdir(os.path.join(workdir, checkpointing.CORRUPT_DIR))[0].startswith("6-")
+    assert not checkpointing.non_finite_leaves(checkpointing.load_params(workdir))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_run_whose_every_checkpoint_is_unreadable_fails_naming_them(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=2), workdir)
+    for f in glob.glob(os.path.join(workdir, "checkpoints", "2", "*", "**", "d", "*"),
+                       recursive=True):  # fmt: skip
+        with open(f, "r+b") as fh:
+            fh.truncate(16)
+    ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    with pytest.raises(checkpointing.CheckpointError, match=rf"{ckpt_dir}/2\).*move {ckpt_dir} aside"):
+        train.train_and_evaluate(attn_config(steps=4), workdir)
+    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["status"] == "failed" and f"{ckpt_dir}/2" in summary["error"]
+    assert os.listdir(ckpt_dir) == ["2"]  # it may be systematic: nothing is moved
+    with pytest.raises(checkpointing.CheckpointError, match=rf"{ckpt_dir}/2\)"):
+        checkpointing.load_params(workdir)
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+    state, _ = _tiny_state(1)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(state)
+        bad = state.replace(
+            step=jnp.asarray(2, jnp.int32),
+            params=jax.tree_util.tree_map(lambda x: x.at[0].set(jnp.inf), state.params),
+        )
+        with pytest.raises(train.NonFiniteError, match=r"non-finite parameters .* at step 2"):
+            ckpt.save(bad)
+        ckpt.wait()
+        assert ckpt.all_steps() == [1]
+
+
+def test_load_params_never_deletes_or_moves_anything_in_a_live_run(tmp_path):
+    """What a notebook sees while a run saves step 6: Orbax's temporary directory of that
+    save. A reader must not clean it up (the save would fail), nor quarantine a step."""
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(attn_config(steps=4), workdir)
+    in_flight = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1234", "params")
+    os.makedirs(in_flight)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    params = checkpointing.load_params(workdir)
+    assert int(np.asarray(jax.tree_util.tree_leaves(params)[0]).size) > 0
+    assert os.path.isdir(in_flight)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    assert not os.path.exists(os.path.join(workdir, checkpointing.CORRUPT_DIR))

@@ -103,3 +103,46 @@ def test_cli_refuses_a_run_directory_another_live_process_trains(tmp_path, env):
     assert f"another training run (pid {holder.pid}" in out.stderr, out.stderr
     assert not (workdir / "config.json").exists()  # refused before anything was written
     # (a stale lock, its pid dead, is taken over: DirLock's own tests in test_sweep.py)
+
+
+def _wait_for_step(workdir, step, proc, timeout_s=300):
+    """Waits until metrics.jsonl logs `step` (or the process ends)."""
+    import time
+
+    path, t0 = os.path.join(workdir, "metrics.jsonl"), time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < timeout_s:
+        try:
+            with open(path) as f:
+                if any(json.loads(ln)["step"] >= step for ln in f if ln.endswith("\n")):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the run never logged step {step} (exit {proc.poll()})")
+
+
+@pytest.mark.slow  # a real training subprocess, stopped mid-run (about 30 s)
+def test_sigterm_stops_the_run_like_sigint_recording_it_and_releasing_the_lock(tmp_path, env):
+    import signal
+
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", TINY, f"--workdir={workdir}",
+         "--config.steps=100000", "--config.checkpoint_every=2", "--config.log_every=1",
+         "--config.eval_every=100000"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for_step(workdir, 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM" in err
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM", summary
+    assert summary["last_checkpoint"] >= 2
+    assert str(summary["last_checkpoint"]) in os.listdir(os.path.join(workdir, "checkpoints"))
+    assert not os.path.exists(os.path.join(workdir, "train.lock"))

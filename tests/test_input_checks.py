@@ -238,3 +238,92 @@ def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
         with pytest.raises(ValueError, match="must be a Schedule"):
             call(schedule={"eviction": "sliding"})
     assert sc.init_state(CFG, B, L, eviction="sliding").schedule == sc.Schedule("sliding")
+
+
+# ---------------------------------------------------------------------------------------
+# A window under which sleep never runs
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_window_with_no_full_window_before_the_answers_is_refused():
+    """recall tiny: 16 tokens, answers at 12..15. window=1000 (or 13: the first window
+    would end after the last answer) never consolidates anything before an answer, so
+    passes=1 and passes=2 would train the same model."""
+    from experiments.configs import recall
+
+    for window in (1000, 16):
+        c = recall.get_config("tiny")
+        c.window = window
+        with pytest.raises(ValueError, match=rf"window={window} leaves no full window before "
+                           r"the answers: sequence length 16, answers at positions 12\.\.15"):
+            train.resolve_config(c)
+    c = recall.get_config("tiny")
+    c.window = 15  # the answer at 15 follows a consolidated window: allowed
+    train.resolve_config(c)
+
+
+def test_forward_refuses_sleep_that_cannot_reach_an_output(params):
+    toks = jnp.zeros((B, 2 * L), jnp.int32)
+    with pytest.raises(ValueError, match=r"window=3 leaves no full window before the outputs"):
+        sc.forward(params, toks, L, 2, positions=(0, 2))
+    with pytest.raises(ValueError, match=r"window=6 leaves no full window"):
+        sc.forward(params, toks, 2 * L, 2)
+    assert sc.forward(params, toks, L, 2, positions=(3,)).shape == (B, 1, CFG.vocab_size)
+    assert sc.forward(params, toks, 2 * L, 1).shape == (B, 2 * L, CFG.vocab_size)  # N = 1
+
+
+# ---------------------------------------------------------------------------------------
+# Absurd values and sizes; ids of any width; a model of another task
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "adam_learning_rate", "theta_learning_rate"])
+def test_an_absurd_learning_rate_is_refused(field):
+    # 1e39 is Inf in float32: the first update would write non-finite parameters.
+    with pytest.raises(ValueError, match=rf"invalid config: {field} must be a finite number "
+                       r"in \(0.0, 1000.0\], got 1e\+39"):  # fmt: skip
+        train.resolve_config(_tiny_run_config(**{field: 1e39}))
+
+
+def test_sizes_known_to_exceed_the_machine_are_refused_before_compiling(monkeypatch):
+    from experiments.configs import recall
+    from sleep_consolidation import run_config
+
+    c = recall.get_config("tiny")
+    c.batch_size = 100_000_000  # 411 GiB at least: more than any machine this runs on
+    with pytest.raises(ValueError, match=r"batch_size=100000000 needs at least 411\.\d GiB "
+                       r"\(sequence length 16, d_model 32\), more than this machine's"):  # fmt: skip
+        train.resolve_config(c)
+    monkeypatch.setattr(run_config, "host_memory_bytes", lambda: 16 * 2**30)
+    c = recall.get_config("tiny")
+    c.eval_size = 100_000_000  # 60 GiB at least
+    with pytest.raises(ValueError, match=r"eval_size=100000000 needs at least .* 16\.0 GiB"):
+        train.resolve_config(c)
+    c.eval_size = 100_000  # 60 MiB
+    train.resolve_config(c)
+
+
+def test_wide_out_of_range_ids_inside_jit_give_nan():
+    params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
+    with jax.enable_x64(True):
+        ids = jnp.array([[2**32 + 3, -(2**32) + 3, 3]], jnp.int64)
+        emb = jax.jit(sc.model.embed)(params, ids)
+    assert jnp.isnan(emb).all(-1)[0].tolist() == [True, True, False]
+    emb = jax.jit(sc.model.embed)(params, jnp.array([[2**31 + 3, 3]], jnp.uint32))
+    assert jnp.isnan(emb).all(-1)[0].tolist() == [True, False]
+    # Without x64, JAX itself narrows an int64 host array at the jit boundary, before any
+    # library code runs: the host-side entry points check the ids first.
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 11\)"):
+        sc.forward(params, np.array([[2**32 + 3, 1]], np.int64), 2)
+
+
+def test_evaluate_refuses_a_model_of_another_vocabulary(params):
+    from sleep_consolidation import evaluation
+    from sleep_consolidation.tasks import make_task
+
+    task = make_task("recall", num_keys=4, num_values=4, num_pairs_values=(2,), window=4,
+                     num_queries=2)  # fmt: skip
+    assert task.vocab_size != CFG.vocab_size
+    with pytest.raises(ValueError, match=rf"model's vocab_size {CFG.vocab_size} differs from "
+                       rf"task recall's vocab_size {task.vocab_size}"):  # fmt: skip
+        evaluation.evaluate(params, task, task.eval_batch(0, 2))

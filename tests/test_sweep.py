@@ -305,6 +305,33 @@ def test_changed_config_is_refused_or_rerun_under_a_new_name(tmp_path):
         runner.check_no_changes(runner.plan(computed, runs_dir, "continue"))
 
 
+def test_a_sweep_extended_then_killed_mid_extension_resumes_the_unfinished_runs(tmp_path):
+    """steps raised from 10 to 20 with on_config_change="continue"; the sweep is killed
+    after one run wrote its new config.json (steps=20) but before it ended, so its
+    summary.json still says completed at steps=10. The rerun must resume it, and its
+    results must be those of an uninterrupted sweep."""
+    wd = str(tmp_path / "sweep")
+    _run(_base(tmp_path, steps=10), wd, kind="debug")
+    extended = _base(tmp_path, steps=20)
+    killed = os.path.join(wd, "runs", "passes=2,seed=0")
+    record = RunDir(killed).config()
+    record["config"]["steps"] = 20  # what the extension's launch wrote first
+    with open(os.path.join(killed, "config.json"), "w") as f:
+        json.dump(record, f)
+    assert RunDir(killed).summary()["status"] == "completed"  # the old run's summary
+    assert not RunDir(killed).finished()
+    plan = runner.plan(extended, os.path.join(wd, "runs"), "continue")
+    assert [p.status for p in plan] == [runner.RESUME, runner.RESUME]
+    records, out = _run(extended, wd, kind="debug", on_config_change="continue")
+    assert "skip finished" not in out
+    straight, _ = _run(extended, str(tmp_path / "straight"), kind="debug")
+    strip = ("run_dir", "train_s", "wall_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in records] == [
+        {k: v for k, v in r.items() if k not in strip} for r in straight
+    ]
+    assert all(RunDir(r["run_dir"]).summary()["step"] == 20 for r in records)
+
+
 def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
     wd = tmp_path / "sweep"
     wd.mkdir()

@@ -423,3 +423,27 @@ def test_allow_config_change_continues_the_run_and_records_the_change(tmp_path):
                       "fields": {"learning_rate": [2e-3, 1e-3], "steps": [2, 4]}}  # fmt: skip
     train.train_and_evaluate(changed, workdir)  # the same config again: no new entry
     assert len(checkpointing.read_run_config(workdir)["config_changes"]) == 1
+
+
+def test_lowering_steps_below_a_saved_checkpoint_is_refused(tmp_path):
+    """A 16-step model must not stand as a completed 8-step run."""
+    workdir = _saved_run(tmp_path, attn_config(steps=16), checkpoint_step=16)
+    with pytest.raises(train.ConfigConflictError,
+                       match=r"checkpoint at step 16, past steps=8.*steps >= 16"):  # fmt: skip
+        train.Trainer(attn_config(steps=8), workdir)
+    train.check_workdir(workdir, _record(attn_config(steps=16)))  # the same steps: fine
+
+
+def test_a_summary_is_finished_only_for_the_config_it_ended_under(tmp_path):
+    from sleep_consolidation import run_dir
+
+    record = _record(attn_config(steps=8))
+    done = {"status": "completed", "steps": 8, "config_digest": run_dir.config_digest(
+        record["config"])}  # fmt: skip
+    assert run_dir.summary_mismatch(done, record) is None
+    extended = _record(attn_config(steps=16))  # config.json of an extension cut short
+    assert "steps=8 but config.json asks for steps=16" in run_dir.summary_mismatch(done, extended)
+    changed = _record(attn_config(steps=8, seed=1))  # an allowed change cut short
+    assert "another config" in run_dir.summary_mismatch(done, changed)
+    assert run_dir.summary_mismatch({**done, "status": "interrupted"}, record)
+    assert run_dir.summary_mismatch(done, None)

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from sleep_consolidation.checkpointing import CONFIG_FILE
+from sleep_consolidation.run_dir import summary_mismatch
 from sleep_consolidation.train import METRICS_FILE, SUMMARY_FILE, THETA_FILE
 
 
@@ -60,8 +61,9 @@ class RunDir:
         return _read_jsonl(os.path.join(self.path, THETA_FILE))
 
     def finished(self) -> bool:
-        s = self.summary()
-        return s is not None and s.get("status") == "completed"
+        """Whether summary.json shows the run of config.json completed (both files: a run
+        extended or changed after it completed is not finished; `summary_mismatch`)."""
+        return summary_mismatch(self.summary(), self.config()) is None
 
     def loss_curve(self) -> list[tuple[int, float]]:
         return [(m["step"], m["loss"]) for m in self.metrics() if m.get("loss") is not None]
