@@ -34,7 +34,10 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import usage
 from experiments.sweeping import cli, grid, lock, report, runner
+
+PROG = "experiments.sweep"
 
 _SWEEP = config_flags.DEFINE_config_file(
     "sweep", None, "sweep file (get_config returns the sweep)", lock_config=False,
@@ -55,22 +58,27 @@ flags.mark_flags_as_required(["sweep", "workdir"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage.fail(f"unexpected arguments: {argv[1:]}", PROG)
     s, workdir = _SWEEP.value, _WORKDIR.value
-    try:
+    runs_dir = _RUNS_DIR.value or f"{workdir}/runs"
+    try:  # everything a person can get wrong, refused before anything is written
         sweep = grid.Sweep.from_config(s)
+        planned = runner.plan(sweep, runs_dir, cli.ON_CONFIG_CHANGE.value)
+        runner.check_configs(planned)
         if cli.DRY_RUN.value:
-            runs_dir = _RUNS_DIR.value or f"{workdir}/runs"
-            planned = runner.plan(sweep, runs_dir, cli.ON_CONFIG_CHANGE.value)
             print(runner.describe(planned, sweep.parallel, sweep.est_run_s))
             return
-        start = time.time()
+        launcher = cli.make_launcher(workdir, sweep.parallel)
+    except ValueError as e:
+        usage.fail(str(e), PROG)
+    start = time.time()
+    try:
         records = runner.run_sweep(
-            sweep, workdir, cli.make_launcher(workdir, sweep.parallel), runs_dir=_RUNS_DIR.value,
+            sweep, workdir, launcher, runs_dir=_RUNS_DIR.value,
             on_config_change=cli.ON_CONFIG_CHANGE.value, plain_every=cli.PLAIN_EVERY.value,
             train_flags=[f"--compilation_cache_dir={_CACHE.value}"] if _CACHE.value else [],
         )  # fmt: skip
-    except (ValueError, lock.LockedError) as e:  # config errors, changed runs, a held lock
+    except (ValueError, lock.LockedError) as e:  # changed runs, a held lock
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     table = report.write_report(workdir, s, records)
@@ -83,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=usage.parser(
+        PROG, __doc__, [PROG, "experiments.sweeping.cli"], config_flag="sweep"))  # fmt: skip

@@ -32,6 +32,58 @@ def test_expand_grid_pairs_seeds_and_zips():
         grid.expand_grid({"a+b": [1]}, seeds=[0])
 
 
+def _sweep_from_command_line(*overrides, name="tiny"):
+    """The Sweep `python -m experiments.sweep --sweep=sweeps.py:<name> *overrides` runs,
+    parsed by the same ml_collections flag as the entry point."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["sweep", f"--sweep=experiments/configs/sweeps.py:{name}", *overrides]
+    values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "sweep", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
+    )
+    values(argv)
+    return grid.Sweep.from_config(holder.value)
+
+
+@pytest.mark.parametrize(
+    "flag, values",
+    [
+        ("--sweep.axes.eviction=hard,sliding", ["hard", "sliding"]),  # strings, not letters
+        ("--sweep.axes.eviction=sliding", ["sliding"]),
+        ("--sweep.axes.rule='delta','hebbian'", ["delta", "hebbian"]),
+        ("--sweep.axes.reset_between_passes=true,false", [True, False]),
+        ("--sweep.axes.reset_between_passes=True", [True]),
+        ("--sweep.axes.window=8,16", [8, 16]),
+        ("--sweep.axes.window=8", [8]),
+        ("--sweep.axes.learning_rate=0.1,3e-3", [0.1, 0.003]),
+        ("--sweep.axes.layout=('attn','ssm'),('attn','attn')", [("attn", "ssm"), ("attn", "attn")]),
+        ("--sweep.axes.passes=1,8", [1, 8]),  # an axis the sweep file already has
+    ],
+)
+def test_axes_from_the_command_line_are_the_values_typed(flag, values):
+    sweep = _sweep_from_command_line(flag)
+    field = flag.split("=")[0].split(".")[-1]
+    assert sweep.axes[field] == values
+    assert all(type(a) is type(b) for a, b in zip(sweep.axes[field], values))
+
+
+def test_every_run_config_is_validated_naming_the_run_and_field(tmp_path):
+    sweep = _sweep_from_command_line("--sweep.axes.eviction=hard,slidin")
+    planned = runner.plan(sweep, str(tmp_path / "runs"))
+    assert len(planned) == 4
+    with pytest.raises(
+        ValueError,
+        match=r"^run \S*eviction=slidin\S*seed=0: .*eviction must be "
+        r"one of \('hard', 'sliding'\), got 'slidin' \(1 more of the 4 runs",
+    ):
+        runner.check_configs(planned)
+    runner.check_configs(runner.plan(_sweep_from_command_line(), str(tmp_path / "runs")))
+    with pytest.raises(ValueError, match=r"--config.passes=1,x: invalid literal for int"):
+        runner.plan(_sweep_from_command_line("--sweep.axes.passes=1,x"), str(tmp_path))
+
+
 def test_check_fields_names_the_unknown_field():
     from ml_collections import ConfigDict
 
@@ -358,6 +410,25 @@ def test_dry_run_lists_the_runs_with_seeds_from_the_command_line(tmp_path):
     assert not wd.exists()  # started nothing, wrote nothing
     one = _sweep_cli(wd, "--dry_run", "--sweep.seeds=7")
     assert one.returncode == 0 and one.stdout.count(",seed=7") == 2, one.stderr[-2000:]
+
+
+def test_a_bad_sweep_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    out = _sweep_cli(tmp_path / "wd", "--dry_run", "--sweep.axes.eviction=hard,slidin")
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "eviction=slidin" in out.stderr and "eviction must be one of" in out.stderr
+    out = _sweep_cli(tmp_path / "wd", "--launcher=slurm", "--sweep.axes.eviction=hard,sliding")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--launcher=slurm needs Slurm's" in out.stderr and "--launcher=local" in out.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_sweep_help_lists_its_launcher_dry_run_and_slurm_flags():
+    out = _sweep_cli("unused", "--help")
+    assert out.returncode == 0, out.stderr
+    for flag in ("--launcher", "--[no]dry_run", "--slurm_partition", "--slurm_gpus_per_node",
+                 "--on_config_change", "--runs_dir", "--sweep.axes.passes=(1, 2)"):  # fmt: skip
+        assert flag in out.stdout, flag
 
 
 def test_unknown_sweep_field_fails_before_training(tmp_path):

@@ -9,6 +9,7 @@ config code: nothing here starts a process or writes a file.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import itertools
 import sys
@@ -70,12 +71,18 @@ def load_config_file(path: str, arg: str | None = None, overrides: Sequence[str]
 
     Parsed by ml_collections' own flag parser (the one the training entry point uses), so
     the sweep compares a run's recorded config with exactly what it would launch.
+
+    Raises:
+      ValueError: an override whose value does not parse as its field's type.
     """
     spec = path + (f":{arg}" if arg else "")
     argv = ["sweep", f"--config={spec}", *overrides]
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
-    values(argv)
+    try:
+        values(argv)
+    except flags.Error as e:  # a value that does not parse as the field's type
+        raise ValueError(str(e)) from e
     return holder.value
 
 
@@ -90,10 +97,55 @@ def plain(x):
     return x
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Splits at the commas outside brackets and quotes: "a,(b,c)" -> ["a", "(b,c)"]."""
+    parts, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return parts + [cur]
+
+
+def _literal(text: str):
+    """One value as typed on the command line: true/false as bools, Python literals as
+    themselves, anything else (hard, sliding, gated_delta) as a string."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        return text
+
+
+def axis_values(values) -> list:
+    """An axis's values as a list. ml_collections hands a new axis from the command line
+    over as a string when its items are not all Python literals (--sweep.axes.eviction=
+    hard,sliding, or true,false), and as a bare scalar for one value; both are parsed here
+    as the comma list the user typed, never iterated character by character."""
+    tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    if isinstance(values, str):
+        return [tup(_literal(v)) for v in _split_top_level(values) if v.strip()]
+    if not isinstance(values, list | tuple):
+        return [values]
+    return [tup(v) for v in values]
+
+
 def axes_and_fixed(sweep_config) -> tuple[dict, dict]:
     """A sweep file's `axes` and `fixed` as plain dicts, list values made tuples."""
     tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
-    axes = {k: [tup(v) for v in vals] for k, vals in plain(sweep_config.axes).items()}
+    axes = {k: axis_values(vals) for k, vals in plain(sweep_config.axes).items()}
     fixed = {k: tup(v) for k, v in plain(sweep_config.get("fixed", {})).items()}
     return axes, fixed
 

@@ -125,6 +125,27 @@ def check_no_changes(planned: Sequence[PlannedRun]) -> None:
         )
 
 
+def check_configs(planned: Sequence[PlannedRun]) -> None:
+    """Resolves every run's config through the training validation (`resolve_config`),
+    so that a bad sweep is refused before anything trains.
+
+    Raises:
+      ValueError: naming the first bad run, its field and how many runs are bad.
+    """
+    from sleep_consolidation.run_config import resolve_config  # imports JAX: only when asked
+
+    bad = []
+    for p in planned:
+        try:
+            resolve_config(p.config)
+        except ValueError as e:
+            bad.append((p, e))
+    if bad:
+        p, e = bad[0]
+        more = f" ({len(bad) - 1} more of the {len(planned)} runs fail too)" if len(bad) > 1 else ""
+        raise ValueError(f"run {p.run.name}: {e}{more}")
+
+
 def trackers(planned: Sequence[PlannedRun]) -> list[progress.RunProgress]:
     state = {FINISHED: progress.SKIPPED}
     return [progress.RunProgress(p.name, p.run_dir, p.steps, state.get(p.status, progress.QUEUED))
