@@ -238,3 +238,13 @@ def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
         with pytest.raises(ValueError, match="must be a Schedule"):
             call(schedule={"eviction": "sliding"})
     assert sc.init_state(CFG, B, L, eviction="sliding").schedule == sc.Schedule("sliding")
+
+
+def test_traced_window_or_passes_says_to_mark_them_static(params):
+    tokens = jnp.zeros((B, 2 * L), jnp.int32)
+    with pytest.raises(TypeError, match=r"'window', 'passes' got a traced value.*static_argnames"):
+        jax.jit(sc.forward)(params, tokens, L, 2)
+    with pytest.raises(TypeError, match=r"'passes' got a traced value"):
+        jax.jit(sc.forward, static_argnames="window")(params, tokens, window=L, passes=2)
+    fwd = jax.jit(sc.forward, static_argnames=("window", "passes"))
+    assert fwd(params, tokens, window=L, passes=2).shape == (B, 2 * L, CFG.vocab_size)
