@@ -4,6 +4,7 @@ lock, the progress display, the dry run, overrides from the command line, the re
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -93,33 +94,40 @@ def test_check_fields_names_the_unknown_field():
         grid.check_fields(base, grid.expand_grid({"passess": [1]}, [0]))
 
 
-def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
-    """The reset sweep's N=1 and N=2 carry points are the main job's runs (same names, same
-    launch overrides); a changed field, fixed or swept, makes a different run."""
-    from experiments.configs import recall, sweeps
+def test_runs_are_named_by_their_swept_fields_and_launched_with_their_changes():
+    """A run's name is its swept fields and seed (the compared field always: the tiny
+    sweep's N=1 run is passes=1); the reset sweep's N=1 and N=2 carry points launch with
+    the main job's overrides (the same configs, so a shared runs directory shares them);
+    tables show the fields that vary and the compared ones."""
+    from experiments.configs import sweeps
 
-    base = recall.get_config("capacity")
-
-    def stored(name, fixed=None):
+    def runs(name, **fixed):
         s = sweeps.get_config(name)
-        runs = grid.expand_grid(grid.axes_and_fixed(s)[0], s.seeds)
-        grid.check_fields(base, runs)
-        return {r.point_name + f",{r.seed}": r for r in grid.store_as_changes(runs, base, fixed)}
+        s.fixed.update(fixed)
+        return {r.label: r for r in grid.Sweep.from_config(s).runs()}
 
-    main, reset = stored("main_2000"), stored("reset")
-    assert main["passes=1,0"].name == "base,seed=0"
-    assert reset["passes=1,reset_between_passes=False,0"].name == main["passes=1,0"].name
-    assert reset["passes=2,reset_between_passes=False,1"].name == main["passes=2,1"].name
-    assert reset["passes=2,reset_between_passes=True,1"].name == (
-        "passes=2,reset_between_passes=True,seed=1"
-    )
-    changed = stored("main_2000", fixed={"steps": 7})
-    assert changed["passes=1,0"].name == "steps=7,seed=0"
-    flags = grid.override_flags(grid.launch_overrides(changed["passes=2,0"]))
+    tiny = runs("tiny")
+    assert sorted(tiny) == ["passes=1,seed=0", "passes=2,seed=0"]
+    assert [r.name for r in tiny.values()] == list(tiny)
+    main, reset = runs("main_2000"), runs("reset")
+    for n, reset_s, same in ((1, False, True), (2, False, True), (2, True, False)):
+        stored = reset[f"passes={n},reset_between_passes={reset_s},seed=1"].stored
+        assert (stored == main[f"passes={n},seed=1"].stored) == same
+    changed = runs("main_2000", steps=7)
+    assert changed["passes=2,seed=0"].name == "passes=2,seed=0"  # fixed: in config.json only
+    flags = grid.override_flags(grid.launch_overrides(changed["passes=2,seed=0"]))
     assert flags == ["--config.passes=2", "--config.steps=7", "--config.seed=0"]
-    trunc = stored("truncation")  # None (the base's grad_passes) is not passed on
-    run = trunc["estimator=full,grad_passes=None,passes=4,2"]
-    assert run.name == "passes=4,seed=2"
+    trunc = runs("truncation")  # None (the base's grad_passes) is not passed on
+    run = trunc["estimator=full,grad_passes=None,passes=4,seed=2"]
+    assert grid.launch_overrides(run) == {"passes": 4, "seed": 2}
+    rules = runs("rules")  # passes=2 for every point: named in the directory, not the table
+    assert "rule=hebbian,seed=0" in rules
+    assert rules["rule=hebbian,seed=0"].name == "passes=2,rule=hebbian,seed=0"
+    main_n8 = runs("main")  # one load: the table says passes=4, the directory the load too
+    assert set(main_n8) == {f"passes={n},seed={s}" for n in (1, 4) for s in range(5)}
+    assert main_n8["passes=4,seed=3"].name == (
+        "passes=4,task.num_pairs_values=(8),task.window=16,seed=3"
+    )
 
 
 def test_launch_config_is_what_the_training_flags_build():
@@ -307,7 +315,7 @@ def test_local_submitit_sweep_resumes_and_skips_finished(tmp_path, monkeypatch):
     assert "2 of 2 runs to go, 2 at a time (local launcher)" in out
     assert "2/2 done" in out and "ETA" in out
     dirs = [r["run_dir"] for r in records]
-    assert [os.path.basename(d) for d in dirs] == ["base,seed=0", "passes=2,seed=0"]
+    assert [os.path.basename(d) for d in dirs] == ["passes=1,seed=0", "passes=2,seed=0"]
     assert [_launches(d) for d in dirs] == [1, 1]
     assert "--config.passes=2" in open(os.path.join(dirs[1], runner.COMMAND_FILE)).read()
     jobs = [d for d in os.listdir(os.path.join(wd, "submitit")) if d.isdigit()]
@@ -335,26 +343,55 @@ def test_changed_config_is_refused_or_rerun_under_a_new_name(tmp_path):
     with pytest.raises(runner.ConfigChangedError, match=r"steps: 10 -> 20"):
         _run(changed, wd, kind="debug")
     runs_dir = os.path.join(wd, "runs")
-    assert sorted(os.listdir(runs_dir)) == ["base,seed=0", "passes=2,seed=0"]  # untouched
+    assert sorted(os.listdir(runs_dir)) == ["passes=1,seed=0", "passes=2,seed=0"]  # untouched
     assert not os.path.exists(os.path.join(wd, lock.LOCK_FILE))  # released on the error
     records, _ = _run(changed, wd, kind="debug", on_config_change="rerun")
     assert all(r["status"] == "completed" for r in records)
     new = [os.path.basename(r["run_dir"]) for r in records]
     assert all(",cfg=" in n for n in new) and len(os.listdir(runs_dir)) == 4
     assert all(RunDir(r["run_dir"]).config()["config"]["steps"] == 20 for r in records)
-    assert RunDir(os.path.join(runs_dir, "base,seed=0")).config()["config"]["steps"] == 10
+    assert RunDir(os.path.join(runs_dir, "passes=1,seed=0")).config()["config"]["steps"] == 10
     # The renamed runs are now the ones this config reuses.
     plan = runner.plan(changed, runs_dir, "rerun")
     assert [p.status for p in plan] == [runner.FINISHED] * 2
     # "continue": a change that only decides when the run ends (here steps) resumes the
-    # original runs; a change of what is computed stays refused.
+    # original runs (once none recorded the new config exactly, as the renamed ones did);
+    # a change of what is computed stays refused.
+    for p in runner.plan(changed, runs_dir, "rerun"):
+        shutil.rmtree(p.run_dir)
     plan = runner.plan(changed, runs_dir, "continue")
     assert [p.status for p in plan] == [runner.RESUME] * 2
-    assert [os.path.basename(p.run_dir) for p in plan] == ["base,seed=0", "passes=2,seed=0"]
+    assert [os.path.basename(p.run_dir) for p in plan] == ["passes=1,seed=0", "passes=2,seed=0"]
     assert all("steps: 10 -> 20" in p.changed for p in plan)
     computed = _base(tmp_path, steps=10, batch_size=4)
     with pytest.raises(runner.ConfigChangedError, match=r"batch_size"):
         runner.check_no_changes(runner.plan(computed, runs_dir, "continue"))
+
+
+def test_runs_under_older_names_are_found_by_their_recorded_config(tmp_path):
+    """Run directories named by the older scheme (by what they changed in the base config)
+    are reused and resumed where they are, and shown by their short names."""
+    wd = str(tmp_path / "sweep")
+    runs_dir = os.path.join(wd, "runs")
+    _run(_base(tmp_path), wd, kind="debug")
+    os.rename(os.path.join(runs_dir, "passes=1,seed=0"), os.path.join(runs_dir, "base,seed=0"))
+    old = os.path.join(runs_dir, "base,seed=0")
+    plan = runner.plan(_base(tmp_path), runs_dir)
+    assert [(p.name, p.run_dir, p.status) for p in plan] == [
+        ("passes=1,seed=0", old, runner.FINISHED),
+        ("passes=2,seed=0", os.path.join(runs_dir, "passes=2,seed=0"), runner.FINISHED),
+    ]
+    assert f"in {old}" in runner.describe(plan, 2)
+    json.dump({"status": "interrupted"}, open(os.path.join(old, "summary.json"), "w"))
+    records, out = _run(_base(tmp_path), wd, kind="debug")
+    assert "start passes=1,seed=0 (resume" in out and _launches(old) == 2
+    assert sorted(os.listdir(runs_dir)) == ["base,seed=0", "passes=2,seed=0"]
+    assert [r["point"] for r in records] == ["passes=1", "passes=2"]
+    # Another config is never taken for it: the N=1 run goes to its new name, afresh.
+    plan = runner.plan(_base(tmp_path, steps=20), runs_dir)
+    assert [(os.path.basename(p.run_dir), p.status) for p in plan] == [
+        ("passes=1,seed=0", runner.NEW), ("passes=2,seed=0", runner.CHANGED),
+    ]  # fmt: skip
 
 
 def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
@@ -489,7 +526,7 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     assert {
         (dict(r.point)["passes"], dict(r.point)["task.num_pairs_values"]) for r in n8.values()
     } == {(8, (16,)), (8, (8,)), (8, (4,))}
-    assert next(iter(n8.values())).name.replace("passes=8,", "") in cmap  # its N=1 pair
+    assert next(iter(n8.values())).name.replace("passes=8,", "passes=1,") in cmap  # its N=1 pair
     points = [dict(r.point) for r in cmap.values()]
     assert {p["task.num_pairs_values"] for p in points} == {(4,), (8,), (16,), (32,)}
     assert all(p["task.window"] == 2 * p["task.num_pairs_values"][0] for p in points)
