@@ -245,35 +245,75 @@ def test_eta_from_measured_step_rates(tmp_path):
         r.read()
     assert runs[0].step == 20 and runs[0].sec_per_step == pytest.approx(0.5)
     assert runs[0].overhead_s == pytest.approx(10.0)
-    # a: 20 steps left = 10 s; b: 10 s startup + 40 steps = 30 s; over two slots: 20 s.
-    assert progress.remaining_s(runs, parallel=2) == pytest.approx(20.0)
+    # a: 20 steps left = 10 s; b: 10 s startup + 40 steps = 30 s, in the free slot (two
+    # slots) or after a (one slot).
+    assert progress.remaining_s(runs, parallel=2) == pytest.approx(30.0)
     assert progress.remaining_s(runs, parallel=1) == pytest.approx(40.0)
     assert progress.remaining_s([progress.RunProgress("b", b, 40)], 1) is None
     assert progress.remaining_s([progress.RunProgress("b", b, 40)], 1, prior_run_s=7) == 7
+    # Once a run has finished, queued runs are charged its whole time (a run that stops
+    # early is not charged its step cap).
+    done = progress.RunProgress("c", b, 40, progress.DONE, wall_s=12.0)
+    assert progress.remaining_s([done, runs[1]], 1, prior_run_s=7) == pytest.approx(12.0)
 
 
-def test_progress_display_on_a_non_terminal_stream(tmp_path):
-    a = str(tmp_path / "passes=2,seed=0")
-    _metrics(a, [{"step": 10, "loss": 2.25, "elapsed_s": 15.0},
-                 {"step": 20, "loss": 1.75, "elapsed_s": 20.0}])  # fmt: skip
-    runs = [
-        progress.RunProgress("passes=2,seed=0", a, 40, progress.RUNNING),
-        progress.RunProgress("passes=1,seed=0", str(tmp_path / "b"), 40),
-        progress.RunProgress("base,seed=1", str(tmp_path / "c"), 40, progress.SKIPPED),
-    ]
-    out = io.StringIO()
-    console = Console(file=out, width=200)
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_view_counts_down_shows_compiling_and_rates(tmp_path):
+    """The tiny sweep's two runs, one slot, est_run_s=30, on a fake clock: the ETA counts
+    down while the first run compiles, then follows its own rate; the plain lines say
+    "compiling", then step, loss and s/step, one line each, never wrapped."""
+    a, b = str(tmp_path / "passes=1,seed=0"), str(tmp_path / "passes=2,seed=0")
+    runs = [progress.RunProgress("passes=1,seed=0", a, 20),
+            progress.RunProgress("passes=2,seed=0", b, 20)]  # fmt: skip
+    clock, out = FakeClock(), io.StringIO()
+    console = Console(file=out, width=80)
     assert not console.is_terminal
-    with progress.SweepProgress("sweep tiny", runs, 2, console, plain_every=0):
-        pass
-    text = out.getvalue()
-    assert "[sweep] sweep tiny: 1/3 done, 1 running, 1 queued" in text
-    assert "passes=2,seed=0 20/40 loss 1.7500" in text and "ETA 0m20s" in text
-    assert "\x1b[" not in text  # plain lines, no terminal control codes
+    view = progress.SweepProgress("sweep tiny", runs, 1, console, plain_every=0,
+                                  prior_run_s=30.0, clock=clock)  # fmt: skip
+    with view:
+        assert "ETA 1m00s" in view.headline()  # nothing measured: 2 x est_run_s
+        runs[0].state = progress.RUNNING
+        view.refresh()
+        clock.t += 10
+        view.refresh()
+        assert "elapsed 0m10s, ETA 0m50s" in view.headline()  # counts down while compiling
+        assert view.line().endswith("| passes=1,seed=0 compiling")
+        clock.t += 10  # 3 s startup, then 0.5 s per step
+        _metrics(a, [{"step": 5, "loss": 2.5, "elapsed_s": 5.5},
+                     {"step": 10, "loss": 2.0, "elapsed_s": 8.0}])  # fmt: skip
+        view.refresh()
+        assert "ETA 0m35s" in view.headline()  # its own 10 steps x 0.5 s, then 30 s queued
+        assert "passes=1,seed=0 10/20 loss 2.0000 0.500 s/step" in view.line()
+        view.log("start " + "x" * 120)  # a long event line
+    lines = out.getvalue().splitlines()
+    assert any(ln == "[sweep] start " + "x" * 120 for ln in lines)  # one line, not wrapped
+    assert all(ln.startswith("[sweep] ") for ln in lines)
+    assert "\x1b[" not in out.getvalue()  # plain lines, no terminal control codes
     table = io.StringIO()
-    Console(file=table, width=200).print(progress.SweepProgress("t", runs, 2).render())
-    assert "passes=2,seed=0" in table.getvalue() and "20/40" in table.getvalue()
-    assert "passes=1,seed=0" not in table.getvalue()  # queued runs get no row
+    Console(file=table, width=200).print(view.render())
+    assert "passes=1,seed=0" in table.getvalue() and "10/20" in table.getvalue()
+    assert "0.500" in table.getvalue()  # the s/step column
+    assert "passes=2,seed=0" not in table.getvalue()  # queued runs get no row
+
+
+def test_a_resumed_run_compiles_until_it_logs_again(tmp_path):
+    a = str(tmp_path / "a")
+    _metrics(a, [{"step": 10, "loss": 2.0, "elapsed_s": 15.0},
+                 {"step": 20, "loss": 1.5, "elapsed_s": 20.0}])  # fmt: skip
+    run = progress.RunProgress("a", a, 40, progress.RUNNING)
+    run.read()
+    assert not run.logged and progress.SweepProgress._cells(run)[0] == "compiling"
+    with open(os.path.join(a, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 25, "loss": 1.0, "elapsed_s": 9.0}) + "\n")
+    run.read()
+    assert run.logged and progress.SweepProgress._cells(run)[0] == "25/40"
 
 
 # --- sweeps through submitit, with a stand-in trainer ---------------------------------
