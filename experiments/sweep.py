@@ -9,16 +9,23 @@ of values; join fields with "+" to vary them together), `fixed` (overrides for e
 is compared against), `x_field` (the plot's x axis), `metric`, `frontier` (a threshold:
 also tabulate each run's depth frontier) and `est_run_s` (seconds per run, for the ETA
 before any run is measured). Override any of them, or add axes and fixed overrides, from
-the command line: --sweep.seeds=0,1,2  --sweep.axes.passes=1,8  --sweep.fixed.steps=500.
+the command line: --sweep.seeds=0,1,2  --sweep.axes.passes=1,8  --sweep.fixed.steps=500
+--sweep.axes.eviction=hard,sliding (a comma list: strings, true/false, numbers or
+Python literals such as ('attn','ssm'),('attn','attn')).
 
-Outputs under --workdir: runs/<changes>,seed=<s>/ (each a normal training workdir with
-its command.sh and stdout.log, named by the fields it changes in the base config; "base"
-if none), results.jsonl, summary.md, sweep.png, submitit/ (job logs). Rerunning skips
-finished runs and resumes unfinished ones -- if their recorded config.json equals what
-the sweep launches now (else see --on_config_change). --dry_run lists the runs and the
-estimated time. A lock (sweep.lock) keeps a second sweep off the same workdir. Sweeps of
-one base config given the same --runs_dir share their runs: e.g. the beyond-the-paper
-sweeps reuse the main job's N = 1, 2, 4 runs.
+Outputs under --workdir: runs/<swept fields>,seed=<s>/ (each a normal training workdir
+with its command.sh and stdout.log, named by its swept fields and seed, e.g.
+passes=4,seed=3; the fixed overrides are in its config.json), results.jsonl, summary.md,
+sweep.png, submitit/ (job logs). Tables, plots and the progress view name a run by the
+swept fields that vary and the compared ones. Rerunning skips finished runs and resumes
+unfinished ones -- if their recorded config.json equals what the sweep launches now (else
+see --on_config_change). A run recorded under another name (runs were once named by what
+they changed in the base config) is found by its config.json and reused there. Sweeps of
+one base config given the same --runs_dir share their runs the same way: e.g. the
+beyond-the-paper sweeps reuse the main job's N = 1, 2, 4 runs. --dry_run validates every
+run's config as training would and lists the runs and the estimated time; a bad one is
+refused naming the run and the field. A lock (sweep.lock) keeps a second sweep off the
+same workdir.
 
 On a Slurm cluster: --launcher=slurm --slurm_partition=gpu --slurm_gpus_per_node=1
 --slurm_cpus_per_task=8 --slurm_time_min=120 [--slurm_mem_gb, --slurm_account,
@@ -34,7 +41,10 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import usage
 from experiments.sweeping import cli, grid, lock, report, runner
+
+PROG = "experiments.sweep"
 
 _SWEEP = config_flags.DEFINE_config_file(
     "sweep", None, "sweep file (get_config returns the sweep)", lock_config=False,
@@ -55,22 +65,27 @@ flags.mark_flags_as_required(["sweep", "workdir"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage.fail(f"unexpected arguments: {argv[1:]}", PROG)
     s, workdir = _SWEEP.value, _WORKDIR.value
-    try:
+    runs_dir = _RUNS_DIR.value or f"{workdir}/runs"
+    try:  # everything a person can get wrong, refused before anything is written
         sweep = grid.Sweep.from_config(s)
+        planned = runner.plan(sweep, runs_dir, cli.ON_CONFIG_CHANGE.value)
+        runner.check_configs(planned)
         if cli.DRY_RUN.value:
-            runs_dir = _RUNS_DIR.value or f"{workdir}/runs"
-            planned = runner.plan(sweep, runs_dir, cli.ON_CONFIG_CHANGE.value)
             print(runner.describe(planned, sweep.parallel, sweep.est_run_s))
             return
-        start = time.time()
+        launcher = cli.make_launcher(workdir, sweep.parallel)
+    except ValueError as e:
+        usage.fail(str(e), PROG)
+    start = time.time()
+    try:
         records = runner.run_sweep(
-            sweep, workdir, cli.make_launcher(workdir, sweep.parallel), runs_dir=_RUNS_DIR.value,
+            sweep, workdir, launcher, runs_dir=_RUNS_DIR.value,
             on_config_change=cli.ON_CONFIG_CHANGE.value, plain_every=cli.PLAIN_EVERY.value,
             train_flags=[f"--compilation_cache_dir={_CACHE.value}"] if _CACHE.value else [],
         )  # fmt: skip
-    except (ValueError, lock.LockedError) as e:  # config errors, changed runs, a held lock
+    except (ValueError, lock.LockedError) as e:  # changed runs, a held lock
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     table = report.write_report(workdir, s, records)
@@ -83,4 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=usage.parser(
+        PROG, __doc__, [PROG, "experiments.sweeping.cli"], config_flag="sweep"))  # fmt: skip

@@ -5,9 +5,12 @@
 
 Each config file's docstring is its run-book. Outputs under --workdir: config.json,
 metrics.jsonl, summary.json, checkpoints/, TensorBoard event files
-(`tensorboard --logdir runs/`). Exits non-zero on an invalid config, a workdir holding a
-run of a different config (rerun with --allow_config_change to continue it under the new
-values anyway), a NaN/Inf loss or gradient norm, or a full disk / unwritable workdir;
+(`tensorboard --logdir runs/`). `--help --config=<file>` lists every flag and the file's
+config fields with their defaults. A usage error (an unknown flag or field, a value that
+does not parse or validate, multi-host flags without a coordinator) exits 2 with one line
+on stderr, before anything is written; a workdir holding a run of a different config
+(rerun with --allow_config_change to continue it under the new values anyway), a NaN/Inf
+loss or gradient norm, or a full disk / unwritable workdir exits 1;
 128 + the signal number on SIGTERM or SIGINT (summary.json records the stop).
 
 Several devices: --config.data_parallel=True (or a device count). Several hosts: the same
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import logging as logging_lib
+import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import usage
 from experiments.sweeping import lock
 from sleep_consolidation import run_dir, sharding, train
 
@@ -60,20 +65,23 @@ _DIST_TIMEOUT = flags.DEFINE_float(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _parse_flags(argv):
-    """absl's parser, with a one-line error for an override of a field that does not exist
-    (config_flags itself raises a bare AttributeError)."""
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as e:
-        key = str(e).strip("'\"")
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
-        print(
-            f"error: {', '.join(bad) or key}: no such config field '{key}' (the fields and "
-            "their defaults are in experiments/configs/common.py)",
-            file=sys.stderr,
+def _check_multihost_flags() -> None:
+    """A multi-host run needs the coordinator's address on every process; without it JAX
+    fails deep inside `jax.distributed.initialize`."""
+    env = os.environ
+    asked = {
+        "--num_processes": _NUM_PROCESSES.value is not None or env.get(sharding.ENV_NUM_PROCESSES),
+        "--process_id": _PROCESS_ID.value is not None or env.get(sharding.ENV_PROCESS_ID),
+    }
+    given = [f for f, v in asked.items() if v]
+    coordinator = _COORDINATOR.value or env.get(sharding.ENV_COORDINATOR)
+    if given and not (coordinator or _DISTRIBUTED.value):
+        usage.fail(
+            f"{' and '.join(given)} without a coordinator: add --coordinator_address=HOST0:PORT "
+            f"(the same on every host; or ${sharding.ENV_COORDINATOR}), or use --distributed "
+            "on a cluster JAX detects (Cloud TPU, SLURM, Open MPI)",
+            "experiments.train",
         )
-        sys.exit(2)
 
 
 class _QuietOrbax(logging_lib.Filter):
@@ -107,6 +115,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    _check_multihost_flags()
     # Before anything else touches JAX (a no-op unless asked by flags or env vars).
     sharding.maybe_initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value,
@@ -119,6 +128,7 @@ def main(argv):
         jax.devices(),
     )  # fmt: skip
     try:
+        train.resolve_config(_CONFIG.value)  # an invalid config is refused before any write
         # SIGTERM (Slurm's preemption and time-out) stops the run like Ctrl-C: summary.json
         # records it, the lock is released, the last checkpoint kept.
         with run_dir.stop_signals_raise(), _one_trainer(_WORKDIR.value):
@@ -132,10 +142,11 @@ def main(argv):
     # Config errors and conflicts (ValueError), NaN/Inf, I/O errors (full disk, unwritable
     # workdir: the message names the path), and a run directory another process trains.
     except (ValueError, train.NonFiniteError, OSError, lock.LockedError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        print(f"error: {e}", file=sys.stderr)  # once: absl's log also goes to stderr
+        # A config the flags asked for that does not validate is a usage error.
+        sys.exit(usage.USAGE_ERROR if str(e).startswith("invalid config") else 1)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=usage.parser("experiments.train", __doc__, ["experiments.train"],
+                                            config_flag="config"))  # fmt: skip

@@ -219,6 +219,23 @@ def _window_step(
     return result(fast, prefix, {**xs, **xs_l}, slept, h_norms)
 
 
+def check_static(**args) -> None:
+    """window, passes and grad_passes fix the program's shape (how many windows, how many
+    passes), so they must be Python ints, not values traced by `jax.jit`.
+
+    Raises:
+      TypeError: naming the traced arguments and the `static_argnames` that fixes it.
+    """
+    traced = [name for name, v in args.items() if isinstance(v, jax.core.Tracer)]
+    if traced:
+        names = ", ".join(repr(n) for n in traced)
+        raise TypeError(
+            f"forward: {names} got a traced value; they set the program's shape and must be "
+            "static Python ints: mark them static, e.g. "
+            'jax.jit(sc.forward, static_argnames=("window", "passes"))'
+        )
+
+
 def forward(
     params: Params,
     tokens,
@@ -260,6 +277,7 @@ def forward(
     """
     cfg = params.config
     schedule = resolve_schedule(schedule, schedule_kwargs)
+    check_static(window=window, passes=passes, grad_passes=grad_passes)
     check_window_and_passes(window, passes)
     schedule.loop_range(cfg)
     if remat not in REMAT_MODES:

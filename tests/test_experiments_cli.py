@@ -82,6 +82,42 @@ def test_cli_unknown_field_fails_clearly(tmp_path, env):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--config.passes=two"], "--config.passes=two: invalid literal for int()"),
+        (["--config.pases=2"], "--config.pases: no such config field 'pases'; did you mean "
+                               '"passes"?'),  # fmt: skip
+        (["--config.passes=0"], "invalid config: passes must be an int >= 1, got 0"),
+        (["--num_processes=2", "--process_id=0"], "--num_processes and --process_id without a "
+                                                  "coordinator: add --coordinator_address="),
+    ],
+)  # fmt: skip
+def test_cli_usage_errors_are_one_line_printed_once_exit_2(tmp_path, env, args, says):
+    out = run(env, TINY, f"--workdir={tmp_path / 'run'}", *args)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if "error" in ln.lower()]
+    assert errors == [errors[0]] and errors[0].startswith("error: "), out.stderr[-2000:]
+    assert says in errors[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_help_lists_the_config_fields_with_their_defaults(env):
+    out = run(env, "--help", TINY)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in (
+        "--workdir",
+        "--allow_config_change",
+        "--coordinator_address",
+        "--config.passes=2",
+        "--config.task.window=",
+        "--config.eviction='hard'",
+    ):
+        assert line in out.stdout, line
+    bare = run(env, "--helpfull")
+    assert bare.returncode == 0 and "Add --config=<file> to --help" in bare.stdout
+
+
 def test_cli_unwritable_workdir_fails_naming_the_path(tmp_path, env):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # a directory cannot be made under a file, even by root

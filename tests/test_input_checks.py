@@ -327,3 +327,13 @@ def test_evaluate_refuses_a_model_of_another_vocabulary(params):
     with pytest.raises(ValueError, match=rf"model's vocab_size {CFG.vocab_size} differs from "
                        rf"task recall's vocab_size {task.vocab_size}"):  # fmt: skip
         evaluation.evaluate(params, task, task.eval_batch(0, 2))
+
+
+def test_traced_window_or_passes_says_to_mark_them_static(params):
+    tokens = jnp.zeros((B, 2 * L), jnp.int32)
+    with pytest.raises(TypeError, match=r"'window', 'passes' got a traced value.*static_argnames"):
+        jax.jit(sc.forward)(params, tokens, L, 2)
+    with pytest.raises(TypeError, match=r"'passes' got a traced value"):
+        jax.jit(sc.forward, static_argnames="window")(params, tokens, window=L, passes=2)
+    fwd = jax.jit(sc.forward, static_argnames=("window", "passes"))
+    assert fwd(params, tokens, window=L, passes=2).shape == (B, 2 * L, CFG.vocab_size)

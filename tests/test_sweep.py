@@ -4,6 +4,7 @@ lock, the progress display, the dry run, overrides from the command line, the re
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,58 @@ def test_expand_grid_pairs_seeds_and_zips():
         grid.expand_grid({"a+b": [1]}, seeds=[0])
 
 
+def _sweep_from_command_line(*overrides, name="tiny"):
+    """The Sweep `python -m experiments.sweep --sweep=sweeps.py:<name> *overrides` runs,
+    parsed by the same ml_collections flag as the entry point."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["sweep", f"--sweep=experiments/configs/sweeps.py:{name}", *overrides]
+    values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "sweep", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
+    )
+    values(argv)
+    return grid.Sweep.from_config(holder.value)
+
+
+@pytest.mark.parametrize(
+    "flag, values",
+    [
+        ("--sweep.axes.eviction=hard,sliding", ["hard", "sliding"]),  # strings, not letters
+        ("--sweep.axes.eviction=sliding", ["sliding"]),
+        ("--sweep.axes.rule='delta','hebbian'", ["delta", "hebbian"]),
+        ("--sweep.axes.reset_between_passes=true,false", [True, False]),
+        ("--sweep.axes.reset_between_passes=True", [True]),
+        ("--sweep.axes.window=8,16", [8, 16]),
+        ("--sweep.axes.window=8", [8]),
+        ("--sweep.axes.learning_rate=0.1,3e-3", [0.1, 0.003]),
+        ("--sweep.axes.layout=('attn','ssm'),('attn','attn')", [("attn", "ssm"), ("attn", "attn")]),
+        ("--sweep.axes.passes=1,8", [1, 8]),  # an axis the sweep file already has
+    ],
+)
+def test_axes_from_the_command_line_are_the_values_typed(flag, values):
+    sweep = _sweep_from_command_line(flag)
+    field = flag.split("=")[0].split(".")[-1]
+    assert sweep.axes[field] == values
+    assert all(type(a) is type(b) for a, b in zip(sweep.axes[field], values))
+
+
+def test_every_run_config_is_validated_naming_the_run_and_field(tmp_path):
+    sweep = _sweep_from_command_line("--sweep.axes.eviction=hard,slidin")
+    planned = runner.plan(sweep, str(tmp_path / "runs"))
+    assert len(planned) == 4
+    with pytest.raises(
+        ValueError,
+        match=r"^run \S*eviction=slidin\S*seed=0: .*eviction must be "
+        r"one of \('hard', 'sliding'\), got 'slidin' \(1 more of the 4 runs",
+    ):
+        runner.check_configs(planned)
+    runner.check_configs(runner.plan(_sweep_from_command_line(), str(tmp_path / "runs")))
+    with pytest.raises(ValueError, match=r"--config.passes=1,x: invalid literal for int"):
+        runner.plan(_sweep_from_command_line("--sweep.axes.passes=1,x"), str(tmp_path))
+
+
 def test_check_fields_names_the_unknown_field():
     from ml_collections import ConfigDict
 
@@ -41,33 +94,40 @@ def test_check_fields_names_the_unknown_field():
         grid.check_fields(base, grid.expand_grid({"passess": [1]}, [0]))
 
 
-def test_runs_are_named_by_what_they_change_so_sweeps_share_them():
-    """The reset sweep's N=1 and N=2 carry points are the main job's runs (same names, same
-    launch overrides); a changed field, fixed or swept, makes a different run."""
-    from experiments.configs import recall, sweeps
+def test_runs_are_named_by_their_swept_fields_and_launched_with_their_changes():
+    """A run's name is its swept fields and seed (the compared field always: the tiny
+    sweep's N=1 run is passes=1); the reset sweep's N=1 and N=2 carry points launch with
+    the main job's overrides (the same configs, so a shared runs directory shares them);
+    tables show the fields that vary and the compared ones."""
+    from experiments.configs import sweeps
 
-    base = recall.get_config("capacity")
-
-    def stored(name, fixed=None):
+    def runs(name, **fixed):
         s = sweeps.get_config(name)
-        runs = grid.expand_grid(grid.axes_and_fixed(s)[0], s.seeds)
-        grid.check_fields(base, runs)
-        return {r.point_name + f",{r.seed}": r for r in grid.store_as_changes(runs, base, fixed)}
+        s.fixed.update(fixed)
+        return {r.label: r for r in grid.Sweep.from_config(s).runs()}
 
-    main, reset = stored("main_2000"), stored("reset")
-    assert main["passes=1,0"].name == "base,seed=0"
-    assert reset["passes=1,reset_between_passes=False,0"].name == main["passes=1,0"].name
-    assert reset["passes=2,reset_between_passes=False,1"].name == main["passes=2,1"].name
-    assert reset["passes=2,reset_between_passes=True,1"].name == (
-        "passes=2,reset_between_passes=True,seed=1"
-    )
-    changed = stored("main_2000", fixed={"steps": 7})
-    assert changed["passes=1,0"].name == "steps=7,seed=0"
-    flags = grid.override_flags(grid.launch_overrides(changed["passes=2,0"]))
+    tiny = runs("tiny")
+    assert sorted(tiny) == ["passes=1,seed=0", "passes=2,seed=0"]
+    assert [r.name for r in tiny.values()] == list(tiny)
+    main, reset = runs("main_2000"), runs("reset")
+    for n, reset_s, same in ((1, False, True), (2, False, True), (2, True, False)):
+        stored = reset[f"passes={n},reset_between_passes={reset_s},seed=1"].stored
+        assert (stored == main[f"passes={n},seed=1"].stored) == same
+    changed = runs("main_2000", steps=7)
+    assert changed["passes=2,seed=0"].name == "passes=2,seed=0"  # fixed: in config.json only
+    flags = grid.override_flags(grid.launch_overrides(changed["passes=2,seed=0"]))
     assert flags == ["--config.passes=2", "--config.steps=7", "--config.seed=0"]
-    trunc = stored("truncation")  # None (the base's grad_passes) is not passed on
-    run = trunc["estimator=full,grad_passes=None,passes=4,2"]
-    assert run.name == "passes=4,seed=2"
+    trunc = runs("truncation")  # None (the base's grad_passes) is not passed on
+    run = trunc["estimator=full,grad_passes=None,passes=4,seed=2"]
+    assert grid.launch_overrides(run) == {"passes": 4, "seed": 2}
+    rules = runs("rules")  # passes=2 for every point: named in the directory, not the table
+    assert "rule=hebbian,seed=0" in rules
+    assert rules["rule=hebbian,seed=0"].name == "passes=2,rule=hebbian,seed=0"
+    main_n8 = runs("main")  # one load: the table says passes=4, the directory the load too
+    assert set(main_n8) == {f"passes={n},seed={s}" for n in (1, 4) for s in range(5)}
+    assert main_n8["passes=4,seed=3"].name == (
+        "passes=4,task.num_pairs_values=(8),task.window=16,seed=3"
+    )
 
 
 def test_launch_config_is_what_the_training_flags_build():
@@ -185,35 +245,75 @@ def test_eta_from_measured_step_rates(tmp_path):
         r.read()
     assert runs[0].step == 20 and runs[0].sec_per_step == pytest.approx(0.5)
     assert runs[0].overhead_s == pytest.approx(10.0)
-    # a: 20 steps left = 10 s; b: 10 s startup + 40 steps = 30 s; over two slots: 20 s.
-    assert progress.remaining_s(runs, parallel=2) == pytest.approx(20.0)
+    # a: 20 steps left = 10 s; b: 10 s startup + 40 steps = 30 s, in the free slot (two
+    # slots) or after a (one slot).
+    assert progress.remaining_s(runs, parallel=2) == pytest.approx(30.0)
     assert progress.remaining_s(runs, parallel=1) == pytest.approx(40.0)
     assert progress.remaining_s([progress.RunProgress("b", b, 40)], 1) is None
     assert progress.remaining_s([progress.RunProgress("b", b, 40)], 1, prior_run_s=7) == 7
+    # Once a run has finished, queued runs are charged its whole time (a run that stops
+    # early is not charged its step cap).
+    done = progress.RunProgress("c", b, 40, progress.DONE, wall_s=12.0)
+    assert progress.remaining_s([done, runs[1]], 1, prior_run_s=7) == pytest.approx(12.0)
 
 
-def test_progress_display_on_a_non_terminal_stream(tmp_path):
-    a = str(tmp_path / "passes=2,seed=0")
-    _metrics(a, [{"step": 10, "loss": 2.25, "elapsed_s": 15.0},
-                 {"step": 20, "loss": 1.75, "elapsed_s": 20.0}])  # fmt: skip
-    runs = [
-        progress.RunProgress("passes=2,seed=0", a, 40, progress.RUNNING),
-        progress.RunProgress("passes=1,seed=0", str(tmp_path / "b"), 40),
-        progress.RunProgress("base,seed=1", str(tmp_path / "c"), 40, progress.SKIPPED),
-    ]
-    out = io.StringIO()
-    console = Console(file=out, width=200)
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_view_counts_down_shows_compiling_and_rates(tmp_path):
+    """The tiny sweep's two runs, one slot, est_run_s=30, on a fake clock: the ETA counts
+    down while the first run compiles, then follows its own rate; the plain lines say
+    "compiling", then step, loss and s/step, one line each, never wrapped."""
+    a, b = str(tmp_path / "passes=1,seed=0"), str(tmp_path / "passes=2,seed=0")
+    runs = [progress.RunProgress("passes=1,seed=0", a, 20),
+            progress.RunProgress("passes=2,seed=0", b, 20)]  # fmt: skip
+    clock, out = FakeClock(), io.StringIO()
+    console = Console(file=out, width=80)
     assert not console.is_terminal
-    with progress.SweepProgress("sweep tiny", runs, 2, console, plain_every=0):
-        pass
-    text = out.getvalue()
-    assert "[sweep] sweep tiny: 1/3 done, 1 running, 1 queued" in text
-    assert "passes=2,seed=0 20/40 loss 1.7500" in text and "ETA 0m20s" in text
-    assert "\x1b[" not in text  # plain lines, no terminal control codes
+    view = progress.SweepProgress("sweep tiny", runs, 1, console, plain_every=0,
+                                  prior_run_s=30.0, clock=clock)  # fmt: skip
+    with view:
+        assert "ETA 1m00s" in view.headline()  # nothing measured: 2 x est_run_s
+        runs[0].state = progress.RUNNING
+        view.refresh()
+        clock.t += 10
+        view.refresh()
+        assert "elapsed 0m10s, ETA 0m50s" in view.headline()  # counts down while compiling
+        assert view.line().endswith("| passes=1,seed=0 compiling")
+        clock.t += 10  # 3 s startup, then 0.5 s per step
+        _metrics(a, [{"step": 5, "loss": 2.5, "elapsed_s": 5.5},
+                     {"step": 10, "loss": 2.0, "elapsed_s": 8.0}])  # fmt: skip
+        view.refresh()
+        assert "ETA 0m35s" in view.headline()  # its own 10 steps x 0.5 s, then 30 s queued
+        assert "passes=1,seed=0 10/20 loss 2.0000 0.500 s/step" in view.line()
+        view.log("start " + "x" * 120)  # a long event line
+    lines = out.getvalue().splitlines()
+    assert any(ln == "[sweep] start " + "x" * 120 for ln in lines)  # one line, not wrapped
+    assert all(ln.startswith("[sweep] ") for ln in lines)
+    assert "\x1b[" not in out.getvalue()  # plain lines, no terminal control codes
     table = io.StringIO()
-    Console(file=table, width=200).print(progress.SweepProgress("t", runs, 2).render())
-    assert "passes=2,seed=0" in table.getvalue() and "20/40" in table.getvalue()
-    assert "passes=1,seed=0" not in table.getvalue()  # queued runs get no row
+    Console(file=table, width=200).print(view.render())
+    assert "passes=1,seed=0" in table.getvalue() and "10/20" in table.getvalue()
+    assert "0.500" in table.getvalue()  # the s/step column
+    assert "passes=2,seed=0" not in table.getvalue()  # queued runs get no row
+
+
+def test_a_resumed_run_compiles_until_it_logs_again(tmp_path):
+    a = str(tmp_path / "a")
+    _metrics(a, [{"step": 10, "loss": 2.0, "elapsed_s": 15.0},
+                 {"step": 20, "loss": 1.5, "elapsed_s": 20.0}])  # fmt: skip
+    run = progress.RunProgress("a", a, 40, progress.RUNNING)
+    run.read()
+    assert not run.logged and progress.SweepProgress._cells(run)[0] == "compiling"
+    with open(os.path.join(a, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 25, "loss": 1.0, "elapsed_s": 9.0}) + "\n")
+    run.read()
+    assert run.logged and progress.SweepProgress._cells(run)[0] == "25/40"
 
 
 # --- sweeps through submitit, with a stand-in trainer ---------------------------------
@@ -255,7 +355,7 @@ def test_local_submitit_sweep_resumes_and_skips_finished(tmp_path, monkeypatch):
     assert "2 of 2 runs to go, 2 at a time (local launcher)" in out
     assert "2/2 done" in out and "ETA" in out
     dirs = [r["run_dir"] for r in records]
-    assert [os.path.basename(d) for d in dirs] == ["base,seed=0", "passes=2,seed=0"]
+    assert [os.path.basename(d) for d in dirs] == ["passes=1,seed=0", "passes=2,seed=0"]
     assert [_launches(d) for d in dirs] == [1, 1]
     assert "--config.passes=2" in open(os.path.join(dirs[1], runner.COMMAND_FILE)).read()
     jobs = [d for d in os.listdir(os.path.join(wd, "submitit")) if d.isdigit()]
@@ -283,22 +383,25 @@ def test_changed_config_is_refused_or_rerun_under_a_new_name(tmp_path):
     with pytest.raises(runner.ConfigChangedError, match=r"steps: 10 -> 20"):
         _run(changed, wd, kind="debug")
     runs_dir = os.path.join(wd, "runs")
-    assert sorted(os.listdir(runs_dir)) == ["base,seed=0", "passes=2,seed=0"]  # untouched
+    assert sorted(os.listdir(runs_dir)) == ["passes=1,seed=0", "passes=2,seed=0"]  # untouched
     assert not os.path.exists(os.path.join(wd, lock.LOCK_FILE))  # released on the error
     records, _ = _run(changed, wd, kind="debug", on_config_change="rerun")
     assert all(r["status"] == "completed" for r in records)
     new = [os.path.basename(r["run_dir"]) for r in records]
     assert all(",cfg=" in n for n in new) and len(os.listdir(runs_dir)) == 4
     assert all(RunDir(r["run_dir"]).config()["config"]["steps"] == 20 for r in records)
-    assert RunDir(os.path.join(runs_dir, "base,seed=0")).config()["config"]["steps"] == 10
+    assert RunDir(os.path.join(runs_dir, "passes=1,seed=0")).config()["config"]["steps"] == 10
     # The renamed runs are now the ones this config reuses.
     plan = runner.plan(changed, runs_dir, "rerun")
     assert [p.status for p in plan] == [runner.FINISHED] * 2
     # "continue": a change that only decides when the run ends (here steps) resumes the
-    # original runs; a change of what is computed stays refused.
+    # original runs (once none recorded the new config exactly, as the renamed ones did);
+    # a change of what is computed stays refused.
+    for p in runner.plan(changed, runs_dir, "rerun"):
+        shutil.rmtree(p.run_dir)
     plan = runner.plan(changed, runs_dir, "continue")
     assert [p.status for p in plan] == [runner.RESUME] * 2
-    assert [os.path.basename(p.run_dir) for p in plan] == ["base,seed=0", "passes=2,seed=0"]
+    assert [os.path.basename(p.run_dir) for p in plan] == ["passes=1,seed=0", "passes=2,seed=0"]
     assert all("steps: 10 -> 20" in p.changed for p in plan)
     computed = _base(tmp_path, steps=10, batch_size=4)
     with pytest.raises(runner.ConfigChangedError, match=r"batch_size"):
@@ -330,6 +433,32 @@ def test_a_sweep_extended_then_killed_mid_extension_resumes_the_unfinished_runs(
         {k: v for k, v in r.items() if k not in strip} for r in straight
     ]
     assert all(RunDir(r["run_dir"]).summary()["step"] == 20 for r in records)
+
+
+def test_runs_under_older_names_are_found_by_their_recorded_config(tmp_path):
+    """Run directories named by the older scheme (by what they changed in the base config)
+    are reused and resumed where they are, and shown by their short names."""
+    wd = str(tmp_path / "sweep")
+    runs_dir = os.path.join(wd, "runs")
+    _run(_base(tmp_path), wd, kind="debug")
+    os.rename(os.path.join(runs_dir, "passes=1,seed=0"), os.path.join(runs_dir, "base,seed=0"))
+    old = os.path.join(runs_dir, "base,seed=0")
+    plan = runner.plan(_base(tmp_path), runs_dir)
+    assert [(p.name, p.run_dir, p.status) for p in plan] == [
+        ("passes=1,seed=0", old, runner.FINISHED),
+        ("passes=2,seed=0", os.path.join(runs_dir, "passes=2,seed=0"), runner.FINISHED),
+    ]
+    assert f"in {old}" in runner.describe(plan, 2)
+    json.dump({"status": "interrupted"}, open(os.path.join(old, "summary.json"), "w"))
+    records, out = _run(_base(tmp_path), wd, kind="debug")
+    assert "start passes=1,seed=0 (resume" in out and _launches(old) == 2
+    assert sorted(os.listdir(runs_dir)) == ["base,seed=0", "passes=2,seed=0"]
+    assert [r["point"] for r in records] == ["passes=1", "passes=2"]
+    # Another config is never taken for it: the N=1 run goes to its new name, afresh.
+    plan = runner.plan(_base(tmp_path, steps=20), runs_dir)
+    assert [(os.path.basename(p.run_dir), p.status) for p in plan] == [
+        ("passes=1,seed=0", runner.NEW), ("passes=2,seed=0", runner.CHANGED),
+    ]  # fmt: skip
 
 
 def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
@@ -385,6 +514,25 @@ def test_dry_run_lists_the_runs_with_seeds_from_the_command_line(tmp_path):
     assert not wd.exists()  # started nothing, wrote nothing
     one = _sweep_cli(wd, "--dry_run", "--sweep.seeds=7")
     assert one.returncode == 0 and one.stdout.count(",seed=7") == 2, one.stderr[-2000:]
+
+
+def test_a_bad_sweep_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    out = _sweep_cli(tmp_path / "wd", "--dry_run", "--sweep.axes.eviction=hard,slidin")
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "eviction=slidin" in out.stderr and "eviction must be one of" in out.stderr
+    out = _sweep_cli(tmp_path / "wd", "--launcher=slurm", "--sweep.axes.eviction=hard,sliding")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--launcher=slurm needs Slurm's" in out.stderr and "--launcher=local" in out.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_sweep_help_lists_its_launcher_dry_run_and_slurm_flags():
+    out = _sweep_cli("unused", "--help")
+    assert out.returncode == 0, out.stderr
+    for flag in ("--launcher", "--[no]dry_run", "--slurm_partition", "--slurm_gpus_per_node",
+                 "--on_config_change", "--runs_dir", "--sweep.axes.passes=(1, 2)"):  # fmt: skip
+        assert flag in out.stdout, flag
 
 
 def test_unknown_sweep_field_fails_before_training(tmp_path):
@@ -445,7 +593,7 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     assert {
         (dict(r.point)["passes"], dict(r.point)["task.num_pairs_values"]) for r in n8.values()
     } == {(8, (16,)), (8, (8,)), (8, (4,))}
-    assert next(iter(n8.values())).name.replace("passes=8,", "") in cmap  # its N=1 pair
+    assert next(iter(n8.values())).name.replace("passes=8,", "passes=1,") in cmap  # its N=1 pair
     points = [dict(r.point) for r in cmap.values()]
     assert {p["task.num_pairs_values"] for p in points} == {(4,), (8,), (16,), (32,)}
     assert all(p["task.window"] == 2 * p["task.num_pairs_values"][0] for p in points)

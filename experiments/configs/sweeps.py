@@ -57,7 +57,7 @@ def tiny():
         fixed={
             "steps": 20,
             "eval_every": 20,
-            "log_every": 10,
+            "log_every": 5,  # two lines before the end: the progress view shows s/step
             "checkpoint_every": 20,
             "eval_size": 64,
         },
@@ -86,8 +86,8 @@ def main_2000():
 # cap is flagged unconverged in the report). One load per model. The window is 2n, so the
 # pairs fill the first window exactly and a step costs in proportion to the load (T = 4n):
 # the fast weights see the same n pairs whatever the padding, and a fixed window 64 made
-# the map cost ~20 h on 2 cores. Runs are named by what they change, so the sweeps share
-# their runs through --runs_dir.
+# the map cost ~20 h on 2 cores. A run of the same config is found by its config.json, so
+# the sweeps share their runs through --runs_dir.
 
 CAPACITY_LOADS = (4, 8, 16, 32)  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
 PLATEAU_FLOOR = 0.5  # eval/acc below it: still on the loss plateau (~0.09 here), not converged
@@ -207,8 +207,8 @@ def gsm():
 
 
 # --- beyond the paper (recall:capacity, 3 seeds) ---------------------------------------
-# Run each with --runs_dir=<the main job's workdir>/runs: runs are named by what they change
-# in recall:capacity, so the N = 1, 2, 4 runs are shared with the main job and each other.
+# Run each with --runs_dir=<the main job's workdir>/runs: a run of the same config is found by
+# its config.json, so the N = 1, 2, 4 runs are shared with the main job and each other.
 
 _SEEDS = [0, 1, 2]
 

@@ -9,6 +9,7 @@ config code: nothing here starts a process or writes a file.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import itertools
 import sys
@@ -25,19 +26,30 @@ class Run:
 
     point: tuple[tuple[str, Any], ...]  # sorted (field, value) overrides, seed excluded
     seed: int
-    # What the run is launched with and stored under (`store_as_changes`): the point and the
-    # sweep's fixed overrides, less the values the base config already has. None: the point.
+    # What the run is launched with (`store_as_changes`): the point and the sweep's fixed
+    # overrides, less the values the base config already has. None: the point and fixed.
     stored: tuple[tuple[str, Any], ...] | None = None
+    # The fields that tell this run from the sweep's others (`Sweep.runs`); None: all.
+    shown: tuple[str, ...] | None = None
 
     @property
     def point_name(self) -> str:
-        return _name(self.point)
+        """How tables, legends and the progress view name its point: the swept fields
+        that vary and the compared ones (`passes=4`), never the fixed overrides."""
+        if self.shown is None:
+            return _name(self.point)
+        return _name([(k, v) for k, v in self.point if k in self.shown])
+
+    @property
+    def label(self) -> str:
+        return f"{self.point_name},seed={self.seed}"
 
     @property
     def name(self) -> str:
-        """Its run directory: runs equal as configs have equal names, so sweeps that share
-        a runs directory share their runs (e.g. every sweep's N=1 point)."""
-        return f"{_name(self.point if self.stored is None else self.stored)},seed={self.seed}"
+        """Its run directory: every swept field (a one-value axis too) and the seed; the
+        fixed overrides are in its config.json, which decides identity (the runner also
+        finds a run recorded under another name by that config)."""
+        return f"{_name(self.point)},seed={self.seed}"
 
     def overrides(self) -> dict[str, Any]:
         return {**dict(self.point), "seed": self.seed}
@@ -70,12 +82,18 @@ def load_config_file(path: str, arg: str | None = None, overrides: Sequence[str]
 
     Parsed by ml_collections' own flag parser (the one the training entry point uses), so
     the sweep compares a run's recorded config with exactly what it would launch.
+
+    Raises:
+      ValueError: an override whose value does not parse as its field's type.
     """
     spec = path + (f":{arg}" if arg else "")
     argv = ["sweep", f"--config={spec}", *overrides]
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
-    values(argv)
+    try:
+        values(argv)
+    except flags.Error as e:  # a value that does not parse as the field's type
+        raise ValueError(str(e)) from e
     return holder.value
 
 
@@ -90,10 +108,55 @@ def plain(x):
     return x
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Splits at the commas outside brackets and quotes: "a,(b,c)" -> ["a", "(b,c)"]."""
+    parts, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return parts + [cur]
+
+
+def _literal(text: str):
+    """One value as typed on the command line: true/false as bools, Python literals as
+    themselves, anything else (hard, sliding, gated_delta) as a string."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        return text
+
+
+def axis_values(values) -> list:
+    """An axis's values as a list. ml_collections hands a new axis from the command line
+    over as a string when its items are not all Python literals (--sweep.axes.eviction=
+    hard,sliding, or true,false), and as a bare scalar for one value; both are parsed here
+    as the comma list the user typed, never iterated character by character."""
+    tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    if isinstance(values, str):
+        return [tup(_literal(v)) for v in _split_top_level(values) if v.strip()]
+    if not isinstance(values, list | tuple):
+        return [values]
+    return [tup(v) for v in values]
+
+
 def axes_and_fixed(sweep_config) -> tuple[dict, dict]:
     """A sweep file's `axes` and `fixed` as plain dicts, list values made tuples."""
     tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
-    axes = {k: [tup(v) for v in vals] for k, vals in plain(sweep_config.axes).items()}
+    axes = {k: axis_values(vals) for k, vals in plain(sweep_config.axes).items()}
     fixed = {k: tup(v) for k, v in plain(sweep_config.get("fixed", {})).items()}
     return axes, fixed
 
@@ -143,6 +206,17 @@ def expand_grid(axes: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> list
         key = point_key(point)
         runs.extend(Run(key, int(s)) for s in seeds)
     return runs
+
+
+def shown_fields(points: Sequence[tuple], compared: Sequence[str] = ()) -> tuple[str, ...]:
+    """The fields that name a point in a report: those whose value varies over `points`,
+    and the `compared` ones (the baseline's, the x axis) they hold; all if that is none."""
+    values: dict[str, set] = {}
+    for point in points:
+        for k, v in point:
+            values.setdefault(k, set()).add(repr(v))
+    shown = tuple(k for k in values if len(values[k]) > 1 or k in compared)
+    return shown or tuple(values)
 
 
 def check_fields(config, runs: Sequence[Run]) -> None:
@@ -209,10 +283,11 @@ class Sweep:
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seeds: Sequence[int] = (0,)
     parallel: int = 2
-    # Runs named by what they change in the base config (so sweeps share runs); False:
-    # by their grid point.
+    # Runs launched with only what they change in the base config; False: with their grid
+    # point and every fixed override.
     name_by_changes: bool = True
     est_run_s: float | None = None  # expected seconds per run before any is measured
+    compared: tuple[str, ...] = ("passes",)  # the baseline's fields and the plot's x axis
 
     @classmethod
     def from_config(cls, s) -> Sweep:
@@ -223,10 +298,12 @@ class Sweep:
         axes, fixed = axes_and_fixed(s)
         seeds = plain(s.seeds)
         seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+        compared = [*plain(s.get("baseline") or {"passes": 1}), s.get("x_field") or "passes"]
         return cls(config=s.config, config_arg=s.get("config_arg") or "", axes=axes,
                    fixed=fixed, seeds=tuple(int(x) for x in seeds),
                    parallel=int(s.get("parallel") or 2),
-                   est_run_s=s.get("est_run_s"))  # fmt: skip
+                   est_run_s=s.get("est_run_s"),
+                   compared=tuple(dict.fromkeys(compared)))  # fmt: skip
 
     @property
     def spec(self) -> str:
@@ -244,6 +321,8 @@ class Sweep:
         runs = expand_grid(self.axes, self.seeds)
         base = self.base_config()
         check_fields(base, runs + [Run(point_key(self.fixed), 0)])
+        shown = shown_fields([r.point for r in runs], self.compared)
+        runs = [dataclasses.replace(r, shown=shown) for r in runs]
         return store_as_changes(runs, base, self.fixed) if self.name_by_changes else runs
 
     def overrides(self, run: Run) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 
@@ -81,6 +82,12 @@ class Launcher:
             pin = parallel > 1 and cores
             self._free = [cores[i % len(cores)] if pin else None for i in range(parallel)]
         elif kind == "slurm":
+            missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+            if missing:  # submitit would fail later, deep in a traceback
+                raise ValueError(
+                    f"--launcher=slurm needs Slurm's {' and '.join(missing)} on PATH: run the "
+                    "sweep on a cluster login node, or use --launcher=local on this machine"
+                )
             self.executor = submitit.AutoExecutor(folder, cluster="slurm")
             self.executor.update_parameters(**(slurm or SlurmOptions()).parameters(parallel))
         else:

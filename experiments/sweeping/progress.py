@@ -35,6 +35,10 @@ class RunProgress:
     loss: float | None = None
     sec_per_step: float | None = None  # measured over this process's logged steps
     overhead_s: float | None = None  # startup (compile) + eval, beyond sec_per_step * steps
+    wall_s: float | None = None  # a finished run's whole time (summary.json)
+    started_at: float | None = None  # when the sweep first saw it running (its clock)
+    lines_before: int | None = None  # metrics lines already there when it started
+    logged: bool = False  # it has logged a step since it started (else: compiling)
 
     def read(self) -> None:
         """Updates step, loss and rates from the run's metrics.jsonl (or summary.json)."""
@@ -45,8 +49,13 @@ class RunProgress:
             if s.get("train_s") and trained > 0:
                 self.sec_per_step = s["train_s"] / trained
                 self.overhead_s = max((s.get("wall_s") or 0.0) - s["train_s"], 0.0)
+            if s.get("wall_s") and trained > 0:
+                self.wall_s = s["wall_s"]
             self.step = s.get("step") or self.step
         lines = [m for m in rd.metrics() if "step" in m and "elapsed_s" in m]
+        if self.state == RUNNING and self.lines_before is None:
+            self.lines_before = len(lines)  # a resumed run's earlier lines are not its own
+        self.logged = self.state != RUNNING or len(lines) > (self.lines_before or 0)
         # Only the lines of the latest process: elapsed_s restarts at a resume.
         seg = lines[-1:]
         for m in reversed(lines[:-1]):
@@ -66,32 +75,58 @@ class RunProgress:
             self.overhead_s = max(seg[0]["elapsed_s"] - seg[0]["step"] * sps, 0.0)
 
 
-def remaining_s(runs: Sequence[RunProgress], parallel: int, prior_run_s: float | None = None):
-    """Seconds until every run is done, or None when nothing is measured yet.
-
-    A run not yet measured is charged the mean measured overhead plus its steps at the
-    mean measured seconds per step (or `prior_run_s` when nothing is measured at all);
-    the total is spread over `parallel` slots.
-    """
+def expected_run_s(runs: Sequence[RunProgress], prior_run_s: float | None = None):
+    """Seconds a run takes from launch to end, before it has a rate of its own: the mean
+    whole time of the runs finished in this sweep, else `prior_run_s` (the sweep's
+    est_run_s), else the mean measured startup plus `steps` at the mean measured seconds
+    per step (a function of steps), else None."""
+    done = [r.wall_s for r in runs if r.state in (DONE, SKIPPED) and r.wall_s]
+    if done:
+        return lambda steps: sum(done) / len(done)
+    if prior_run_s is not None:
+        return lambda steps: prior_run_s
     measured = [r for r in runs if r.sec_per_step is not None]
-    mean_sps = sum(r.sec_per_step for r in measured) / len(measured) if measured else None
+    if not measured:
+        return None
+    sps = sum(r.sec_per_step for r in measured) / len(measured)
     over = [r.overhead_s for r in measured if r.overhead_s is not None]
     mean_over = sum(over) / len(over) if over else 0.0
-    total, longest = 0.0, 0.0
+    return lambda steps: mean_over + steps * sps
+
+
+def remaining_s(
+    runs: Sequence[RunProgress],
+    parallel: int,
+    prior_run_s: float | None = None,
+    now: float | None = None,
+):
+    """Seconds until every run is done, or None when nothing is known to estimate from.
+
+    A running run with a measured rate is charged its steps left at its own rate; one
+    still starting (compiling) the expected run time (`expected_run_s`) less the time it
+    has run, so the estimate counts down; a queued run the expected run time. Queued runs
+    then fill the `parallel` slots in order as the running ones free them.
+    """
+    now = time.time() if now is None else now
+    expected = expected_run_s(runs, prior_run_s)
+    slots, queued = [], []
     for r in runs:
         if r.state in (DONE, SKIPPED, FAILED):
             continue
         if r.state == RUNNING and r.sec_per_step is not None:
-            left = (r.steps - r.step) * r.sec_per_step
-        elif mean_sps is not None:
-            left = mean_over + (r.steps - r.step) * mean_sps
-        elif prior_run_s is not None:
-            left = prior_run_s
-        else:
+            slots.append(max(r.steps - r.step, 0) * r.sec_per_step)
+        elif expected is None:
             return None
-        total += left
-        longest = max(longest, left if r.state == RUNNING else 0.0)
-    return max(total / max(parallel, 1), longest)
+        elif r.state == RUNNING:
+            ran = 0.0 if r.started_at is None else now - r.started_at
+            slots.append(max(expected(r.steps) - ran, 0.0))
+        else:
+            queued.append(expected(r.steps))
+    slots += [0.0] * max(parallel - len(slots), 0)
+    for left in queued:
+        i = min(range(len(slots)), key=slots.__getitem__)
+        slots[i] += left
+    return max(slots, default=0.0)
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -107,13 +142,14 @@ class SweepProgress:
 
     def __init__(self, title: str, runs: Sequence[RunProgress], parallel: int,
                  console: Console | None = None, plain_every: float = 30.0,
-                 prior_run_s: float | None = None):  # fmt: skip
+                 prior_run_s: float | None = None, clock=time.time):  # fmt: skip
         self.title, self.runs, self.parallel = title, list(runs), parallel
         self.console = console or Console(file=sys.stdout)
         self.plain_every, self.prior_run_s = plain_every, prior_run_s
+        self.clock = clock  # time.time; a test's fake clock
         self._live: Live | None = None
         self._last_line, self._last_t = None, -math.inf
-        self.t0 = time.time()
+        self.t0 = clock()
 
     def counts(self) -> dict[str, int]:
         out = {k: 0 for k in (DONE, RUNNING, QUEUED, FAILED)}
@@ -123,11 +159,23 @@ class SweepProgress:
 
     def headline(self) -> str:
         c = self.counts()
-        eta = remaining_s(self.runs, self.parallel, self.prior_run_s)
+        now = self.clock()
+        eta = remaining_s(self.runs, self.parallel, self.prior_run_s, now=now)
         failed = f", {c[FAILED]} failed" if c[FAILED] else ""
         return (f"{self.title}: {c[DONE]}/{len(self.runs)} done, {c[RUNNING]} running, "
-                f"{c[QUEUED]} queued{failed}; elapsed {fmt_s(time.time() - self.t0)}, "
+                f"{c[QUEUED]} queued{failed}; elapsed {fmt_s(now - self.t0)}, "
                 f"ETA {fmt_s(eta)}")  # fmt: skip
+
+    @staticmethod
+    def _cells(r: RunProgress) -> tuple[str, str, str]:
+        """step, loss and s/step of a running run; "compiling" until it logs a step."""
+        if not r.logged:
+            return "compiling", "-", "-"
+        return (
+            f"{r.step}/{r.steps}",
+            "-" if r.loss is None else f"{r.loss:.4f}",
+            "-" if r.sec_per_step is None else f"{r.sec_per_step:.3f}",
+        )
 
     def render(self) -> Group:
         """The rich view: the headline and a row per running (then failed) run."""
@@ -136,28 +184,30 @@ class SweepProgress:
             table.add_column(col, justify="left" if col == "run" else "right")
         for r in self.runs:
             if r.state in (RUNNING, FAILED):
-                table.add_row(
-                    r.name + (" [failed]" if r.state == FAILED else ""),
-                    f"{r.step}/{r.steps}",
-                    "-" if r.loss is None else f"{r.loss:.4f}",
-                    "-" if r.sec_per_step is None else f"{r.sec_per_step:.3f}",
-                )
+                table.add_row(r.name + (" [failed]" if r.state == FAILED else ""), *self._cells(r))
         head = Text(self.headline(), style="bold")
         return Group(head, table) if table.row_count else Group(head)
 
     def line(self) -> str:
-        """The plain view: the headline and `name step/steps loss` per running run."""
-        parts = [f"{r.name} {r.step}/{r.steps}" + ("" if r.loss is None else f" loss {r.loss:.4f}")
-                 for r in self.runs if r.state == RUNNING]  # fmt: skip
+        """The plain view, one line: the headline, then `name step/steps loss L s/step S`
+        (or `name compiling`) per running run."""
+        parts = []
+        for r in self.runs:
+            if r.state == RUNNING:
+                step, loss, sps = self._cells(r)
+                parts.append(f"{r.name} {step}" + (f" loss {loss}" if loss != "-" else "")
+                             + (f" {sps} s/step" if sps != "-" else ""))  # fmt: skip
         return "[sweep] " + self.headline() + ("" if not parts else " | " + " | ".join(parts))
 
     def log(self, message: str) -> None:
-        """An event line (a run started or ended), above the live view."""
-        self.console.print(f"[sweep] {message}", markup=False, highlight=False)
+        """An event line (a run started or ended), above the live view; never wrapped."""
+        self.console.print(f"[sweep] {message}", markup=False, highlight=False, soft_wrap=True)
 
     def refresh(self, force: bool = False) -> None:
         for r in self.runs:
             if r.state == RUNNING:
+                if r.started_at is None:
+                    r.started_at = self.clock()
                 r.read()
         if self._live is not None:
             self._live.update(self.render(), refresh=True)
@@ -166,7 +216,7 @@ class SweepProgress:
         key = line.split("; elapsed")[0] + "|".join(
             f"{r.name}{r.step}" for r in self.runs if r.state == RUNNING
         )
-        now = time.time()
+        now = self.clock()
         if force or (key != self._last_line and now - self._last_t >= self.plain_every):
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self._last_line, self._last_t = key, now

@@ -4,6 +4,8 @@ A run's identity is its whole config: a finished run is reused only if the confi
 recorded (config.json) equals the one the sweep would launch now; an unfinished one is
 resumed under the same condition. A run whose recorded config differs is refused (the
 default) or, with on_config_change="rerun", trained afresh under `<name>,cfg=<hash>`.
+A run recorded under another directory name (an older naming scheme, or another sweep's
+run in a shared runs directory) is found by its config and reused or resumed there.
 The sweep holds a lock on its workdir (and on a shared runs_dir) while it runs.
 """
 
@@ -47,7 +49,8 @@ class PlannedRun:
 
     @property
     def name(self) -> str:
-        return os.path.basename(self.run_dir)
+        """How the progress view and the logs name it (`Run.label`: `passes=4,seed=3`)."""
+        return self.run.label
 
     @property
     def steps(self) -> int:
@@ -81,6 +84,31 @@ def _status(path: str, config: dict) -> tuple[str, list[str]]:
     return (FINISHED if rd.finished() else RESUME), []
 
 
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def recorded_configs(runs_dir: str) -> list[tuple[str, dict]]:
+    """(run directory, the config its config.json records) for every run in `runs_dir`,
+    in name order."""
+    if not os.path.isdir(runs_dir):
+        return []
+    out = []
+    for name in sorted(os.listdir(runs_dir)):
+        record = RunDir(os.path.join(runs_dir, name)).config()
+        if record and isinstance(record.get("config"), dict):
+            out.append((os.path.join(runs_dir, name), record["config"]))
+    return out
+
+
+def _recorded_elsewhere(known, config: dict) -> str | None:
+    """The directory that already holds the run of `config` under another name (an older
+    naming, or another sweep sharing the runs directory): the one that recorded exactly
+    `config`. (Never a near match: "continue" would then rewrite another sweep's run.)"""
+    key = _config_key(config)
+    return next((path for path, recorded in known if _config_key(recorded) == key), None)
+
+
 def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> list[PlannedRun]:
     """Every run of `sweep` with its directory, launch flags, config and status.
 
@@ -94,11 +122,18 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
     if on_config_change not in ON_CONFIG_CHANGE:
         raise ValueError(f"on_config_change must be one of {ON_CONFIG_CHANGE}")
     out = []
+    known = None
     for run in sweep.runs():
         flags = sweep.overrides(run)
         config = _jsonable(grid.load_config_file(sweep.config, sweep.config_arg, flags).to_dict())
         run_dir = os.path.join(runs_dir, run.name)
         status, diff = _status(run_dir, config)
+        if status in (NEW, CHANGED):  # perhaps recorded under another name: found by config
+            known = recorded_configs(runs_dir) if known is None else known
+            found = _recorded_elsewhere(known, config)
+            if found is not None:
+                run_dir = found
+                status, diff = _status(run_dir, config)
         if (
             status == CHANGED
             and on_config_change == "continue"
@@ -125,6 +160,27 @@ def check_no_changes(planned: Sequence[PlannedRun]) -> None:
         )
 
 
+def check_configs(planned: Sequence[PlannedRun]) -> None:
+    """Resolves every run's config through the training validation (`resolve_config`),
+    so that a bad sweep is refused before anything trains.
+
+    Raises:
+      ValueError: naming the first bad run, its field and how many runs are bad.
+    """
+    from sleep_consolidation.run_config import resolve_config  # imports JAX: only when asked
+
+    bad = []
+    for p in planned:
+        try:
+            resolve_config(p.config)
+        except ValueError as e:
+            bad.append((p, e))
+    if bad:
+        p, e = bad[0]
+        more = f" ({len(bad) - 1} more of the {len(planned)} runs fail too)" if len(bad) > 1 else ""
+        raise ValueError(f"run {p.run.name}: {e}{more}")
+
+
 def trackers(planned: Sequence[PlannedRun]) -> list[progress.RunProgress]:
     state = {FINISHED: progress.SKIPPED}
     return [progress.RunProgress(p.name, p.run_dir, p.steps, state.get(p.status, progress.QUEUED))
@@ -142,6 +198,8 @@ def describe(planned: Sequence[PlannedRun], parallel: int, prior_run_s=None) -> 
     for p, t in zip(planned, tracked):
         status = p.status + (f" (step {t.step})" if p.status == RESUME else "")
         lines.append(f"{p.name:<{width}}  {status:<14}  {p.steps:>5}  " + " ".join(p.overrides))
+        if os.path.basename(p.run_dir) != p.run.name:  # found by its config under another name
+            lines.append(f"{'':<{width}}    in {p.run_dir}")
         lines += [f"{'':<{width}}    changed: {c}" for c in p.changed]
     todo = sum(p.status != FINISHED for p in planned)
     eta = progress.remaining_s(tracked, parallel, prior_run_s)
