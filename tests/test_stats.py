@@ -95,8 +95,31 @@ def test_verdict_names_the_direction_and_the_unconverged_pairs():
             for r in _records()
         ]
 
-    assert "**helps**" in report.verdict_lines(shifted(lambda s: 0.1 + 0.01 * s))[0]
-    assert "**hurts**" in report.verdict_lines(shifted(lambda s: -0.1 - 0.01 * s))[0]
+    # Without confirmation seeds a clear one-set reading is shown but never the verdict.
+    (up,) = report.verdict_lines(shifted(lambda s: 0.1 + 0.01 * s))
+    assert "**no effect shown** (these seeds alone: helps, unconfirmed;" in up
+    (down,) = report.verdict_lines(shifted(lambda s: -0.1 - 0.01 * s))
+    assert "**no effect shown** (these seeds alone: hurts, unconfirmed;" in down
+
+
+def test_the_verdict_needs_the_confirmation_seeds_to_agree():
+    def records(by):  # seeds 0-5, passes=2 moved by `by(seed)` against passes=1 at 0.5
+        return [
+            dict(r, seed=s, eval={"acc": 0.5 if r["overrides"]["passes"] == 1 else 0.5 + by(s)})
+            for s in range(6)
+            for r in (_records()[0], _records()[3])  # one record per N
+        ]
+
+    confirmed = report.verdict_lines(records(lambda s: 0.1 + 0.01 * s), confirm_seeds=(3, 4, 5))
+    assert "over 3 seeds; confirmation seeds 3,4,5: +0.140" in confirmed[0]
+    assert "**helps**" in confirmed[0]
+    hurt = report.verdict_lines(records(lambda s: -0.1 - 0.01 * s), confirm_seeds=(3, 4, 5))
+    assert "**hurts**" in hurt[0]
+    # Helps on seeds 0-2, not on 3-5 (one of them goes the other way): no effect shown.
+    flips = report.verdict_lines(
+        records(lambda s: 0.1 + 0.01 * s if s != 4 else -0.3), confirm_seeds=(3, 4, 5)
+    )
+    assert "**no effect shown**" in flips[0] and "unconfirmed" not in flips[0]
 
 
 def test_paired_failures_is_mcnemars_exact_test_on_the_discordant_pairs():

@@ -35,6 +35,9 @@ def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
     c.axes = ConfigDict({k: _tuples(v) for k, v in axes.items()}, allow_dotted_keys=True)
     c.fixed = ConfigDict({k: _tuples(v) for k, v in (fixed or {}).items()}, allow_dotted_keys=True)
     c.seeds = _tuples(seeds)
+    # Seeds decided before they run that confirm the verdict: the report says "helps" or
+    # "hurts" only if the paired interval excludes 0 on `seeds` and on these alike.
+    c.confirm_seeds = _tuples(extra.pop("confirm_seeds", ()))
     c.parallel = 2
     c.frontier = config_dict.placeholder(float)  # set: also tabulate the depth frontier
     c.est_run_s = config_dict.placeholder(float)  # seconds per run, for the first ETA

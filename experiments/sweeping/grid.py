@@ -269,8 +269,8 @@ def baseline_of(point: Mapping[str, Any], baseline: Mapping[str, Any]) -> tuple:
 
 
 # The fields a sweep file's get_config() may set (experiments/configs/sweeps.py).
-SWEEP_FIELDS = ("config", "config_arg", "axes", "fixed", "seeds", "parallel", "baseline",
-                "x_field", "metric", "frontier", "est_run_s", "interval")  # fmt: skip
+SWEEP_FIELDS = ("config", "config_arg", "axes", "fixed", "seeds", "confirm_seeds", "parallel",
+                "baseline", "x_field", "metric", "frontier", "est_run_s", "interval")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +298,9 @@ class Sweep:
         axes, fixed = axes_and_fixed(s)
         seeds = plain(s.seeds)
         seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+        # Confirmation seeds train like the others; only the report tells them apart.
+        confirm = plain(s.get("confirm_seeds") or ())
+        seeds += [x for x in ([confirm] if isinstance(confirm, int) else confirm) if x not in seeds]
         compared = [*plain(s.get("baseline") or {"passes": 1}), s.get("x_field") or "passes"]
         return cls(config=s.config, config_arg=s.get("config_arg") or "", axes=axes,
                    fixed=fixed, seeds=tuple(int(x) for x in seeds),

@@ -169,21 +169,27 @@ def verdict_lines(
     metric: str = "acc",
     baseline: Mapping[str, Any] | None = None,
     interval: str = "t",
+    confirm_seeds: Sequence[int] = (),
 ) -> list[str]:
     """One line per compared point: its paired gain on `metric` (all depths) against the
-    baseline, the 95% interval and sign counts, and what that shows: "helps" (interval
-    above 0), "hurts" (below 0) or "no effect shown" (it includes 0), with how many
-    pairs converged (an unconverged pair makes the verdict provisional)."""
+    baseline, the 95% interval and sign counts, on the seeds that chose the configuration
+    and, separately, on the confirmation seeds (`confirm_seeds`, decided before they ran),
+    and what that shows: "helps" only if the interval lies above 0 on both sets, "hurts"
+    only if below 0 on both, otherwise "no effect shown" (so a sweep without confirmation
+    seeds never says more than that; its one-set reading is given beside it). How many
+    pairs converged is given too (an unconverged pair makes the verdict provisional)."""
     baseline = {"passes": 1} if baseline is None else dict(baseline)
     base_desc = ", ".join(f"{k}={v}" for k, v in baseline.items())
     done = [r for r in records if r["status"] == "completed"]
     by_key = {(grid.point_key(r["overrides"]), r["seed"]): r for r in done}
+    confirm = {int(x) for x in confirm_seeds}
     lines = []
     for name, (seeds, d, flag) in paired_diffs(records, metric, baseline).items():
-        if len(seeds) < 2:
+        chosen = [(s, x) for s, x in zip(seeds, d) if s not in confirm]
+        confirming = [(s, x) for s, x in zip(seeds, d) if s in confirm]
+        if len(chosen) < 2:
             continue
-        ps = stats.paired_summary(d, interval)
-        word = "helps" if ps.lo > 0 else "hurts" if ps.hi < 0 else "no effect shown"
+        ps = stats.paired_summary([x for _, x in chosen], interval)
         treated_key = next(grid.point_key(r["overrides"]) for r in done if r["point"] == name)
         base_key = grid.baseline_of(dict(treated_key), baseline)
         both = sum(
@@ -191,12 +197,31 @@ def verdict_lines(
             for s in seeds
         )
         caveat = "" if not flag else "; provisional: some runs hit the step cap"
+        text = (f"{ps.mean:+.3f} [{ps.lo:+.3f}, {ps.hi:+.3f}], {ps.positive}+/{ps.negative}- "
+                f"over {ps.n} seeds")  # fmt: skip
+        if len(confirming) >= 2:
+            pc = stats.paired_summary([x for _, x in confirming], interval)
+            text += (f"; confirmation seeds {','.join(str(s) for s, _ in confirming)}: "
+                     f"{pc.mean:+.3f} [{pc.lo:+.3f}, {pc.hi:+.3f}], "
+                     f"{pc.positive}+/{pc.negative}-")  # fmt: skip
+            word, note = _word(ps, pc), ""
+        else:
+            word, alone = "no effect shown", _word(ps, ps)
+            # The one-set reading is shown, never taken for the verdict.
+            note = "" if alone == word else f"these seeds alone: {alone}, unconfirmed; "
         lines.append(
-            f"Verdict ({metric}, {name} vs {base_desc}): {ps.mean:+.3f} "
-            f"[{ps.lo:+.3f}, {ps.hi:+.3f}], {ps.positive}+/{ps.negative}- over {ps.n} seeds: "
-            f"**{word}** ({both}/{ps.n} pairs both converged{caveat})."
+            f"Verdict ({metric}, {name} vs {base_desc}): {text}: "
+            f"**{word}** ({note}{both}/{len(seeds)} pairs both converged{caveat})."
         )
     return lines
+
+
+def _word(a: stats.PairedSummary, b: stats.PairedSummary) -> str:
+    if a.lo > 0 and b.lo > 0:
+        return "helps"
+    if a.hi < 0 and b.hi < 0:
+        return "hurts"
+    return "no effect shown"
 
 
 def eval_n_table(records: Sequence[dict], metric: str = "acc") -> str | None:
@@ -352,7 +377,8 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
     metric = s.get("metric", "acc")
     interval = s.get("interval", "t")
     table = summary_table(records, metric=metric, baseline=baseline, interval=interval)
-    verdicts = verdict_lines(records, metric=metric, baseline=baseline, interval=interval)
+    verdicts = verdict_lines(records, metric=metric, baseline=baseline, interval=interval,
+                             confirm_seeds=tuple(grid.plain(s.get("confirm_seeds", ()))))
     if verdicts:
         table = "\n".join(verdicts) + "\n\n" + table
     cross = eval_n_table(records, metric=metric)
