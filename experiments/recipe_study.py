@@ -72,6 +72,13 @@ flags.DEFINE_string("workdir", None, "study directory (runs under <workdir>/runs
 flags.DEFINE_list("loads", ["16"], "pairs n per model (window 2n)")
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "paired seeds")
 flags.DEFINE_list("recipes", list(RECIPES), "recipes to train, in this order of priority")
+flags.DEFINE_list(
+    "queue",
+    None,
+    "train these recipe@seeds entries in this order instead of "
+    "--recipes x --seeds (e.g. warm_N4@0-4,today_N1@5-9); the report still "
+    "covers --recipes x --seeds",
+)
 flags.DEFINE_integer("parallel", 2, "runs at a time (one per core)")
 flags.DEFINE_integer("cap", CONVERGED["steps"], "step cap of every run")
 flags.DEFINE_integer("pass_stats_size", 64, "eval examples for the per-pass statistics")
@@ -94,6 +101,21 @@ def command(workdir: str, n: int, recipe: str, seed: int, cap: int, pass_stats: 
         overrides["init_from"] = os.path.abspath(run_dir(workdir, n, r.warm_from, seed))
     return grid.train_command(CONFIG, run_dir(workdir, n, recipe, seed),
                               grid.override_flags(overrides))  # fmt: skip
+
+
+def parse_queue(entries) -> list[tuple[str, int]]:
+    """["warm_N4@0-4", "today_N1@7"] -> [("warm_N4", 0), ..., ("warm_N4", 4), ("today_N1", 7)]."""
+    out = []
+    for entry in entries:
+        name, _, seeds = entry.partition("@")
+        check_recipes([name])
+        lo, _, hi = seeds.partition("-")
+        try:
+            out += [(name, s) for s in range(int(lo), int(hi or lo) + 1)]
+        except ValueError:
+            msg = f"--queue entry {entry!r} is not recipe@seed or recipe@a-b"
+            raise app.UsageError(msg) from None
+    return out
 
 
 def check_recipes(names) -> None:
@@ -250,19 +272,14 @@ def main(argv):
     loads, seeds = [int(x) for x in FLAGS.loads], [int(x) for x in FLAGS.seeds]
     names = list(FLAGS.recipes)
     if not FLAGS.report_only:
+        queue = parse_queue(FLAGS.queue) if FLAGS.queue else [(r, s) for r in names for s in seeds]
         jobs = []
         for n in loads:
-            for name in names:
-                for s in seeds:
-                    src = RECIPES[name].warm_from
-                    jobs.append((f"n={n} {name} seed={s}", run_dir(FLAGS.workdir, n, name, s),
-                                 command(FLAGS.workdir, n, name, s, FLAGS.cap,
-                                         FLAGS.pass_stats_size),
-                                 run_dir(FLAGS.workdir, n, src, s) if src else None))  # fmt: skip
-        missing = {RECIPES[nm].warm_from for nm in names} - set(names) - {None}
-        if missing:
-            raise app.UsageError(f"warm-started recipes need their source recipe(s) {missing} "
-                                 "in --recipes")  # fmt: skip
+            for name, s in queue:
+                src = RECIPES[name].warm_from
+                jobs.append((f"n={n} {name} seed={s}", run_dir(FLAGS.workdir, n, name, s),
+                             command(FLAGS.workdir, n, name, s, FLAGS.cap, FLAGS.pass_stats_size),
+                             run_dir(FLAGS.workdir, n, src, s) if src else None))  # fmt: skip
         if FLAGS.dry_run:
             for key, _, cmd, _ in jobs:
                 print(key, "\n  ", " ".join(cmd[1:]))
