@@ -59,6 +59,8 @@ RECIPES = {
     "warm_N4": Recipe(4, {}, "today_N1", warm_from="today_N1",
                       doc="N = 4 from the converged N = 1 model of the same seed, fresh "
                           "optimizer"),
+    "norm_N4": Recipe(4, {"normalize_sleep_input": True}, "today_N1",
+                      doc="each sleep pass reads its input at unit RMS"),
     "paper_N1": Recipe(1, PAPER, doc="Muon 2e-3 + AdamW 5e-5, clip 1.0, warm-up 100"),
     "paper_N4": Recipe(4, PAPER, "paper_N1", doc="the same at N = 4"),
     "paper_plain_N1": Recipe(1, {**PAPER, "reinject_embedding": False},

@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import diagnostics, sequence
+from sleep_consolidation import diagnostics, model, sequence
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import MemoryState, check_state
 from sleep_consolidation.wake_sleep import _prefixes, sleep_step
@@ -56,7 +56,7 @@ def window_keys_values(params: Params, state: MemoryState) -> dict[int, tuple]:
     start, stop = sched.loop_range(cfg)
     source = state.fast_at_window_start if sched.reset_between_passes else state.fast
     fast_in = dict(zip(cfg.ssm_blocks, source))
-    x = state.features + state.loop_input if sched.reinject_embedding else state.features
+    x = model.sleep_input(sched, state.features, state.loop_input)
     # sequence's recording block loop: each ssm block's normed input, as the pass sees it
     _, _, _, xs = sequence._blocks(
         params, range(start, stop), x, fast_in, _prefixes(cfg, state), record=True

@@ -293,6 +293,7 @@ def _static_fields(state: MemoryState) -> dict[str, Any]:
             "eviction": s.eviction,
             "reset_between_passes": s.reset_between_passes,
             "reinject_embedding": s.reinject_embedding,
+            "normalize_sleep_input": s.normalize_sleep_input,
             "loop_blocks": None if s.loop_blocks is None else list(s.loop_blocks),
         },
         "rope_base": state.rope_base,
@@ -329,6 +330,8 @@ def load_memory_state(path: str | os.PathLike, like: MemoryState) -> MemoryState
     path = os.path.abspath(os.fspath(path))
     with open(os.path.join(path, "static.json")) as f:
         saved = json.load(f)
+    # States saved before the option existed ran without it.
+    saved.get("schedule", {}).setdefault("normalize_sleep_input", False)
     want = _static_fields(like)
     if saved != want:
         raise ValueError(

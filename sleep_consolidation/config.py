@@ -116,6 +116,10 @@ class Schedule:
         instead of h alone.
       loop_blocks: (start, stop) contiguous block range that sleep re-runs; blocks before it are
         a prelude and after it a coda, both run once per token at wake. None = all blocks.
+      normalize_sleep_input: if True, each sleep pass reads its input (h, or h + e) scaled to
+        unit RMS per position, the scale of the embeddings the wake pass reads: the
+        features otherwise grow pass after pass (normalisation between loops, as looped
+        models use). Parameter-free.
 
     Every entry point takes a schedule the same way, `schedule=` or these fields as keywords
     (`resolve_schedule`). The window L and the pass count N stay outside it, as arguments of
@@ -131,11 +135,12 @@ class Schedule:
     reset_between_passes: bool = False
     reinject_embedding: bool = False
     loop_blocks: tuple[int, int] | None = None
+    normalize_sleep_input: bool = False
 
     def __post_init__(self):
         if self.eviction not in EVICTIONS:
             raise ValueError(f"eviction must be one of {EVICTIONS}, got {self.eviction!r}")
-        for name in ("reset_between_passes", "reinject_embedding"):
+        for name in ("reset_between_passes", "reinject_embedding", "normalize_sleep_input"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.loop_blocks is not None:

@@ -67,6 +67,15 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
     )
 
 
+def sleep_input(schedule, h, loop_input):
+    """What a sleep pass reads: the previous pass's output h [B, L, D], plus the looped
+    range's wake input with `reinject_embedding`, at unit RMS with `normalize_sleep_input`
+    (`config.Schedule`). The one definition the training form, `sleep_step` and adaptive
+    sleep share."""
+    x = h + loop_input if schedule.reinject_embedding else h
+    return rms_norm(x, 1.0) if schedule.normalize_sleep_input else x
+
+
 def embed(params: Params, tokens):
     """Token embeddings; out-of-range ids on either side (< 0 or >= V) give NaN (visible)
     rather than a silent clamp or a wrap-around to a real row (host-side callers refuse them

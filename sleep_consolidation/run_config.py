@@ -33,7 +33,10 @@ MODEL_FIELDS = (
     "d_model", "num_heads", "layout", "rule", "head_dim", "mlp_ratio", "conv_size",
     "rope_base", "impl", "chunk_size",
 )  # fmt: skip
-SCHEDULE_FIELDS = ("eviction", "reset_between_passes", "reinject_embedding", "loop_blocks")
+SCHEDULE_FIELDS = (
+    "eviction", "reset_between_passes", "reinject_embedding", "loop_blocks",
+    "normalize_sleep_input",
+)  # fmt: skip
 OPTIMIZER_FIELDS = (
     "optimizer", "learning_rate", "adam_learning_rate", "theta_learning_rate", "lr_schedule",
     "warmup_steps", "min_lr_ratio", "clip_norm", "weight_decay",
@@ -61,7 +64,10 @@ CONFIG_FIELDS = (
     *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA, *STOP_FIELDS, *RECIPE_FIELDS,
 )  # fmt: skip
 # Fields a config written before they existed may lack; missing means this default (off).
-OPTIONAL_FIELDS = {"init_from": None, "passes_ramp_steps": None, "pass_stats_size": None}
+OPTIONAL_FIELDS = {
+    "init_from": None, "passes_ramp_steps": None, "pass_stats_size": None,
+    "normalize_sleep_input": False,
+}  # fmt: skip
 
 
 # Far past any rate that trains (Muon's default is 2e-3, AdamW's 3e-4); above it a rate

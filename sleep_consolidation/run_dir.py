@@ -25,7 +25,7 @@ from typing import Any
 from absl import logging
 
 from sleep_consolidation import checkpointing
-from sleep_consolidation.run_config import MODEL_FIELDS, RunSpec, config_to_dict
+from sleep_consolidation.run_config import MODEL_FIELDS, OPTIONAL_FIELDS, RunSpec, config_to_dict
 
 CONFIG_FILE = checkpointing.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
@@ -207,7 +207,8 @@ def _fields(record) -> dict[str, Any]:
         **{f"model.{k}": v for k, v in record["model_config"].items()},
         **{f"task.{k}": v for k, v in record["task"].items()},
         "window": record["window"],
-        **{k: v for k, v in record["config"].items() if k not in skip},
+        # A record written before an optional field existed ran with its default.
+        **{k: v for k, v in {**OPTIONAL_FIELDS, **record["config"]}.items() if k not in skip},
     }
 
 

@@ -162,7 +162,7 @@ def _window_step(
     def sleep_pass(p, inp, carry, _):
         h, fast_l, kv_l, _ = carry
         source = {b: fast_start[b] for b in looped_ssm} if sched.reset_between_passes else fast_l
-        x = h + inp if sched.reinject_embedding else h
+        x = model.sleep_input(sched, h, inp)
         h, fast_new, kv_new, xs_new = _blocks(p, looped, x, source, prefix, record)
         fast_new = {b: fast_new[b] for b in looped_ssm}
         return (h, fast_new, kv_new, xs_new), ((fast_new, _mean_norm(h)) if record else None)

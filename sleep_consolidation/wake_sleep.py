@@ -108,7 +108,7 @@ def sleep_step(params: Params, state: MemoryState) -> MemoryState:
     valid = jnp.arange(state.window) < state.pos
     source = state.fast_at_window_start if sched.reset_between_passes else state.fast
     fast_in = {b: source[j] for j, b in enumerate(cfg.ssm_blocks) if b in looped}
-    x = state.features + state.loop_input if sched.reinject_embedding else state.features
+    x = model.sleep_input(sched, state.features, state.loop_input)
     h, fast_out, kv = model.window_pass(params, looped, x, fast_in, _prefixes(cfg, state), valid)
     fast = tuple(fast_out.get(b, state.fast[j]) for j, b in enumerate(cfg.ssm_blocks))
     keys = tuple(kv[b][0] if b in kv else state.keys[j] for j, b in enumerate(cfg.attn_blocks))

@@ -236,3 +236,25 @@ def test_a_killed_warm_started_run_resumes_bit_exactly(source_run, tmp_path):
     with open(os.path.join(killed, "summary.json")) as f:
         assert json.load(f)["resumed_from"] >= 2  # its own checkpoint, not the source
     _assert_bit_identical(checkpointing.load_params(straight), checkpointing.load_params(killed))
+
+
+# --- normalisation between passes ----------------------------------------------------------
+
+
+def test_normalize_sleep_input_keeps_the_features_from_growing_pass_after_pass():
+    from sleep_consolidation import diagnostics
+
+    cfg = sc.ModelConfig(vocab_size=16, d_model=32, num_heads=2, layout=("attn", "ssm"),
+                         rule="delta")  # fmt: skip
+    params = sc.init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (4, 24), 0, 16)
+    grow = diagnostics.per_pass_statistics(params, tokens, 8, 4, reinject_embedding=True)
+    flat = diagnostics.per_pass_statistics(
+        params, tokens, 8, 4, reinject_embedding=True, normalize_sleep_input=True
+    )
+    assert grow["h_norm"][3] > 3 * grow["h_norm"][0]  # h + e, pass after pass
+    assert flat["h_norm"][3] < 1.3 * flat["h_norm"][0]
+    # The wake pass reads the embeddings either way (later windows' memory differs a little).
+    assert flat["h_norm"][0] == pytest.approx(grow["h_norm"][0], rel=0.01)
+    with pytest.raises(ValueError, match="normalize_sleep_input must be a bool"):
+        sc.Schedule(normalize_sleep_input=1)

@@ -20,6 +20,7 @@ forward_jit = jax.jit(
         "reset_between_passes",
         "reinject_embedding",
         "loop_blocks",
+        "normalize_sleep_input",
         "return_fast",
     ),
 )
@@ -84,6 +85,11 @@ def test_schedules(window, eviction, reset):
             marks=pytest.mark.slow,
         ),
         dict(loop_blocks=(0, 1), reset_between_passes=True),
+        dict(reinject_embedding=True, normalize_sleep_input=True),
+        pytest.param(
+            dict(normalize_sleep_input=True, eviction="sliding", loop_blocks=(1, 3)),
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_reinjection_and_looped_subsets(schedule):

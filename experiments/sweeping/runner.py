@@ -25,6 +25,7 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
+from sleep_consolidation.run_config import OPTIONAL_FIELDS
 from sleep_consolidation.run_dir import only_when_it_ends
 
 RESULTS_FILE = "results.jsonl"
@@ -78,7 +79,8 @@ def _status(path: str, config: dict) -> tuple[str, list[str]]:
     recorded = rd.config()
     if recorded is None:
         return NEW, []
-    diff = config_diff(recorded.get("config"), config)
+    # A run recorded before an optional field existed ran with its default.
+    diff = config_diff({**OPTIONAL_FIELDS, **(recorded.get("config") or {})}, config)
     if diff:
         return CHANGED, diff
     return (FINISHED if rd.finished() else RESUME), []
@@ -97,7 +99,7 @@ def recorded_configs(runs_dir: str) -> list[tuple[str, dict]]:
     for name in sorted(os.listdir(runs_dir)):
         record = RunDir(os.path.join(runs_dir, name)).config()
         if record and isinstance(record.get("config"), dict):
-            out.append((os.path.join(runs_dir, name), record["config"]))
+            out.append((os.path.join(runs_dir, name), {**OPTIONAL_FIELDS, **record["config"]}))
     return out
 
 
