@@ -249,12 +249,21 @@ def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
             )
             both = [(a["steps_to_90pct"], b["steps_to_90pct"]) for a, b in pairs
                     if a["left_plateau"] and b["left_plateau"]]  # fmt: skip
-            sgain = stats.paired_summary([a - b for a, b in both]).fmt() if both else "n/a"
+            sgain = _steps_gain([a - b for a, b in both])
             stuck = f"{fail['treated_only']} / {fail['baseline_only']} (p = {fail['p']:.3g})"
             lines.append(f"| {name} | {base} | {len(pairs)} | {gain.fmt()} | {stuck} | "
                          f"{sgain} (n={len(both)}) |")  # fmt: skip
         lines.append("")
     return "\n".join(lines), recs
+
+
+def _steps_gain(d) -> str:
+    """A paired difference in steps: mean [95% t-interval] and signs, in whole steps."""
+    if not d:
+        return "n/a"
+    ps = stats.paired_summary(d)
+    ci = "" if ps.lo != ps.lo else f" [{ps.lo:+.0f}, {ps.hi:+.0f}]"  # NaN: one pair
+    return f"{ps.mean:+.0f}{ci} {ps.positive}+ {ps.negative}-"
 
 
 def _mean(xs, digits):
