@@ -250,6 +250,12 @@ def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
             both = [(a["steps_to_90pct"], b["steps_to_90pct"]) for a, b in pairs
                     if a["left_plateau"] and b["left_plateau"]]  # fmt: skip
             sgain = _steps_gain([a - b for a, b in both])
+            src = RECIPES[name].warm_from
+            if src:  # counting the source run's steps in the warm start's budget
+                extra = [by[(n, src, a["seed"])]["stopped_at"] for a, b in pairs
+                         if a["left_plateau"] and b["left_plateau"]]  # fmt: skip
+                counted = _steps_gain([a - b + e for (a, b), e in zip(both, extra)])
+                sgain += f"; with the source's steps {counted}"
             stuck = f"{fail['treated_only']} / {fail['baseline_only']} (p = {fail['p']:.3g})"
             lines.append(f"| {name} | {base} | {len(pairs)} | {gain.fmt()} | {stuck} | "
                          f"{sgain} (n={len(both)}) |")  # fmt: skip
