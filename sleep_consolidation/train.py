@@ -21,6 +21,7 @@ own modules and are re-exported here:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -237,9 +238,13 @@ class Trainer:
         except OSError as e:
             raise io_error(e, self.workdir) from e
         failure: BaseException | None = None  # the first error; nothing after it hides it
+        prior_s = 0.0
         try:
             state, start = self._restore(ckpt)
             summary["resumed_from"] = start if start else None
+            # The training time of the earlier processes of a resumed run, so that
+            # train_s_total is the whole run's (train_s is this process's).
+            prior_s = _prior_train_s(self.workdir) if start else 0.0
             self.log.start(state.params, start)
             logging.info(
                 "training %s: %d params, steps %d..%d, batch %d x %d tokens, %s",
@@ -291,6 +296,7 @@ class Trainer:
             summary.update(
                 last_checkpoint=ckpt.latest_step(), startup_s=clock.startup_s,
                 train_s=clock.train_s, tokens_per_s=clock.tokens_per_s(),
+                train_s_total=prior_s + clock.train_s,
                 wall_s=time.time() - self.t0,
             )  # fmt: skip
             self._finish(ckpt, summary, failure)
@@ -309,6 +315,17 @@ class Trainer:
     def _write_summary(self, summary: dict[str, Any]) -> None:
         if self.main:
             write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
+
+
+def _prior_train_s(workdir: str) -> float:
+    """train_s_total (else train_s) of the summary.json an earlier process of the run left;
+    0 without one."""
+    try:
+        with open(os.path.join(workdir, SUMMARY_FILE)) as f:
+            s = json.load(f)
+        return float(s.get("train_s_total", s.get("train_s")) or 0.0)
+    except (OSError, ValueError, TypeError, AttributeError):  # none, torn, or not a dict
+        return 0.0
 
 
 def train_and_evaluate(
