@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from rich.console import Console
 
-from experiments.sweeping import grid, launch, lock, progress, report, runner
+from experiments.sweeping import cli, grid, launch, lock, progress, report, runner
 from experiments.sweeping.rundir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,11 +40,13 @@ def _sweep_from_command_line(*overrides, name="tiny"):
     from ml_collections import config_flags
 
     argv = ["sweep", f"--sweep=experiments/configs/sweeps.py:{name}", *overrides]
+    argv, dotted = cli.split_dotted(argv)
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file(
         "sweep", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
     )
     values(argv)
+    cli.apply_dotted(holder.value, dotted)
     return grid.Sweep.from_config(holder.value)
 
 
@@ -61,11 +63,14 @@ def _sweep_from_command_line(*overrides, name="tiny"):
         ("--sweep.axes.learning_rate=0.1,3e-3", [0.1, 0.003]),
         ("--sweep.axes.layout=('attn','ssm'),('attn','attn')", [("attn", "ssm"), ("attn", "attn")]),
         ("--sweep.axes.passes=1,8", [1, 8]),  # an axis the sweep file already has
+        ("--sweep.axes.task.window=8,16", [8, 16]),  # a dotted field (a task knob)
+        ("--sweep.axes.task.num_pairs_values=(2,),(4,)", [(2,), (4,)]),
+        ("--sweep.axes.task.name=recall", ["recall"]),
     ],
 )
 def test_axes_from_the_command_line_are_the_values_typed(flag, values):
     sweep = _sweep_from_command_line(flag)
-    field = flag.split("=")[0].split(".")[-1]
+    field = flag.split("=")[0].split("axes.")[1]
     assert sweep.axes[field] == values
     assert all(type(a) is type(b) for a, b in zip(sweep.axes[field], values))
 

@@ -140,6 +140,17 @@ def _literal(text: str):
         return text
 
 
+def command_line_value(text: str):
+    """A value as ml_collections reads a new field from the command line: true/false as
+    bools, a Python literal as itself, anything else as the string."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        return text
+
+
 def axis_values(values) -> list:
     """An axis's values as a list. ml_collections hands a new axis from the command line
     over as a string when its items are not all Python literals (--sweep.axes.eviction=
