@@ -29,7 +29,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import checkpointing, parametric, sharding, stopping
+from sleep_consolidation import checkpointing, sharding, stopping
 from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import init_params
@@ -69,7 +69,13 @@ from sleep_consolidation.run_dir import (
     run_record,
     write_json,
 )
-from sleep_consolidation.run_log import RunLog, StepMetrics, Throughput, theta_record
+from sleep_consolidation.run_log import (
+    RunLog,
+    StepMetrics,
+    Throughput,
+    has_theta,
+    theta_record,
+)
 from sleep_consolidation.train_step import (
     NonFiniteError,
     TrainState,
@@ -138,9 +144,7 @@ class Trainer:
             schedule=spec.schedule, passes=c["passes"], eval_passes=tuple(c["eval_passes"]),
             batch_size=c["eval_batch_size"], mesh=mesh,
         )  # fmt: skip
-        self.log = RunLog(
-            workdir, main=self.main, log_theta=spec.model_config.rule == parametric.NAME
-        )
+        self.log = RunLog(workdir, main=self.main, log_theta=has_theta(spec.model_config.rule))
         self.stop_rule = stopping.StopRule.from_config(c)
         # The metric whose history decides the stop and gives steps_to_90pct (also with
         # the rule off); [(step, value)] of every eval so far, read back on a resume.
@@ -337,7 +341,7 @@ def train_and_evaluate(
     `step`, `loss` (mean since the last line), `grad_norm`, `token_acc`, `lr`,
     `tokens_per_s`, `elapsed_s`; `eval/...` per depth at eval steps, `eval_N{M}/...` for
     M in `eval_passes`), the same numbers as TensorBoard events, checkpoints, `theta.jsonl`
-    with rule="parametric" (`theta_record`, at step 0 and every eval), and `summary.json`
+    with a rule that has a theta (`theta_record`, at step 0 and every eval), and `summary.json`
     (`eval`: the last eval without the `eval/` prefix; the convergence fields of
     `stopping.summary_fields`). With `config.data_parallel` it trains over a data mesh
     (`sharding.py`); in a multi-process run every process calls this and process 0 writes.
