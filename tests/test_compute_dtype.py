@@ -61,7 +61,7 @@ def test_bf16_streaming_equals_forward_at_bf16_tolerance(models):
     assert diff < BF16_REL_TOL * scale, (diff, scale)
 
 
-@pytest.mark.slow  # compiles and trains the recall:tiny program (~45 s on a loaded CPU)
+@pytest.mark.slow  # compiles and trains the recall:tiny program (45-75 s on 2 loaded cores)
 def test_the_tiny_config_trains_in_bf16(tmp_path, compilation_cache):
     c = recall.get_config("tiny")
     c.update(compute_dtype="bfloat16", steps=30, log_every=10, eval_every=30,
