@@ -260,6 +260,9 @@ def test_eta_from_measured_step_rates(tmp_path):
     # early is not charged its step cap).
     done = progress.RunProgress("c", b, 40, progress.DONE, wall_s=12.0)
     assert progress.remaining_s([done, runs[1]], 1, prior_run_s=7) == pytest.approx(12.0)
+    # A run compiling for longer than expected still has its 40 steps at 0.5 s ahead.
+    late = progress.RunProgress("d", b, 40, progress.RUNNING, started_at=0.0)
+    assert progress.remaining_s([runs[0], late], 2, prior_run_s=7, now=100.0) == 20.0
 
 
 class FakeClock:
