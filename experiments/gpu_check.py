@@ -19,9 +19,10 @@ a JSON + markdown report (`--out`, default benchmarks/gpu/) with
   train    the paper-size Rule 110 config (`experiments/configs/rule110.py`, default
            variant) built as `python -m experiments.train` builds it (`resolve_config` +
            `train_step_from_config`): the default row (N=1, remat="none") and N in {1, 4, 8}
-           with remat="pass": step time, tokens/s, model FLOP/s (`bench_research.
+           with remat="pass", each with compute_dtype float32 and bfloat16: step time,
+           tokens/s, model FLOP/s (`bench_research.
            model_flops_per_step`), MFU against 989 TFLOP/s (H100/H200 dense bf16) and
-           against the f32 peak (67 TFLOP/s, no tensor cores; the model runs in f32), XLA's
+           against the f32 peak (67 TFLOP/s, no tensor cores), XLA's
            temp bytes (`memory_analysis()`) and the device's peak bytes in use (each row in
            its own process on an accelerator, so the peaks do not mix).
 
@@ -134,7 +135,9 @@ _TRAIN_N = flags.DEFINE_list("train_passes", ["1", "4", "8"], "Train: N with rem
 _ISOLATE = flags.DEFINE_enum(
     "isolate", "auto", ["auto", "yes", "no"], "Train rows in child processes (auto: not on CPU)."
 )
-_CHILD = flags.DEFINE_string("child_row", None, "Internal: run one train row ('N:remat').")
+_CHILD = flags.DEFINE_string(
+    "child_row", None, "Internal: run one train row ('N:remat:compute_dtype')."
+)
 _CHILD_JSON = flags.DEFINE_string("child_json", None, "Internal: where the child writes.")
 
 
@@ -372,10 +375,12 @@ def _rule110_config(tiny: bool) -> dict:
     return c
 
 
-def train_row(tiny: bool, passes: int, remat: str, reps: int) -> dict:
-    """One train step of the Rule 110 config (as experiments.train builds it) at (N, remat)."""
+def train_row(tiny: bool, passes: int, remat: str, reps: int, dtype: str = "float32") -> dict:
+    """One train step of the Rule 110 config (as experiments.train builds it) at (N, remat)
+    with `compute_dtype=dtype`."""
     c = _rule110_config(tiny)
     c["passes"], c["remat"] = passes, remat
+    c["compute_dtype"] = None if dtype == "float32" else dtype
     spec = run_config.resolve_config(c)
     tx = optimizers.optimizer_from_config(c)
     step = train_step.train_step_from_config(c, spec, tx)
@@ -407,7 +412,7 @@ def train_row(tiny: bool, passes: int, remat: str, reps: int) -> dict:
     flops = bench_research.model_flops_per_step(c, spec)
     cfg = spec.model_config
     return {
-        "N": passes, "remat": remat, "batch_size": c["batch_size"],
+        "N": passes, "remat": remat, "compute_dtype": dtype, "batch_size": c["batch_size"],
         "seq_len": spec.task.seq_len, "window": spec.window, "microbatches": c["microbatches"],
         "d_model": cfg.d_model, "layout": list(cfg.layout), "impl": cfg.impl,
         "chunk_size": cfg.chunk_size, "compile_s": compile_s, "median_s": med,
@@ -421,13 +426,15 @@ def train_row(tiny: bool, passes: int, remat: str, reps: int) -> dict:
     }  # fmt: skip
 
 
-def _train_rows_spec(tiny: bool) -> list[tuple[int, str]]:
-    if tiny:  # one row: compiling the step is most of the CPU mode's time
-        return [(1, "pass")]
+def _train_rows_spec(tiny: bool) -> list[tuple[int, str, str]]:
+    """(N, remat, compute_dtype) of each train row: the config as it is in float32 and in
+    bfloat16, then N in --train_passes with remat=pass in both dtypes."""
+    if tiny:  # compiling the step is most of the CPU mode's time: one N, both dtypes
+        return [(1, "pass", "float32"), (1, "pass", "bfloat16")]
     c = _rule110_config(tiny)
-    rows = [(c["passes"], c["remat"])]  # the config as it is (the default row)
-    rows += [(int(n), "pass") for n in _TRAIN_N.value if (int(n), "pass") not in rows]
-    return rows
+    points = [(c["passes"], c["remat"])]  # the config as it is (the default row)
+    points += [(int(n), "pass") for n in _TRAIN_N.value if (int(n), "pass") not in points]
+    return [(n, remat, dtype) for n, remat in points for dtype in ("float32", "bfloat16")]
 
 
 def bench_train(tiny: bool, deadline: float, isolate: bool, log=print, progress=None) -> dict:
@@ -436,32 +443,34 @@ def bench_train(tiny: bool, deadline: float, isolate: bool, log=print, progress=
            "peaks_tflops": {"bf16": PEAK_BF16_TFLOPS, "f32": PEAK_F32_TFLOPS},
            "isolated_processes": isolate, "rows": rows, "skipped": skipped}  # fmt: skip
     reps = 3 if tiny else _REPS.value
-    for passes, remat in _train_rows_spec(tiny):
+    for passes, remat, dtype in _train_rows_spec(tiny):
         left = deadline - time.perf_counter()
+        what = f"N={passes} remat={remat} {dtype}"
         if left <= 0:
-            skipped.append(f"N={passes} remat={remat}: out of budget")
+            skipped.append(f"{what}: out of budget")
             continue
         try:
             if isolate:
-                row = _child(tiny, passes, remat, timeout=max(left, 30.0))
+                row = _child(tiny, passes, remat, dtype, timeout=max(left, 30.0))
             else:
-                row = train_row(tiny, passes, remat, reps)
+                row = train_row(tiny, passes, remat, reps, dtype)
         except Exception as e:  # noqa: BLE001 - one row failing (e.g. OOM) keeps the others
-            skipped.append(f"N={passes} remat={remat}: {type(e).__name__}: {str(e)[:300]}")
-            log(f"[train] N={passes} remat={remat} failed: {e}")
+            skipped.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+            log(f"[train] {what} failed: {e}")
             continue
         rows.append(row)
         if progress is not None:
             progress(sec)
-        log(f"[train] N={passes} remat={remat}: {row['tokens_per_s']:.0f} tokens/s, "
+        log(f"[train] {what}: {row['tokens_per_s']:.0f} tokens/s, "
             f"MFU {100 * row['mfu_bf16']:.2f}% (bf16 peak), temp {_mib(row['temp_bytes'])} "
             f"MiB, peak {_mib(row['peak_bytes_in_use'])} MiB")  # fmt: skip
     return sec
 
 
-def _child(tiny, passes, remat, timeout):
-    path = os.path.join(_OUT.value, f".train_row_N{passes}_{remat}.json")
-    cmd = [sys.executable, "-m", "experiments.gpu_check", f"--child_row={passes}:{remat}",
+def _child(tiny, passes, remat, dtype, timeout):
+    path = os.path.join(_OUT.value, f".train_row_N{passes}_{remat}_{dtype}.json")
+    cmd = [sys.executable, "-m", "experiments.gpu_check",
+           f"--child_row={passes}:{remat}:{dtype}",
            f"--child_json={path}", f"--reps={_REPS.value}", f"--out={_OUT.value}"]  # fmt: skip
     if tiny:
         cmd.append("--tiny")
@@ -561,12 +570,14 @@ def to_markdown(res: dict) -> str:
                   f"{t['peaks_tflops']['f32']} TFLOP/s (f32, no tensor cores). Peak bytes: "
                   "the device's peak_bytes_in_use"
                   + (" (one process per row)." if t["isolated_processes"] else "."), "",
-                  "| N | remat | batch x T | ms (min-max) | tokens/s | model TFLOP/s | "
-                  "MFU bf16 | MFU f32 | temp MiB | peak MiB | compile s | loss |",
-                  "|" + "---|" * 12]  # fmt: skip
+                  "| N | remat | compute | batch x T | ms (min-max) | tokens/s | "
+                  "model TFLOP/s | MFU bf16 | MFU f32 | temp MiB | peak MiB | compile s | "
+                  "loss |",
+                  "|" + "---|" * 13]  # fmt: skip
         for r in t["rows"]:
             lines.append(
-                f"| {r['N']} | {r['remat']} | {r['batch_size']} x {r['seq_len']} | "
+                f"| {r['N']} | {r['remat']} | {r.get('compute_dtype', 'float32')} | "
+                f"{r['batch_size']} x {r['seq_len']} | "
                 f"{1e3 * r['median_s']:.3g} ({1e3 * r['min_s']:.3g}-{1e3 * r['max_s']:.3g}) | "
                 f"{r['tokens_per_s']:.4g} | {r['model_tflops_per_s']:.3g} | "
                 f"{100 * r['mfu_bf16']:.2f}% | {100 * r['mfu_f32']:.1f}% | "
@@ -639,8 +650,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     tiny = _TINY.value
     if _CHILD.value:
-        n, remat = _CHILD.value.split(":")
-        row = train_row(tiny, int(n), remat, 3 if tiny else _REPS.value)
+        n, remat, dtype = _CHILD.value.split(":")
+        row = train_row(tiny, int(n), remat, 3 if tiny else _REPS.value, dtype)
         with open(_CHILD_JSON.value, "w") as f:
             json.dump(row, f)
         return

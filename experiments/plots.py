@@ -1,7 +1,10 @@
 """Plots of the library's diagnostics (the library computes; this module draws).
 
 recall = diagnostics.recall_of_evicted_window(params, tokens, window=L, passes=N)
-plot_consolidation(recall, "consolidation.png")
+fig = plot_consolidation(recall, "consolidation.png")   # a notebook shows `fig`
+
+Figures are built with matplotlib's object API, not pyplot: importing or calling this
+module never switches the backend, so a notebook keeps its inline figures.
 """
 
 from __future__ import annotations
@@ -9,23 +12,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def plot_consolidation(results: dict, path: str) -> str:
-    """Writes a PNG: recall cosine vs pass index per layer (left) and the relative
-    fast-weight change per sleep pass per layer (right), each averaged over windows with the
-    min-max range over windows shaded.
+def plot_consolidation(results: dict, path: str | None = None):
+    """Recall cosine vs pass index per layer (left) and the relative fast-weight change per
+    sleep pass per layer (right), each averaged over windows with the min-max range over
+    windows shaded.
 
     Args:
       results: a dict with "cosine" [W, N, n_ssm] (`recall_of_evicted_window`) and/or
         "change" [W, N-1, n_ssm] (`fast_weight_change_per_pass` or the recall dict).
-      path: the PNG file to write.
+      path: a PNG file to write too (None: none).
 
     Returns:
-      `path`.
+      The matplotlib Figure.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     panels = [
         (key, title, ylabel, first)
@@ -37,7 +37,8 @@ def plot_consolidation(results: dict, path: str) -> str:
     ]
     if not panels:
         raise ValueError("results must hold 'cosine' and/or 'change'")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (key, title, ylabel, first) in zip(axes[0], panels):
         arr = np.asarray(results[key], np.float64)  # [W, P, n_ssm]
         x = np.arange(first, first + arr.shape[1])
@@ -53,6 +54,6 @@ def plot_consolidation(results: dict, path: str) -> str:
         if arr.shape[2]:
             ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig

@@ -97,6 +97,15 @@ def main(argv):
         raise SystemExit(f"runs not completed: {bad}")
 
 
+def _parse(argv: list[str]) -> list[str]:
+    """usage.parser, with the axes and fixed overrides of dotted fields set afterwards."""
+    argv, dotted = cli.split_dotted(argv)
+    sys.argv[:] = argv  # config_flags reads its overrides from sys.argv itself
+    modules = [PROG, "experiments.sweeping.cli"]
+    rest = usage.parser(PROG, __doc__, modules, config_flag="sweep")(argv)
+    cli.apply_dotted(_SWEEP.value, dotted)
+    return rest
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=usage.parser(
-        PROG, __doc__, [PROG, "experiments.sweeping.cli"], config_flag="sweep"))  # fmt: skip
+    app.run(main, flags_parser=_parse)

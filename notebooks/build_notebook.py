@@ -2,10 +2,12 @@
 markdown cells whose lines start with "# "), without jupytext.
 
     python notebooks/build_notebook.py                     # quickstart.py -> quickstart.ipynb
+    python notebooks/build_notebook.py --execute           # ... with its outputs (figures)
     python notebooks/build_notebook.py a.py b.ipynb
 
-The notebook is written without outputs; tests/test_notebook.py checks it is in sync with
-its script and executes it.
+--execute runs the notebook (nbclient, from the repository root) and writes it with its
+outputs, as it is committed, so that a reader sees the figures without running it.
+tests/test_notebook.py checks it is in sync with its script and executes it.
 """
 
 from __future__ import annotations
@@ -50,15 +52,21 @@ def script_to_notebook(text: str) -> nbformat.NotebookNode:
     return nb
 
 
-def build(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+def build(src: pathlib.Path, dst: pathlib.Path, execute: bool = False) -> pathlib.Path:
     nb = script_to_notebook(src.read_text())
+    if execute:
+        from nbclient import NotebookClient
+
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(HERE.parent)}}).execute()  # fmt: skip
     nbformat.validate(nb)
     nbformat.write(nb, str(dst))
     return dst
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
+    execute = "--execute" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--execute"]
     src = pathlib.Path(args[0]) if args else HERE / "quickstart.py"
     dst = pathlib.Path(args[1]) if len(args) > 1 else src.with_suffix(".ipynb")
-    print("wrote", build(src, dst))
+    print("wrote", build(src, dst, execute=execute))

@@ -18,8 +18,6 @@
 # (`python notebooks/build_notebook.py`).
 
 # %%
-import os
-import tempfile
 import time
 
 import jax
@@ -162,9 +160,5 @@ print("flags:", flags or "none")
 # %%
 recall = diagnostics.recall_of_evicted_window(trained, eval_batch.tokens[:64], L, N)
 print("recall cosine after pass 1..N (window 0):", np.asarray(recall["cosine"][0, :, 0]).round(3))
-png = plots.plot_consolidation(recall, os.path.join(tempfile.mkdtemp(), "consolidation.png"))
-fig, ax = plt.subplots(figsize=(8, 3))
-ax.imshow(plt.imread(png))
-ax.axis("off")
-plt.show()
 print(f"notebook ran in {time.time() - t_start:.0f} s")
+plots.plot_consolidation(recall)  # a Figure: the notebook shows it

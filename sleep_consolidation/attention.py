@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_consolidation.config import ModelConfig
-from sleep_consolidation.linear import linear, matmul
+from sleep_consolidation.linear import matmul_in, project
 
 _NEG = -1e30  # finite "minus infinity": masked rows never become all -inf (each query sees itself)
 
@@ -44,20 +44,21 @@ def _qkv(p, cfg: ModelConfig, x, positions):
     """Projects x [B, T, D] to rotated q, k and plain v, each [B, T, H, dh]."""
     B, T, _ = x.shape
     # One matmul for q|k|v (x read once; one dx and one weight-gradient matmul backward).
-    qkv = linear(x, jnp.concatenate([p["wq"], p["wk"], p["wv"]], axis=1))
+    qkv = project(x, jnp.concatenate([p["wq"], p["wk"], p["wv"]], axis=1), cfg.compute_dtype)
     q, k, v = (y.reshape(B, T, cfg.num_heads, cfg.dh) for y in jnp.split(qkv, 3, axis=-1))
     return rope(q, positions, cfg.rope_base), rope(k, positions, cfg.rope_base), v
 
 
-def _attend(p, q, k, v, mask):
-    """q [B,Tq,H,dh], k/v [B,Tk,H,dh], mask [Tq,Tk] -> [B, Tq, D]."""
+def _attend(p, q, k, v, mask, dtype=None):
+    """q [B,Tq,H,dh], k/v [B,Tk,H,dh], mask [Tq,Tk] -> [B, Tq, D]; the products in `dtype`
+    (the model's compute_dtype), the softmax in float32."""
     B, Tq, H, dh = q.shape
     heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, dh] <-> [B, H, T, dh]
     # `matmul`: batched products whose backward is in XLA:CPU's fast form (linear.py).
-    scores = matmul(heads(q), heads(k), transpose_b=True) * dh**-0.5  # [B, H, Tq, Tk]
+    scores = matmul_in(heads(q), heads(k), dtype, transpose_b=True) * dh**-0.5  # [B,H,Tq,Tk]
     scores = jnp.where(mask[None, None], scores, _NEG)
-    out = heads(matmul(jax.nn.softmax(scores, axis=-1), heads(v)))
-    return linear(out.reshape(B, Tq, H * dh), p["wo"])
+    out = heads(matmul_in(jax.nn.softmax(scores, axis=-1), heads(v), dtype))
+    return project(out.reshape(B, Tq, H * dh), p["wo"], dtype)
 
 
 def _prefix_mask(query_pos, prefix_valid):
@@ -84,11 +85,10 @@ def attention_window(p, cfg: ModelConfig, x, prefix_k, prefix_v, prefix_valid):
     mask = pos[None, :] <= pos[:, None]
     if prefix_k.shape[1]:
         mask = jnp.concatenate([_prefix_mask(pos, prefix_valid), mask], axis=1)
-        y = _attend(
-            p, q, jnp.concatenate([prefix_k, k], 1), jnp.concatenate([prefix_v, v], 1), mask
-        )
+        keys, values = jnp.concatenate([prefix_k, k], 1), jnp.concatenate([prefix_v, v], 1)
+        y = _attend(p, q, keys, values, mask, cfg.compute_dtype)
     else:
-        y = _attend(p, q, k, v, mask)
+        y = _attend(p, q, k, v, mask, cfg.compute_dtype)
     return y, k, v
 
 
@@ -110,7 +110,7 @@ def attention_step(p, cfg: ModelConfig, x, pos, k_cache, v_cache, prefix_k, pref
         mask = jnp.concatenate([_prefix_mask(pos[None], prefix_valid), mask], axis=1)
         keys = jnp.concatenate([prefix_k, k_cache], 1)
         values = jnp.concatenate([prefix_v, v_cache], 1)
-    return _attend(p, q, keys, values, mask)[:, 0], k_cache, v_cache
+    return _attend(p, q, keys, values, mask, cfg.compute_dtype)[:, 0], k_cache, v_cache
 
 
 def slide_prefix(prefix_k, prefix_v, prefix_valid, k, v, filled, base: float):

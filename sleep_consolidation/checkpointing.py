@@ -346,8 +346,8 @@ def load_memory_state(path: str | os.PathLike, like: MemoryState) -> MemoryState
 # Starting a run from another run's parameters (config.init_from)
 # ---------------------------------------------------------------------------------------
 
-# ModelConfig fields that do not change the parameters: how the rule is computed.
-_NOT_IN_PARAMS = ("impl", "chunk_size")
+# ModelConfig fields that do not change the parameters: how the model is computed.
+_NOT_IN_PARAMS = ("impl", "chunk_size", "compute_dtype")
 
 
 def check_init_source(source: str | os.PathLike, model_config: ModelConfig, workdir) -> None:

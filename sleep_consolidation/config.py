@@ -12,6 +12,8 @@ import math
 BLOCK_KINDS = ("attn", "ssm")
 EVICTIONS = ("hard", "sliding")
 IMPLS = ("scan", "chunked")
+# None: float32 throughout. "bfloat16": the projections, attention and MLP in bfloat16.
+COMPUTE_DTYPES = (None, "bfloat16")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -37,6 +39,10 @@ class ModelConfig:
       impl: "scan" (per-token reference) or "chunked" (chunkwise-parallel fast path, falls
         back to the scan for rules that have no chunked form).
       chunk_size: chunk length of the chunked form.
+      compute_dtype: None (or "float32"): float32 throughout; "bfloat16": the matmuls of the
+        projections, of attention and of the MLP take bfloat16 operands (for GPUs and
+        TPUs), while the parameters, the residual stream, the fast weights and the rule's
+        state, the norms, the softmax, the unembedding and the loss stay float32.
     """
 
     vocab_size: int
@@ -50,8 +56,15 @@ class ModelConfig:
     rope_base: float = 10000.0
     impl: str = "scan"
     chunk_size: int = 32
+    compute_dtype: str | None = None
 
     def __post_init__(self):
+        if self.compute_dtype == "float32":  # the default, spelled out: one identity
+            object.__setattr__(self, "compute_dtype", None)
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"compute_dtype must be None, 'float32' or 'bfloat16', got {self.compute_dtype!r}"
+            )
         if isinstance(self.layout, str):
             raise ValueError(
                 f"layout must be a sequence of {BLOCK_KINDS}, got the string {self.layout!r}"

@@ -15,7 +15,7 @@ import numpy as np
 
 from sleep_consolidation import rules
 from sleep_consolidation.config import ModelConfig
-from sleep_consolidation.linear import linear
+from sleep_consolidation.linear import project
 
 
 def rms_norm(x, weight, eps: float = 1e-6):
@@ -58,7 +58,7 @@ def init_fast_weight_mixer(key, cfg: ModelConfig) -> dict:
     return p
 
 
-def _project(p, x):
+def _project(p, x, dtype=None):
     """Every input projection of the block in one matmul: x @ [wq | wk | wv | wg | wa | wb].
 
     One wide matmul instead of six narrow ones: x is read once, and the backward pass does
@@ -70,7 +70,7 @@ def _project(p, x):
        z_a [..., H] decay pre-activation, z_b [..., H] write-strength pre-activation).
     """
     names = ("wq", "wk", "wv", "wg", "wa", "wb")
-    y = linear(x, jnp.concatenate([p[n] for n in names], axis=1))
+    y = project(x, jnp.concatenate([p[n] for n in names], axis=1), dtype)
     cuts = np.cumsum([p[n].shape[1] for n in names])[:-1]
     zq, zk, zv, z_g, z_a, z_b = jnp.split(y, cuts, axis=-1)
     return jnp.concatenate([zq, zk, zv], axis=-1), z_g, z_a, z_b
@@ -98,7 +98,7 @@ def _output(p, cfg: ModelConfig, o, z_g):
     """o [..., H, dh] -> RMSNorm gated by SiLU(z_g) -> out projection [..., D]."""
     o = rms_norm(o, p["o_norm"])
     o = o.reshape(*o.shape[:-2], cfg.num_heads * cfg.dh) * jax.nn.silu(z_g)
-    return linear(o, p["wo"])
+    return project(o, p["wo"], cfg.compute_dtype)
 
 
 def _causal_conv(u, w):
@@ -122,7 +122,7 @@ def window_features(p, cfg: ModelConfig, x):
       (q, k [B, T, H, dh] L2-normalised, v [B, T, H, dh], alpha, beta [B, T, H],
        z_g [B, T, H dh] output-gate pre-activation).
     """
-    u, z_g, z_a, z_b = _project(p, x)
+    u, z_g, z_a, z_b = _project(p, x, cfg.compute_dtype)
     conv_out = _causal_conv(u, p["conv"])
     q, k, v = _features(cfg, conv_out)
     alpha, beta = _gates(p, z_a, z_b)
@@ -166,7 +166,7 @@ def fast_weight_step(p, cfg: ModelConfig, x, S, conv_buf):
     Returns:
       (y [B, D], S_new, conv_buf_new).
     """
-    u, z_g, z_a, z_b = _project(p, x)
+    u, z_g, z_a, z_b = _project(p, x, cfg.compute_dtype)
     window = jnp.concatenate([conv_buf, u[:, None]], axis=1)  # [B, K, 3 H dh]
     conv_out = jnp.einsum("bkc,kc->bc", window, p["conv"])
     q, k, v = _features(cfg, conv_out)

@@ -50,6 +50,21 @@ def _linear_bwd(res, g):
 linear.defvjp(_linear_fwd, _linear_bwd)
 
 
+def project(x, w, dtype: str | None = None):
+    """`linear(x, w)` computed in `dtype` (`ModelConfig.compute_dtype`: "bfloat16" rounds
+    both operands to it), the result returned in float32; None: float32 throughout."""
+    if dtype is None:
+        return linear(x, w)
+    return linear(x.astype(dtype), w.astype(dtype)).astype(jnp.float32)
+
+
+def matmul_in(a, b, dtype: str | None = None, *, transpose_b: bool = False):
+    """`matmul` computed in `dtype` like `project`, the result in float32."""
+    if dtype is None:
+        return matmul(a, b, transpose_b=transpose_b)
+    return matmul(a.astype(dtype), b.astype(dtype), transpose_b=transpose_b).astype(jnp.float32)
+
+
 def transposed(a):
     """swapaxes(a, -1, -2), materialised: XLA may not fold it into the dot that reads it
     (as a left operand, that dot would take the slow path; see the module docstring)."""

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from sleep_consolidation import attention, fast_weights
 from sleep_consolidation.config import ModelConfig
 from sleep_consolidation.fast_weights import rms_norm
-from sleep_consolidation.linear import linear
+from sleep_consolidation.linear import linear, project
 
 
 @flax.struct.dataclass
@@ -89,12 +89,13 @@ def embed(params: Params, tokens):
 
 
 def logits(params: Params, h):
+    # float32 whatever the compute_dtype: the loss reads these.
     return linear(rms_norm(h, params.final_norm), params.unembed)
 
 
-def _mlp(block, h):
+def _mlp(block, h, dtype=None):
     x = rms_norm(h, block["norm2"])
-    return h + linear(jax.nn.gelu(linear(x, block["w1"])), block["w2"])
+    return h + project(jax.nn.gelu(project(x, block["w1"], dtype)), block["w2"], dtype)
 
 
 def take_positions(h, positions):
@@ -141,7 +142,7 @@ def window_pass(
             y, fast[i] = fast_weights.fast_weight_window(block["mixer"], cfg, x, fast[i], valid)
         if out_positions is not None and i == blocks[-1]:
             h, y = take_positions(h, out_positions), take_positions(y, out_positions)
-        h = _mlp(block, h + y)
+        h = _mlp(block, h + y, cfg.compute_dtype)
     return h, fast, kv
 
 
@@ -162,4 +163,4 @@ def block_step(params: Params, i: int, h, pos, fast, kv_cache, prefix, conv):
         kv_cache = (k_cache, v_cache)
     else:
         y, fast, conv = fast_weights.fast_weight_step(block["mixer"], cfg, x, fast, conv)
-    return _mlp(block, h + y), fast, kv_cache, conv
+    return _mlp(block, h + y, cfg.compute_dtype), fast, kv_cache, conv

@@ -31,7 +31,7 @@ from sleep_consolidation.tasks import Task, make_task
 # ModelConfig fields a config sets directly (vocab_size comes from the task).
 MODEL_FIELDS = (
     "d_model", "num_heads", "layout", "rule", "head_dim", "mlp_ratio", "conv_size",
-    "rope_base", "impl", "chunk_size",
+    "rope_base", "impl", "chunk_size", "compute_dtype",
 )  # fmt: skip
 SCHEDULE_FIELDS = (
     "eviction", "reset_between_passes", "reinject_embedding", "loop_blocks",

@@ -1,6 +1,7 @@
-"""What a run logs while it runs: `metrics.jsonl`, TensorBoard event files and, for
-rule="parametric", `theta.jsonl`. Only process 0 writes; the other processes of a
-multi-host run hold a `RunLog` that writes nothing.
+"""What a run logs while it runs: `metrics.jsonl`, TensorBoard event files and, for a
+rule with parameters of its own (rule="parametric", a custom rule's theta), `theta.jsonl`.
+Only process 0 writes; the other processes of a multi-host run hold a `RunLog` that writes
+nothing.
 
 TensorBoard gets every number of a metrics line: the train metrics as `train/{key}` and
 the eval metrics under their own keys with characters a TensorBoard tag may not hold
@@ -21,9 +22,11 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from sleep_consolidation import parametric
 from sleep_consolidation.model import Params
+from sleep_consolidation.rules import get_rule
 from sleep_consolidation.run_dir import METRICS_FILE, THETA_FILE, append_jsonl, truncate_jsonl
 from sleep_consolidation.train_step import check_finite
 
@@ -36,13 +39,28 @@ def tensorboard_tag(key: str) -> str:
 
 
 def theta_record(params: Params, step: int) -> dict[str, Any]:
-    """One `theta.jsonl` line: `parametric.describe_theta` of every ssm layer's theta
-    (coefficients per head, the nearest built-in point of the head mean and its distance)."""
+    """One `theta.jsonl` line. The parametric rule: `parametric.describe_theta` of every ssm
+    layer's theta (coefficients per head, the nearest built-in point of the head mean and
+    its distance); any other rule with a theta (a registered custom rule): its values, as
+    nested lists under their names."""
     layers = []
     for i in params.config.ssm_blocks:
-        d = parametric.describe_theta(jax.device_get(params.blocks[i]["mixer"]["theta"]))
-        layers.append({"block": i, **{k: d[k] for k in ("coefficients", "nearest", "distance")}})
+        theta = jax.device_get(params.blocks[i]["mixer"]["theta"])
+        if params.config.rule == parametric.NAME:
+            d = parametric.describe_theta(theta)
+            layers.append(
+                {"block": i, **{k: d[k] for k in ("coefficients", "nearest", "distance")}}
+            )
+        else:
+            values = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64).tolist(), theta)
+            layers.append({"block": i, "theta": values})
     return {"step": int(step), "layers": layers}
+
+
+def has_theta(rule: str) -> bool:
+    """Whether `rule` learns parameters of its own (the parametric rule, a custom rule
+    registered with an `init_theta`): its run then writes theta.jsonl."""
+    return get_rule(rule).init_theta is not None
 
 
 class RunLog:
@@ -51,7 +69,7 @@ class RunLog:
     Args:
       workdir: the run directory.
       main: whether this is process 0 (the only one that writes).
-      log_theta: also write `theta.jsonl` (rule="parametric").
+      log_theta: also write `theta.jsonl` (a rule with a theta: `has_theta`).
     """
 
     def __init__(self, workdir: str, *, main: bool, log_theta: bool):
@@ -93,7 +111,7 @@ class RunLog:
             self._tb.flush()
 
     def theta(self, params: Params, step: int) -> None:
-        """Appends `theta_record(params, step)` to `theta.jsonl` (rule="parametric")."""
+        """Appends `theta_record(params, step)` to `theta.jsonl` (a rule with a theta)."""
         if self.log_theta:
             append_jsonl(self.theta_path, theta_record(params, step))
 

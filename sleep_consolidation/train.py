@@ -21,6 +21,7 @@ own modules and are re-exported here:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -32,7 +33,6 @@ from sleep_consolidation import (
     checkpointing,
     curriculum,
     diagnostics,
-    parametric,
     run_dir,
     sharding,
     stopping,
@@ -76,7 +76,13 @@ from sleep_consolidation.run_dir import (
     run_record,
     write_json,
 )
-from sleep_consolidation.run_log import RunLog, StepMetrics, Throughput, theta_record
+from sleep_consolidation.run_log import (
+    RunLog,
+    StepMetrics,
+    Throughput,
+    has_theta,
+    theta_record,
+)
 from sleep_consolidation.train_step import (
     NonFiniteError,
     TrainState,
@@ -150,9 +156,7 @@ class Trainer:
             schedule=spec.schedule, passes=c["passes"], eval_passes=tuple(c["eval_passes"]),
             batch_size=c["eval_batch_size"], mesh=mesh,
         )  # fmt: skip
-        self.log = RunLog(
-            workdir, main=self.main, log_theta=spec.model_config.rule == parametric.NAME
-        )
+        self.log = RunLog(workdir, main=self.main, log_theta=has_theta(spec.model_config.rule))
         self.stop_rule = stopping.StopRule.from_config(c)
         # The metric whose history decides the stop and gives steps_to_90pct (also with
         # the rule off); [(step, value)] of every eval so far, read back on a resume.
@@ -294,9 +298,13 @@ class Trainer:
         except OSError as e:
             raise io_error(e, self.workdir) from e
         failure: BaseException | None = None  # the first error; nothing after it hides it
+        prior_s = 0.0
         try:
             state, start = self._restore(ckpt)
             summary["resumed_from"] = start if start else None
+            # The training time of the earlier processes of a resumed run, so that
+            # train_s_total is the whole run's (train_s is this process's).
+            prior_s = _prior_train_s(self.workdir) if start else 0.0
             self.log.start(state.params, start)
             logging.info(
                 "training %s: %d params, steps %d..%d, batch %d x %d tokens, %s",
@@ -353,6 +361,7 @@ class Trainer:
             summary.update(
                 last_checkpoint=ckpt.latest_step(), startup_s=clock.startup_s,
                 train_s=clock.train_s, tokens_per_s=clock.tokens_per_s(),
+                train_s_total=prior_s + clock.train_s,
                 wall_s=time.time() - self.t0,
             )  # fmt: skip
             self._finish(ckpt, summary, failure)
@@ -373,6 +382,17 @@ class Trainer:
             write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
 
 
+def _prior_train_s(workdir: str) -> float:
+    """train_s_total (else train_s) of the summary.json an earlier process of the run left;
+    0 without one."""
+    try:
+        with open(os.path.join(workdir, SUMMARY_FILE)) as f:
+            s = json.load(f)
+        return float(s.get("train_s_total", s.get("train_s")) or 0.0)
+    except (OSError, ValueError, TypeError, AttributeError):  # none, torn, or not a dict
+        return 0.0
+
+
 def train_and_evaluate(
     config, workdir: str, *, allow_config_change: bool = False
 ) -> dict[str, Any]:
@@ -382,7 +402,7 @@ def train_and_evaluate(
     `step`, `loss` (mean since the last line), `grad_norm`, `token_acc`, `lr`,
     `tokens_per_s`, `elapsed_s`; `eval/...` per depth at eval steps, `eval_N{M}/...` for
     M in `eval_passes`), the same numbers as TensorBoard events, checkpoints, `theta.jsonl`
-    with rule="parametric" (`theta_record`, at step 0 and every eval), and `summary.json`
+    with a rule that has a theta (`theta_record`, at step 0 and every eval), and `summary.json`
     (`eval`: the last eval without the `eval/` prefix; the convergence fields of
     `stopping.summary_fields`). With `config.data_parallel` it trains over a data mesh
     (`sharding.py`); in a multi-process run every process calls this and process 0 writes.

@@ -51,10 +51,13 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, resumed)
     with open(os.path.join(resumed, train.SUMMARY_FILE)) as f:
-        assert json.load(f)["status"] == "interrupted"
+        first = json.load(f)
+    assert first["status"] == "interrupted" and first["train_s"] > 0
     monkeypatch.setattr(Recall, "batch", original)
     summary = train.train_and_evaluate(config, resumed)
     assert summary["resumed_from"] == 10 and summary["step"] == 20
+    # The run's training time counts both processes; train_s is the last one's.
+    assert summary["train_s_total"] == pytest.approx(first["train_s"] + summary["train_s"])
 
     assert_trees_equal(checkpointing.load_params(straight), checkpointing.load_params(resumed))
     a, b = read_metrics(straight), read_metrics(resumed)

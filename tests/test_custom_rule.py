@@ -53,3 +53,15 @@ def test_custom_rule_trains_through_sleep():
             assert np.all(np.isfinite(g_lr)) and np.all(np.abs(g_lr) > 0), g_lr
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_a_custom_rules_theta_is_logged_like_the_parametric_rules():
+    from conftest import init
+
+    from sleep_consolidation import parametric, run_log
+
+    assert run_log.has_theta("oja") and run_log.has_theta(parametric.NAME)
+    assert not run_log.has_theta("gated_delta")
+    cfg = sc.ModelConfig(vocab_size=5, d_model=8, num_heads=2, layout=("attn", "ssm"), rule="oja")
+    record = run_log.theta_record(init(cfg), step=7)
+    assert record == {"step": 7, "layers": [{"block": 1, "theta": {"lr": [0.5, 0.5]}}]}

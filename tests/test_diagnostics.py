@@ -90,7 +90,9 @@ def test_statistics_finite_and_streaming_agrees(params, tmp_path):
     np.testing.assert_array_equal(recall["cosine_at_window_start"][0], 0.0)  # S starts at 0
     # The window loop's per-pass change equals the one measured by streaming.
     chex.assert_trees_all_close(recall["change"], change, atol=1e-5, rtol=1e-4)
-    path = plots.plot_consolidation({**recall, "change": change}, str(tmp_path / "c.png"))
+    path = str(tmp_path / "c.png")
+    fig = plots.plot_consolidation({**recall, "change": change}, path)
+    assert len(fig.axes) == 2
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 1000

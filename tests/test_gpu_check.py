@@ -46,6 +46,7 @@ def test_gpu_check_tiny_cpu(tmp_path):
     # 4. + 5. train step of the Rule 110 config: time, tokens/s, FLOPs, MFU, temp bytes.
     train = res["train"]["rows"]
     assert train, res["train"]["skipped"]
+    assert {r["compute_dtype"] for r in train} == {"float32", "bfloat16"}  # both dtypes
     for r in train:
         assert r["median_s"] > 0 and r["tokens_per_s"] > 0 and r["model_tflops_per_s"] > 0
         assert 0 < r["mfu_bf16"] < r["mfu_f32"] < 1

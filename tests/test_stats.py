@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -77,8 +78,8 @@ def test_report_shows_the_interval_signs_and_flags_unconverged_runs(tmp_path):
     flagged = report.summary_table(_records(converged=False), interval="bootstrap")
     assert f"| passes=2{report.DAGGER} | 3 |" in flagged and "0/3" in flagged
     assert "bootstrap" in flagged and report.UNCONVERGED_NOTE in flagged
-    path = report.plot_sweep(_records(), str(tmp_path / "p.png"))
-    assert (tmp_path / "p.png").stat().st_size > 1000 and path.endswith("p.png")
+    report.plot_sweep(_records(), str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 def test_verdict_names_the_direction_and_the_unconverged_pairs():
@@ -132,3 +133,47 @@ def test_paired_failures_is_mcnemars_exact_test_on_the_discordant_pairs():
     assert stats.paired_failures([0, 1], [0, 1])["p"] == 1.0  # no discordant pair
     with pytest.raises(ValueError, match="2 treated outcomes but 3"):
         stats.paired_failures([0, 1], [0, 1, 1])
+
+
+def test_sweep_plot_reads_at_a_glance(tmp_path):
+    """N as equally spaced categories; one series per depth (the aggregate over a single
+    depth is not drawn twice); accuracy intervals within [0, 1]; every seed's paired
+    difference as a dot; learning curves coloured by N, one line per seed; a Figure
+    returned, the PNG written, the matplotlib backend left alone."""
+    import matplotlib
+    from matplotlib.collections import PathCollection
+    from matplotlib.figure import Figure
+
+    recs = []
+    for n, accs in ((1, (0.90, 0.99)), (2, (0.97, 1.0)), (4, (0.99, 1.0))):
+        for seed, a in enumerate(accs):
+            run_dir = tmp_path / f"passes={n},seed={seed}"
+            run_dir.mkdir()
+            (run_dir / "metrics.jsonl").write_text(
+                "".join(json.dumps({"step": s, "loss": 3.0 / s}) + "\n" for s in (1, 2, 3))
+            )
+            recs.append({"point": f"passes={n}", "overrides": {"passes": n}, "seed": seed,
+                         "status": "completed", "eval": {"acc/d=8": a, "acc": a},
+                         "run_dir": str(run_dir)})  # fmt: skip
+    backend = matplotlib.get_backend()
+    fig = report.plot_sweep(recs, str(tmp_path / "p.png"))
+    assert isinstance(fig, Figure) and matplotlib.get_backend() == backend
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    ax1, ax3, ax2 = fig.axes
+    assert [t.get_text() for t in ax1.get_xticklabels()] == ["1", "2", "4"]
+    assert list(ax1.get_xticks()) == [0, 1, 2]
+    assert [t.get_text() for t in ax1.get_legend().get_texts()] == ["d=8"]  # no "all" twin
+    assert ax1.get_ylim() == (0.0, 1.0)
+    tops = [seg[:, 1].max() for c in ax1.containers for seg in c[2][0].get_segments()]
+    assert tops and max(tops) <= 1.0  # the t-interval of 0.97, 1.0 reaches past 1: clipped
+    scatters = [c for c in ax3.collections if isinstance(c, PathCollection)]
+    dots = np.concatenate([c.get_offsets()[:, 1] for c in scatters])
+    assert sorted(dots.round(3)) == sorted([0.07, 0.01, 0.09, 0.01])  # each seed's difference
+    colors = {}
+    for line in ax2.get_lines():
+        colors.setdefault(matplotlib.colors.to_hex(line.get_color()), 0)
+        colors[matplotlib.colors.to_hex(line.get_color())] += 1
+    assert sorted(colors.values()) == [2, 2, 2]  # 3 colours (N), 2 seeds each
+    assert [t.get_text() for t in ax2.get_legend().get_texts()] == [
+        "passes=1", "passes=2", "passes=4",
+    ]  # fmt: skip

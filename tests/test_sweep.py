@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from rich.console import Console
 
-from experiments.sweeping import grid, launch, lock, progress, report, runner
+from experiments.sweeping import cli, grid, launch, lock, progress, report, runner
 from experiments.sweeping.rundir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,11 +40,13 @@ def _sweep_from_command_line(*overrides, name="tiny"):
     from ml_collections import config_flags
 
     argv = ["sweep", f"--sweep=experiments/configs/sweeps.py:{name}", *overrides]
+    argv, dotted = cli.split_dotted(argv)
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file(
         "sweep", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
     )
     values(argv)
+    cli.apply_dotted(holder.value, dotted)
     return grid.Sweep.from_config(holder.value)
 
 
@@ -61,11 +63,14 @@ def _sweep_from_command_line(*overrides, name="tiny"):
         ("--sweep.axes.learning_rate=0.1,3e-3", [0.1, 0.003]),
         ("--sweep.axes.layout=('attn','ssm'),('attn','attn')", [("attn", "ssm"), ("attn", "attn")]),
         ("--sweep.axes.passes=1,8", [1, 8]),  # an axis the sweep file already has
+        ("--sweep.axes.task.window=8,16", [8, 16]),  # a dotted field (a task knob)
+        ("--sweep.axes.task.num_pairs_values=(2,),(4,)", [(2,), (4,)]),
+        ("--sweep.axes.task.name=recall", ["recall"]),
     ],
 )
 def test_axes_from_the_command_line_are_the_values_typed(flag, values):
     sweep = _sweep_from_command_line(flag)
-    field = flag.split("=")[0].split(".")[-1]
+    field = flag.split("=")[0].split("axes.")[1]
     assert sweep.axes[field] == values
     assert all(type(a) is type(b) for a, b in zip(sweep.axes[field], values))
 
@@ -255,6 +260,9 @@ def test_eta_from_measured_step_rates(tmp_path):
     # early is not charged its step cap).
     done = progress.RunProgress("c", b, 40, progress.DONE, wall_s=12.0)
     assert progress.remaining_s([done, runs[1]], 1, prior_run_s=7) == pytest.approx(12.0)
+    # A run compiling for longer than expected still has its 40 steps at 0.5 s ahead.
+    late = progress.RunProgress("d", b, 40, progress.RUNNING, started_at=0.0)
+    assert progress.remaining_s([runs[0], late], 2, prior_run_s=7, now=100.0) == 20.0
 
 
 class FakeClock:

@@ -43,6 +43,9 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.rope_base = 10000.0
     c.impl = "chunked"  # "scan" is the per-token reference
     c.chunk_size = 32
+    # None: float32; "bfloat16": projections, attention and MLP in bf16 (GPU/TPU), the fast
+    # weights, norms, softmax and loss in float32 (ModelConfig.compute_dtype).
+    c.compute_dtype = config_dict.placeholder(str)
 
     # Consolidation schedule (paper defaults).
     c.window = config_dict.placeholder(int)  # None: the task's eviction window

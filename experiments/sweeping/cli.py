@@ -4,10 +4,11 @@ dry run, config changes), and the `Launcher` they describe."""
 from __future__ import annotations
 
 import os
+import re
 
 from absl import flags
 
-from experiments.sweeping import launch, runner
+from experiments.sweeping import grid, launch, runner
 
 LAUNCHER = flags.DEFINE_enum(
     "launcher", "local", launch.LAUNCHERS,
@@ -37,6 +38,31 @@ SLURM_CONSTRAINT = flags.DEFINE_string("slurm_constraint", None, "Slurm node con
 SLURM_SETUP = flags.DEFINE_multi_string(
     "slurm_setup", [], "A shell line run before each job (repeatable), e.g. 'module load cuda'."
 )
+
+
+def split_dotted(argv: list[str], flag: str = "sweep") -> tuple[list[str], list[tuple]]:
+    """Takes `--sweep.axes.task.window=8,16` (an axis or fixed override of a dotted config
+    field) out of `argv`: ml_collections reads every dot as nesting and would look for an
+    axis "task". Returns the other arguments and (section, field, value) triples for
+    `apply_dotted`."""
+    rest, dotted = [], []
+    for arg in argv:
+        m = re.fullmatch(rf"--{flag}\.(axes|fixed)\.([^=]+\.[^=]+)=(.*)", arg, flags=re.S)
+        if m:
+            dotted.append(m.groups())
+        else:
+            rest.append(arg)
+    return rest, dotted
+
+
+def apply_dotted(sweep_config, dotted) -> None:
+    """Sets the `split_dotted` overrides, each value read as ml_collections reads a new
+    field's (true/false, a Python literal, else the string; an axis's comma list of
+    strings is split later, by `grid.axis_values`)."""
+    for section, field, value in dotted:
+        node = sweep_config[section]
+        with node.ignore_type():
+            node[field] = grid.command_line_value(value)
 
 
 def slurm_options() -> launch.SlurmOptions:

@@ -128,9 +128,10 @@ def _split_top_level(text: str) -> list[str]:
     return parts + [cur]
 
 
-def _literal(text: str):
-    """One value as typed on the command line: true/false as bools, Python literals as
-    themselves, anything else (hard, sliding, gated_delta) as a string."""
+def command_line_value(text: str):
+    """One value as typed on the command line, as ml_collections reads a new field: true/
+    false as bools, a Python literal as itself, anything else (hard, gated_delta) as the
+    string."""
     text = text.strip()
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
@@ -147,7 +148,7 @@ def axis_values(values) -> list:
     as the comma list the user typed, never iterated character by character."""
     tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
     if isinstance(values, str):
-        return [tup(_literal(v)) for v in _split_top_level(values) if v.strip()]
+        return [tup(command_line_value(v)) for v in _split_top_level(values) if v.strip()]
     if not isinstance(values, list | tuple):
         return [values]
     return [tup(v) for v in values]

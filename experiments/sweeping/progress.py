@@ -104,11 +104,16 @@ def remaining_s(
 
     A running run with a measured rate is charged its steps left at its own rate; one
     still starting (compiling) the expected run time (`expected_run_s`) less the time it
-    has run, so the estimate counts down; a queued run the expected run time. Queued runs
+    has run, so the estimate counts down (but never below its steps at the mean measured
+    rate); a queued run the expected run time. Queued runs
     then fill the `parallel` slots in order as the running ones free them.
     """
     now = time.time() if now is None else now
     expected = expected_run_s(runs, prior_run_s)
+    rates = [r.sec_per_step for r in runs if r.sec_per_step is not None]
+    # A run still compiling has at least its steps to train: at the mean measured rate, so
+    # that one slower to start than expected does not show as about to end.
+    least = (lambda r: r.steps * sum(rates) / len(rates)) if rates else (lambda r: 0.0)
     slots, queued = [], []
     for r in runs:
         if r.state in (DONE, SKIPPED, FAILED):
@@ -119,7 +124,7 @@ def remaining_s(
             return None
         elif r.state == RUNNING:
             ran = 0.0 if r.started_at is None else now - r.started_at
-            slots.append(max(expected(r.steps) - ran, 0.0))
+            slots.append(max(expected(r.steps) - ran, least(r)))
         else:
             queued.append(expected(r.steps))
     slots += [0.0] * max(parallel - len(slots), 0)

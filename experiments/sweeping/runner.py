@@ -331,7 +331,9 @@ def collect_results(workdir: str, planned: Sequence[PlannedRun]) -> list[dict]:
         s = RunDir(p.run_dir).summary() or {}
         records.append({"point": p.run.point_name, "overrides": dict(p.run.point),
                         "seed": p.run.seed, "status": s.get("status", "missing"),
-                        "eval": s.get("eval", {}), "train_s": s.get("train_s"),
+                        "eval": s.get("eval", {}),
+                        # every process's training time (a resumed run's too)
+                        "train_s": s.get("train_s_total", s.get("train_s")),
                         "wall_s": s.get("wall_s"), "run_dir": p.run_dir,
                         # The stopping rule's outcome (train.py); None for older runs.
                         **{k: s.get(k) for k in ("converged", "stop_reason", "stopped_at",
