@@ -221,6 +221,8 @@ def only_when_it_ends(saved: dict[str, Any], requested: dict[str, Any]) -> bool:
     """Whether every field that differs between two run configs only decides when the run
     ends (`RESUME_FREE_FIELDS`; `steps` not under a cosine schedule): such a change
     continues a run (`check_workdir`; a sweep's `--on_config_change=continue`)."""
+    # A config written before an optional field existed ran with its default.
+    saved, requested = {**OPTIONAL_FIELDS, **saved}, {**OPTIONAL_FIELDS, **requested}
     fields = {k for k in set(saved) | set(requested) if saved.get(k) != requested.get(k)}
     return not any(_guarded(f, saved, requested) for f in fields)
 

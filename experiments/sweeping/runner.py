@@ -128,6 +128,7 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
     for run in sweep.runs():
         flags = sweep.overrides(run)
         config = _jsonable(grid.load_config_file(sweep.config, sweep.config_arg, flags).to_dict())
+        config = {**OPTIONAL_FIELDS, **config}  # as training records it (config_to_dict)
         run_dir = os.path.join(runs_dir, run.name)
         status, diff = _status(run_dir, config)
         if status in (NEW, CHANGED):  # perhaps recorded under another name: found by config
