@@ -37,6 +37,20 @@ from sleep_consolidation.train_step import NonFiniteError
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 CONFIG_FILE = "config.json"
+RECORD_KEY = "run_record"  # the key of a step's custom metadata that holds the run record
+# Orbax's per-step metadata file (orbax-checkpoint 0.12.x), read directly: the manager's
+# `metadata()` also inspects every item and warns about each.
+_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+
+
+def read_saved_record(directory: str, step: int) -> dict[str, Any] | None:
+    """The run record saved with checkpoint `step` under `directory`, or None."""
+    try:
+        with open(os.path.join(directory, str(step), _STEP_METADATA_FILE)) as f:
+            record = json.load(f).get("custom_metadata", {}).get(RECORD_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class CheckpointError(ValueError):
@@ -72,15 +86,18 @@ class Checkpointer:
       async_save: write in a background thread (call `wait` or `close` before exit).
       read_only: a reader of the run (possibly live): nothing in the run directory is
         created, deleted or moved; an unusable step is skipped, not quarantined.
+      record: the run's identity (`run_dir.run_record`, what config.json holds), saved
+        with every step (`saved_record`), so that a lost or edited config.json is caught.
     """
 
     def __init__(
         self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save=True,
-        read_only: bool = False,
+        read_only: bool = False, record: dict[str, Any] | None = None,
     ):  # fmt: skip
         self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax needs absolute paths
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         self.read_only = read_only
+        self.record = record
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
         options = ocp.CheckpointManagerOptions(
@@ -124,8 +141,19 @@ class Checkpointer:
                 ),
             ),
             force=True,
+            # In the step's own metadata, so it is committed (renamed) with the arrays.
+            custom_metadata=None if self.record is None else {RECORD_KEY: self.record},
         )
         return step
+
+    def saved_record(self, step: int | None = None) -> dict[str, Any] | None:
+        """The run record saved with `step` (default: the newest step that has one), or
+        None (no such step, or steps saved before records were)."""
+        for s in [step] if step is not None else reversed(self.all_steps()):
+            record = read_saved_record(self.directory, s)
+            if record is not None:
+                return record
+        return None
 
     def restore(self, abstract_state):
         """Restores the latest readable step into the structure of `abstract_state`
@@ -184,9 +212,11 @@ class Checkpointer:
                 continue
             bad = non_finite_leaves(dict(restored.items()))  # Composite is not a pytree
             if bad:
-                logging.warning("checkpoint step %d in %s holds non-finite numbers (%s)%s",
-                                step, self.directory, ", ".join(bad[:3]),
-                                "" if self.read_only else f"; moving it to {CORRUPT_DIR}")  # fmt: skip
+                logging.warning(
+                    "checkpoint step %d in %s holds non-finite numbers (%s)%s",
+                    step, self.directory, ", ".join(bad[:3]),
+                    "" if self.read_only else f"; moving it to {CORRUPT_DIR}",
+                )  # fmt: skip
                 if not self.read_only:
                     self._quarantine(step)
                 failed.append((step, _NonFinite(bad)))
@@ -241,12 +271,36 @@ class Checkpointer:
 
 
 def read_run_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """The saved `config.json` of a run as a dict, or None if there is none."""
+    """The saved `config.json` of a run as a dict, or None if there is none.
+
+    Raises:
+      ValueError: it does not parse, or is not a run record (a dict with `config` and
+        `model_config` dicts); the message names the file.
+    """
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            saved = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(saved, dict) or not all(
+        isinstance(saved.get(k), dict) for k in ("config", "model_config")
+    ):
+        what = type(saved).__name__ if not isinstance(saved, dict) else f"keys {sorted(saved)}"
+        raise ValueError(
+            f"{path} is not a run record (a dict with 'config' and 'model_config' dicts; "
+            f"got {what})"
+        )
+    return saved
+
+
+def _list(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
@@ -259,15 +313,37 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
     """The trained `Params` of a run (latest readable checkpoint unless `step` is given).
 
-    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry);
-    a run of a custom rule first imports the module that registered it (`rule_module`).
+    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry),
+    checked against the record saved with the checkpoints (which stands in for a missing
+    config.json); a run of a custom rule first imports the module that registered it
+    (`rule_module`). Read-only: safe on a live run (it reads the latest finished step).
 
     Raises:
-      FileNotFoundError: no config.json or no checkpoint in `workdir`.
+      FileNotFoundError: no config.json (nor a saved record) or no checkpoint in `workdir`.
+      ValueError: config.json is malformed or disagrees with the checkpoints' record
+        (naming the file and the fields).
+      CheckpointError: no usable checkpoint (or `step` is unusable); names the steps.
     """
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     saved = read_run_config(workdir)
-    if saved is None or "model_config" not in saved:
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} with a model_config entry")
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_DIR)
+    steps = [step] if step is not None else sorted(
+        (int(n) for n in _list(directory) if n.isdigit()), reverse=True
+    )  # fmt: skip
+    record = next((r for r in (read_saved_record(directory, s) for s in steps) if r), None)
+    if saved is None:
+        if record is None:
+            raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} (nor a checkpoint with a "
+                                    "saved run record)")  # fmt: skip
+        logging.warning("%s is missing: using the run record saved with the checkpoints", path)
+        saved = record
+    elif record is not None and record["model_config"] != saved["model_config"]:
+        diff = {k: (saved["model_config"].get(k), v) for k, v in record["model_config"].items()
+                if saved["model_config"].get(k) != v}  # fmt: skip
+        raise ValueError(
+            f"{path} does not describe the model its checkpoints hold ([config.json, "
+            f"checkpoint] {diff}): it was edited or copied from another run"
+        )
     rule_module = saved.get("config", {}).get("rule_module")
     if rule_module:
         importlib.import_module(rule_module)

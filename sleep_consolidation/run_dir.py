@@ -257,7 +257,11 @@ def check_workdir(
     try:
         saved = checkpointing.read_run_config(workdir)
     except ValueError as e:  # written atomically, so never torn by this code
-        raise ConfigConflictError(f"{path} is unreadable ({e}); fix or delete it") from e
+        raise ConfigConflictError(
+            f"{path} is unreadable ({e}); fix it, or delete it to restore it from the run "
+            "record saved with the checkpoints"
+        ) from e
+    saved = _confirmed_by_checkpoints(workdir, saved)
     if saved is None:
         return record
     old, new = _fields(saved), _fields(record)
@@ -293,6 +297,58 @@ def check_workdir(
                  workdir, step, changed)  # fmt: skip
     entry = {"step": step, "fields": changed, "allowed": bool(guarded)}
     return {**record, "config_changes": [*records, entry]}
+
+
+def _confirmed_by_checkpoints(workdir: str, saved: dict[str, Any] | None):
+    """config.json's record (`saved`) checked against the record saved with the newest
+    checkpoint: restored from it when config.json is missing, refused (naming the file
+    and the fields) when they disagree on what was computed. Without this a lost or
+    edited config.json would relabel the trained run silently."""
+    step = latest_checkpoint_on_disk(workdir)
+    if step is None:
+        return saved
+    path = os.path.join(workdir, CONFIG_FILE)
+    at, ckpt = _newest_saved_record(workdir)
+    if saved is None:
+        if ckpt is None:
+            raise ConfigConflictError(
+                f"{path} is missing but {workdir} holds checkpoints (up to step {step}) that "
+                f"record no config: the run's identity is lost. Restore {path}, or use a new "
+                "--workdir."
+            )
+        logging.warning("%s is missing: taking the run record saved with checkpoint step %d",
+                        path, at)  # fmt: skip
+        return ckpt
+    if ckpt is None:  # checkpoints saved before records were: config.json is all there is
+        return saved
+    mine, theirs = _fields(saved), _fields(ckpt)
+    # Fields changed on a rerun (allowed, or free) differ legitimately until the next save.
+    entries = saved.get("config_changes", [])
+    changed_later = {f for entry in entries for f in entry.get("fields", {})}
+    differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
+              and k not in RESUME_FREE_FIELDS and k not in changed_later]  # fmt: skip
+    if differ:
+        what = "; ".join(f"{k}: config.json {mine.get(k)!r}, checkpoint {theirs.get(k)!r}"
+                         for k in differ)  # fmt: skip
+        raise ConfigConflictError(
+            f"{path} disagrees with the run record saved with checkpoint step {at} "
+            f"({what}): it was edited or copied from another run. Delete it to restore it "
+            "from the checkpoint, or use a new --workdir."
+        )
+    return saved
+
+
+def _newest_saved_record(workdir: str) -> tuple[int | None, dict[str, Any] | None]:
+    directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    try:
+        steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+    except OSError:
+        return None, None
+    for step in steps:
+        record = checkpointing.read_saved_record(directory, step)
+        if record is not None:
+            return step, record
+    return None, None
 
 
 def _check_steps_reach_the_checkpoint(workdir: str, record: dict[str, Any]) -> None:

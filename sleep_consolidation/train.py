@@ -116,6 +116,7 @@ class Trainer:
             )
             if self.main:
                 write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+            self.record = record  # saved with every checkpoint too: the run's identity
         except OSError as e:
             raise io_error(e, workdir) from e
 
@@ -234,7 +235,9 @@ class Trainer:
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
         summary["config_digest"] = run_dir.config_digest(c)  # what "completed" refers to
         try:
-            ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"])
+            ckpt = checkpointing.Checkpointer(
+                self.workdir, max_to_keep=c["keep_checkpoints"], record=self.record
+            )
         except OSError as e:
             raise io_error(e, self.workdir) from e
         failure: BaseException | None = None  # the first error; nothing after it hides it

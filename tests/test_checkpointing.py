@@ -284,9 +284,7 @@ def ocp_args(state):
     )
 
 
-def test_a_non_finite_checkpoint_is_skipped_by_readers_and_quarantined_by_the_run(
-    tmp_path, caplog
-):
+def test_a_non_finite_checkpoint_is_skipped_by_readers_and_quarantined_by_the_run(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(attn_config(), workdir)  # checkpoints 2, 4, 6
     final = checkpointing.load_params(workdir)
@@ -316,7 +314,9 @@ def test_a_run_whose_every_checkpoint_is_unreadable_fails_naming_them(tmp_path):
         with open(f, "r+b") as fh:
             fh.truncate(16)
     ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-    with pytest.raises(checkpointing.CheckpointError, match=rf"{ckpt_dir}/2\).*move {ckpt_dir} aside"):
+    with pytest.raises(
+        checkpointing.CheckpointError, match=rf"{ckpt_dir}/2\).*move {ckpt_dir} aside"
+    ):
         train.train_and_evaluate(attn_config(steps=4), workdir)
     with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
         summary = json.load(f)
@@ -353,3 +353,49 @@ def test_load_params_never_deletes_or_moves_anything_in_a_live_run(tmp_path):
     assert os.path.isdir(in_flight)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     assert not os.path.exists(os.path.join(workdir, checkpointing.CORRUPT_DIR))
+
+
+# ---------------------------------------------------------------------------------------
+# A run's identity: saved with every checkpoint as well as in config.json
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_lost_or_edited_config_json_is_restored_from_the_checkpoint_or_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    trained = attn_config(steps=2, passes=2)
+    train.train_and_evaluate(trained, workdir)
+    config_path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+    with open(config_path) as f:
+        original = json.load(f)
+    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
+        assert ckpt.saved_record(2)["config"]["passes"] == 2
+
+    def write(obj):
+        with open(config_path, "w") as f:
+            json.dump(obj, f)
+
+    # Deleted: a passes=1 relaunch is refused (it would be recorded as passes=1)...
+    os.remove(config_path)
+    with pytest.raises(train.ConfigConflictError, match="passes: saved 2, requested 1"):
+        train.Trainer(attn_config(steps=4, passes=1), workdir)
+    # ...and the record is taken from the checkpoint by readers and by the same command.
+    assert checkpointing.load_params(workdir).config.layout == ("attn",)
+    train.Trainer(attn_config(steps=4, passes=2), workdir)
+    assert checkpointing.read_run_config(workdir)["config"]["passes"] == 2
+    # Edited to another rule / another N: refused, naming the file and the field.
+    write({**original, "model_config": {**original["model_config"], "rule": "delta"}})
+    with pytest.raises(ValueError, match=rf"{config_path} does not describe the model.*rule"):
+        checkpointing.load_params(workdir)
+    write({**original, "config": {**original["config"], "passes": 1}})
+    with pytest.raises(
+        train.ConfigConflictError,
+        match=rf"{config_path} disagrees .*\(passes: config.json 1, checkpoint 2\)",
+    ):
+        train.Trainer(attn_config(steps=4, passes=1), workdir)
+    # Not a run record: the file is named, for readers and for a relaunch.
+    for bad, what in (([1, 2], "got list"), ({"config": {}}, "keys \\['config'\\]")):
+        write(bad)
+        with pytest.raises(ValueError, match=rf"{config_path} is not a run record.*{what}"):
+            checkpointing.load_params(workdir)
+        with pytest.raises(train.ConfigConflictError, match=rf"{config_path} is not a run record"):
+            train.Trainer(trained, workdir)
