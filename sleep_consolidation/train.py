@@ -28,7 +28,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import checkpointing, parametric, run_dir, sharding, stopping
+from sleep_consolidation import checkpointing, parametric, run_dir, run_lock, sharding, stopping
 from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import init_params
@@ -352,5 +352,8 @@ def train_and_evaluate(
       NonFiniteError: NaN/Inf loss or grad norm; the bad state is not checkpointed.
       RunIOError: an OSError writing the run (full disk, unwritable workdir); the message
         names the path; the last good checkpoint is kept.
+      LockedError: another live process trains `workdir` (`run_lock.hold_run`); nothing
+        was written.
     """
-    return Trainer(config, workdir, allow_config_change=allow_config_change).run()
+    with run_lock.hold_run(os.fspath(workdir), main=sharding.is_main_process()):
+        return Trainer(config, workdir, allow_config_change=allow_config_change).run()

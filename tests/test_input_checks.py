@@ -254,8 +254,11 @@ def test_a_window_with_no_full_window_before_the_answers_is_refused():
     for window in (1000, 16):
         c = recall.get_config("tiny")
         c.window = window
-        with pytest.raises(ValueError, match=rf"window={window} leaves no full window before "
-                           r"the answers: sequence length 16, answers at positions 12\.\.15"):
+        with pytest.raises(
+            ValueError,
+            match=rf"window={window} leaves no full window before "
+            r"the answers: sequence length 16, answers at positions 12\.\.15",
+        ):
             train.resolve_config(c)
     c = recall.get_config("tiny")
     c.window = 15  # the answer at 15 follows a consolidated window: allowed
@@ -291,8 +294,9 @@ def test_sizes_known_to_exceed_the_machine_are_refused_before_compiling(monkeypa
 
     c = recall.get_config("tiny")
     c.batch_size = 100_000_000  # 411 GiB at least: more than any machine this runs on
-    with pytest.raises(ValueError, match=r"batch_size=100000000 needs at least 411\.\d GiB "
-                       r"\(sequence length 16, d_model 32\), more than this machine's"):  # fmt: skip
+    message = (r"batch_size=100000000 needs at least 411\.\d GiB \(sequence length 16, "
+               r"d_model 32\), more than this machine's")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
         train.resolve_config(c)
     monkeypatch.setattr(run_config, "host_memory_bytes", lambda: 16 * 2**30)
     c = recall.get_config("tiny")

@@ -4,7 +4,8 @@ A run's identity is its whole config: a finished run is reused only if the confi
 recorded (config.json) equals the one the sweep would launch now; an unfinished one is
 resumed under the same condition. A run whose recorded config differs is refused (the
 default) or, with on_config_change="rerun", trained afresh under `<name>,cfg=<hash>`.
-The sweep holds a lock on its workdir (and on a shared runs_dir) while it runs.
+The sweep holds a lock on its workdir and on its runs_dir while it runs; each training run
+holds its own (`run_lock.hold_run`).
 """
 
 from __future__ import annotations
@@ -187,11 +188,10 @@ def run_sweep(
       ConfigChangedError: with on_config_change="refuse", a run recorded another config.
     """
     runs_dir = os.path.join(workdir, "runs") if runs_dir is None else runs_dir
-    locks = [DirLock(workdir)]
-    if os.path.commonpath([os.path.abspath(runs_dir), os.path.abspath(workdir)]) != (
-        os.path.abspath(workdir)
-    ):
-        locks.append(DirLock(runs_dir))  # shared with other sweeps
+    sweep.runs()  # an unknown field fails here, before a lock makes any directory
+    # The runs directory is locked too, even under the workdir: another sweep may be
+    # given it as its --runs_dir.
+    locks = [DirLock(workdir), DirLock(runs_dir)]
     held = []
     try:
         for lock in locks:
