@@ -43,13 +43,19 @@ RECORD_KEY = "run_record"  # the key of a step's custom metadata that holds the 
 _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 
 
-def read_saved_record(directory: str, step: int) -> dict[str, Any] | None:
-    """The run record saved with checkpoint `step` under `directory`, or None."""
+def read_step_metadata(directory: str, step: int) -> dict[str, Any]:
+    """The metadata saved with checkpoint `step` under `directory` ({} if none)."""
     try:
         with open(os.path.join(directory, str(step), _STEP_METADATA_FILE)) as f:
-            record = json.load(f).get("custom_metadata", {}).get(RECORD_KEY)
+            custom = json.load(f).get("custom_metadata")
     except (OSError, ValueError, AttributeError):
-        return None
+        return {}
+    return custom if isinstance(custom, dict) else {}
+
+
+def read_saved_record(directory: str, step: int) -> dict[str, Any] | None:
+    """The run record saved with checkpoint `step` under `directory`, or None."""
+    record = read_step_metadata(directory, step).get(RECORD_KEY)
     return record if isinstance(record, dict) else None
 
 
@@ -119,8 +125,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, train_state) -> int:
-        """Saves `train_state` under its own step number; returns that step.
+    def save(self, train_state, metadata: dict[str, Any] | None = None) -> int:
+        """Saves `train_state` under its own step number; returns that step. `metadata`
+        (JSON-able) is saved with the step, beside the run record (`saved_metadata`).
 
         Raises:
           NonFiniteError: a parameter holds NaN/Inf (nothing is saved, so the last good
@@ -142,9 +149,16 @@ class Checkpointer:
             ),
             force=True,
             # In the step's own metadata, so it is committed (renamed) with the arrays.
-            custom_metadata=None if self.record is None else {RECORD_KEY: self.record},
+            custom_metadata={
+                **(metadata or {}),
+                **({} if self.record is None else {RECORD_KEY: self.record}),
+            },
         )
         return step
+
+    def saved_metadata(self, step: int) -> dict[str, Any]:
+        """The metadata saved with `step` ({} if none, or the step is missing)."""
+        return read_step_metadata(self.directory, step)
 
     def saved_record(self, step: int | None = None) -> dict[str, Any] | None:
         """The run record saved with `step` (default: the newest step that has one), or

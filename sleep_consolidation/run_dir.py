@@ -394,9 +394,33 @@ def append_jsonl(path: str, obj) -> None:
         os.close(fd)
 
 
+# metrics.jsonl keys that always hold a number (or None: a NaN metric, no rate yet).
+_NUMERIC_KEYS = ("loss", "grad_norm", "token_acc", "lr", "tokens_per_s", "elapsed_s")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def line_problem(obj) -> str | None:
+    """Why `obj` (one parsed JSONL line) is not a line a run logged, or None: it must be
+    an object whose `step` is an int >= 0 and whose metric values (the train metrics and
+    every `eval...` key) are numbers or null."""
+    if not isinstance(obj, dict):
+        return f"not a JSON object ({type(obj).__name__})"
+    step = obj.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step is {step!r}, not an int >= 0"
+    for k, v in obj.items():
+        if (k in _NUMERIC_KEYS or k.startswith("eval")) and v is not None and not _is_number(v):
+            return f"{k} is {v!r}, not a number"
+    return None
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """The JSON objects of `path`, one per line; [] if it does not exist. A line that does
-    not parse (torn by a kill mid-append) is skipped, as `truncate_jsonl` would drop it."""
+    not parse (torn by a kill mid-append) or has the wrong types (`line_problem`) is
+    skipped, as `truncate_jsonl` would drop it."""
     try:
         with open(path, "rb") as f:
             raw = f.read().split(b"\n")
@@ -408,7 +432,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
             obj = json.loads(ln)
         except ValueError:  # also the empty last piece
             continue
-        if isinstance(obj, dict):
+        if line_problem(obj) is None:
             out.append(obj)
     return out
 
@@ -416,8 +440,9 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 def truncate_jsonl(path: str, last_step: int) -> None:
     """Drops the lines of `path` logged after `last_step` (they will be logged again).
 
-    A line that is not a JSON object with a `step` (a torn last line: a kill or a full
-    disk during an append) is dropped with a warning, so the run can resume.
+    A line anywhere that does not parse or has the wrong types (`line_problem`: a torn
+    last line after a kill or a full disk, or a damaged one) is dropped with a warning
+    naming it, so the run can resume.
     """
     if not os.path.exists(path):
         return
@@ -428,16 +453,19 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         if not ln.strip():
             continue
         try:
-            step = json.loads(ln)["step"]
-        except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
-            torn.append(n)
+            problem = line_problem(json.loads(ln))
+        except ValueError as e:  # UnicodeDecodeError is a ValueError
+            problem = f"unparseable ({e})"
+        if problem is not None:
+            torn.append(f"line {n}: {problem}")
             continue
-        if step <= last_step:
+        if json.loads(ln)["step"] <= last_step:
             kept.append(ln + b"\n")
     if torn:
-        lines = ", ".join(map(str, torn))
-        logging.warning("%s: dropped %d unreadable line(s) (line %s): a write cut off by a "
-                        "kill or a full disk", path, len(torn), lines)  # fmt: skip
+        logging.warning(
+            "%s: dropped %d unreadable line(s) (%s): a write cut off by a kill or a full "
+            "disk, or a damaged file", path, len(torn), "; ".join(torn),
+        )  # fmt: skip
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.writelines(kept)

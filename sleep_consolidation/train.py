@@ -91,6 +91,9 @@ __all__ = [
 ]  # fmt: skip
 
 
+HISTORY_KEY = "eval_history"  # the checkpoint metadata key of the stop metric's history
+
+
 class Trainer:
     """One run of `config` in `workdir`: validated and checked against the workdir on
     construction (before anything is compiled), trained by `run()`.
@@ -161,6 +164,26 @@ class Trainer:
         logging.info("resuming %s from step %d", self.workdir, int(state.step))
         return state, int(state.step)
 
+    def _history_metadata(self) -> dict[str, Any]:
+        # The eval history is saved with each checkpoint: a damaged metrics.jsonl line
+        # must not change the stop or steps_to_90pct of a resumed run.
+        return {HISTORY_KEY: {"metric": self.stop_metric, "history": self.history}}
+
+    def _saved_history(self, ckpt, start: int) -> list[tuple[int, float | None]]:
+        """The eval history up to `start`: the one saved with that checkpoint (for the same
+        metric), else the one read back from metrics.jsonl (`self.history`)."""
+        saved = ckpt.saved_metadata(start).get(HISTORY_KEY) if start else None
+        if not isinstance(saved, dict) or saved.get("metric") != self.stop_metric:
+            return self.history
+        history = [(int(s), v) for s, v in saved["history"]]
+        lost = sorted({s for s, _ in history} - {s for s, _ in self.history})
+        if lost:
+            logging.warning(
+                "%s lacks the evals of step(s) %s (damaged lines); the history saved with "
+                "checkpoint %d is used", METRICS_FILE, lost, start,
+            )  # fmt: skip
+        return history
+
     def _evaluate(self, params, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Evaluates at every N of the run; returns (metrics.jsonl keys, summary keys)."""
         evals = self.evaluator(params)
@@ -211,7 +234,7 @@ class Trainer:
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
             if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
-                ckpt.save(state)
+                ckpt.save(state, self._history_metadata())
             clock.restart(step)
             if converged:
                 logging.info("stopping at step %d: %s has not improved by more than %g "
@@ -257,6 +280,7 @@ class Trainer:
             self.history = stopping.eval_history(
                 read_jsonl(os.path.join(self.workdir, METRICS_FILE)), self.stop_metric, start
             )
+            self.history = self._saved_history(ckpt, start)
             stopped = (
                 bool(start) and self.stop_rule is not None and self.stop_rule.decide(self.history)
             )

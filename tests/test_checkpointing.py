@@ -168,7 +168,7 @@ def test_truncate_jsonl_drops_a_torn_last_line_and_later_steps(tmp_path, caplog)
     run_dir.truncate_jsonl(path, 2)
     with open(path) as f:
         assert f.read() == '{"step": 1}\n{"step": 2}\n'
-    assert "dropped 1 unreadable line(s) (line 4)" in caplog.text
+    assert "dropped 1 unreadable line(s) (line 4: unparseable" in caplog.text
     with open(path, "a") as f:  # a whole last line that only lost its newline is kept
         f.write('{"step": 3}')
     run_dir.truncate_jsonl(path, 5)
@@ -399,3 +399,48 @@ def test_a_lost_or_edited_config_json_is_restored_from_the_checkpoint_or_refused
             checkpointing.load_params(workdir)
         with pytest.raises(train.ConfigConflictError, match=rf"{config_path} is not a run record"):
             train.Trainer(trained, workdir)
+
+
+# ---------------------------------------------------------------------------------------
+# Damaged metrics lines anywhere; a checkpoint save that fails on a full disk
+# ---------------------------------------------------------------------------------------
+
+
+def test_damaged_metrics_lines_in_the_middle_are_dropped_and_the_history_survives(
+    tmp_path, monkeypatch, caplog
+):
+    """Garbage written over step 1's line and a step that is a string on step 2's line:
+    the resume drops both with a warning naming them, and the eval history (saved with
+    the checkpoint) gives the uninterrupted run's steps_to_90pct."""
+    config = attn_config(eval_every=1, log_every=1)
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    workdir = str(tmp_path / "run")
+    original = Recall.batch
+
+    def crash_at_5(self, seed, step, batch_size):
+        if step == 4:  # the fifth step, after checkpoint 4
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, workdir)
+    monkeypatch.setattr(Recall, "batch", original)
+    path = os.path.join(workdir, train.METRICS_FILE)
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines[0] = b"\x00garbage" + lines[0][8:]  # same length: bytes overwritten in place
+    lines[1] = lines[1].replace(b'"step": 2', b'"step": "2"')
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines))
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["resumed_from"] == 4 and summary["status"] == "completed"
+    assert "line 1: unparseable" in caplog.text and "line 2: step is '2'" in caplog.text
+    assert summary["steps_to_90pct"] == straight["steps_to_90pct"]
+    assert summary["eval"] == straight["eval"]
+    kept = read_metrics(workdir)
+    assert [m["step"] for m in kept] == [3, 4, 5, 6]
+    assert kept[-2:] == [
+        {**m, "elapsed_s": kept[i - 2]["elapsed_s"], "tokens_per_s": kept[i - 2]["tokens_per_s"]}
+        for i, m in enumerate(read_metrics(str(tmp_path / "straight"))[-2:])
+    ]

@@ -364,8 +364,10 @@ def test_a_second_sweep_on_a_live_sweeps_runs_dir_is_refused(tmp_path):
                          poll_s=0.05, plain_every=0)
     """)
     env = {**os.environ, "FAKE_STEP_S": "0.3", "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         started = os.path.join(runs_a, "base,seed=0", "launches.txt")
         for _ in range(600):  # until A launches its first run (3 s per run)

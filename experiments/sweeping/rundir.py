@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from sleep_consolidation.checkpointing import CONFIG_FILE
-from sleep_consolidation.run_dir import summary_mismatch
+from sleep_consolidation.run_dir import line_problem, summary_mismatch
 from sleep_consolidation.train import METRICS_FILE, SUMMARY_FILE, THETA_FILE
 
 
@@ -32,9 +32,11 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            obj = json.loads(line)
         except ValueError:  # a torn line (a kill during an append); the rest is good
             continue
+        if line_problem(obj) is None:  # a damaged line (wrong types) is dropped too
+            out.append(obj)
     return out
 
 
