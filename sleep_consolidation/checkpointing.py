@@ -18,6 +18,8 @@ such a step, so that reading a live run is safe.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import os
@@ -37,6 +39,9 @@ from sleep_consolidation.train_step import NonFiniteError
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 CONFIG_FILE = "config.json"
+# What a checkpoint write failure's message says -> its errno (the rest: EIO).
+_ERRNOS = (("No space left", errno.ENOSPC), ("Permission denied", errno.EACCES),
+           ("Read-only file system", errno.EROFS), ("Disk quota", errno.EDQUOT))  # fmt: skip
 RECORD_KEY = "run_record"  # the key of a step's custom metadata that holds the run record
 # Orbax's per-step metadata file (orbax-checkpoint 0.12.x), read directly: the manager's
 # `metadata()` also inspects every item and warns about each.
@@ -132,6 +137,8 @@ class Checkpointer:
         Raises:
           NonFiniteError: a parameter holds NaN/Inf (nothing is saved, so the last good
             checkpoint stays the latest).
+          OSError: the save (or an asynchronous one before it) failed to write, e.g. on a
+            full disk (Orbax raises its own exception types; `_writing`).
         """
         if self.read_only:
             raise ValueError(f"{self.directory} was opened read-only")
@@ -139,6 +146,11 @@ class Checkpointer:
         bad = non_finite_leaves(train_state.params)
         if bad:
             raise NonFiniteError(step, f"parameters ({', '.join(bad[:3])})", float("nan"))
+        with self._writing(step):
+            self._save(step, train_state, metadata)
+        return step
+
+    def _save(self, step: int, train_state, metadata) -> None:
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -154,7 +166,22 @@ class Checkpointer:
                 **({} if self.record is None else {RECORD_KEY: self.record}),
             },
         )
-        return step
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turns a failure to write a checkpoint into an OSError naming the step's directory
+        (what the run reports as an I/O error, with the last checkpoint kept): Orbax and
+        TensorStore raise their own types ("Failed to write 24373 bytes to file 7")."""
+        try:
+            yield
+        except OSError:
+            raise
+        except Exception as e:
+            text = " ".join(str(e).split())[:300]
+            code = next((c for s, c in _ERRNOS if s in text), errno.EIO)
+            path = self.directory if step is None else os.path.join(self.directory, str(step))
+            raise OSError(code, f"writing a checkpoint failed ({type(e).__name__}: {text})",
+                          path) from e  # fmt: skip
 
     def saved_metadata(self, step: int) -> dict[str, Any]:
         """The metadata saved with `step` ({} if none, or the step is missing)."""
@@ -265,12 +292,15 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until any asynchronous save has finished."""
-        self._manager.wait_until_finished()
+        """Blocks until any asynchronous save has finished (OSError if it failed)."""
+        with self._writing(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self):
         return self

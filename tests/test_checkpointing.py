@@ -444,3 +444,36 @@ def test_damaged_metrics_lines_in_the_middle_are_dropped_and_the_history_survive
         {**m, "elapsed_s": kept[i - 2]["elapsed_s"], "tokens_per_s": kept[i - 2]["tokens_per_s"]}
         for i, m in enumerate(read_metrics(str(tmp_path / "straight"))[-2:])
     ]
+
+
+def test_a_checkpoint_save_on_a_full_disk_stops_the_run_naming_the_directory(tmp_path, monkeypatch):
+    """Orbax reports a full disk with its own exception ("Failed to write ... bytes to
+    file ..."): the run stops with one line naming the run directory and what is kept."""
+    import orbax.checkpoint as ocp
+
+    workdir = str(tmp_path / "run")
+    real_save = ocp.CheckpointManager.save
+
+    def full_at_4(self, step, *args, **kwargs):
+        if step == 4:
+            raise ValueError("Failed to write 24373 bytes to file 7: No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_4)
+    with pytest.raises(train.RunIOError) as e:
+        train.train_and_evaluate(attn_config(), workdir)
+    message = str(e.value)
+    assert "\n" not in message and e.value.errno == errno.ENOSPC
+    assert (
+        f"I/O error on {os.path.join(workdir, 'checkpoints', '4')}: writing a checkpoint" in message
+    )
+    assert "Failed to write 24373 bytes" in message
+    assert (
+        "its last checkpoint (step 2) is kept" in message and f"make {workdir} writable" in message
+    )
+    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["status"] == "failed" and summary["last_checkpoint"] == 2
+    monkeypatch.undo()  # space freed: the same command resumes
+    summary = train.train_and_evaluate(attn_config(), workdir)
+    assert summary["resumed_from"] == 2 and summary["status"] == "completed"
