@@ -96,7 +96,8 @@ HISTORY_KEY = "eval_history"  # the checkpoint metadata key of the stop metric's
 
 class Trainer:
     """One run of `config` in `workdir`: validated and checked against the workdir on
-    construction (before anything is compiled), trained by `run()`.
+    construction (before anything is compiled), trained by `run()`. It takes no lock:
+    `train_and_evaluate` holds the run's (`run_lock.hold_run`) around it.
 
     Args:
       config: the run config (`resolve_config`); workdir: the run directory.
@@ -346,6 +347,16 @@ class Trainer:
             write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
 
 
+def _check_before_the_workdir(config) -> None:
+    """What `Trainer` refuses before it touches the workdir (the config, the devices),
+    checked before the run's lock creates the workdir."""
+    resolve_config(config)
+    c = config_to_dict(config)
+    mesh = sharding.mesh_from_config(c["data_parallel"])
+    if mesh is not None:
+        sharding.check_batch_size(c["batch_size"], mesh)
+
+
 def train_and_evaluate(
     config, workdir: str, *, allow_config_change: bool = False
 ) -> dict[str, Any]:
@@ -379,5 +390,6 @@ def train_and_evaluate(
       LockedError: another live process trains `workdir` (`run_lock.hold_run`); nothing
         was written.
     """
+    _check_before_the_workdir(config)
     with run_lock.hold_run(os.fspath(workdir), main=sharding.is_main_process()):
         return Trainer(config, workdir, allow_config_change=allow_config_change).run()

@@ -333,6 +333,18 @@ def test_a_sweep_extended_then_killed_mid_extension_resumes_the_unfinished_runs(
     assert all(RunDir(r["run_dir"]).summary()["step"] == 20 for r in records)
 
 
+def test_a_malformed_config_json_is_refused_naming_the_run(tmp_path):
+    wd = str(tmp_path / "sweep")
+    _run(_base(tmp_path), wd, kind="debug")
+    broken = os.path.join(wd, "runs", "passes=2,seed=0")
+    with open(os.path.join(broken, "config.json"), "w") as f:
+        json.dump([1, 2], f)  # edited into a list
+    planned = runner.plan(_base(tmp_path), os.path.join(wd, "runs"))
+    assert [p.status for p in planned] == [runner.FINISHED, runner.CHANGED]
+    with pytest.raises(runner.ConfigChangedError, match=rf"{broken}: config.json is not a run"):
+        runner.check_no_changes(planned)
+
+
 def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
     wd = tmp_path / "sweep"
     wd.mkdir()

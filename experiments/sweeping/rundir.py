@@ -47,12 +47,17 @@ class RunDir:
         self.path = os.fspath(path)
 
     def config(self) -> dict[str, Any] | None:
-        """config.json: {"config": the run's ConfigDict as a dict, "model_config", ...}."""
-        return _read_json(os.path.join(self.path, CONFIG_FILE))
+        """config.json: {"config": the run's ConfigDict as a dict, "model_config", ...};
+        None if it is missing or is not such a record (e.g. edited into a list)."""
+        record = _read_json(os.path.join(self.path, CONFIG_FILE))
+        ok = isinstance(record, dict) and isinstance(record.get("config"), dict)
+        return record if ok else None
 
     def summary(self) -> dict[str, Any] | None:
-        """summary.json: status, step, eval, timings; None before the run has ended."""
-        return _read_json(os.path.join(self.path, SUMMARY_FILE))
+        """summary.json: status, step, eval, timings; None before the run has ended (or if
+        it is not a JSON object)."""
+        summary = _read_json(os.path.join(self.path, SUMMARY_FILE))
+        return summary if isinstance(summary, dict) else None
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl, one dict per logged step."""

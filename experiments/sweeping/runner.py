@@ -24,6 +24,7 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
+from sleep_consolidation.checkpointing import CONFIG_FILE
 from sleep_consolidation.run_dir import only_when_it_ends
 
 RESULTS_FILE = "results.jsonl"
@@ -75,6 +76,8 @@ def _status(path: str, config: dict) -> tuple[str, list[str]]:
     rd = RunDir(path)
     recorded = rd.config()
     if recorded is None:
+        if os.path.exists(os.path.join(path, CONFIG_FILE)):  # written atomically: not torn
+            return CHANGED, [f"{CONFIG_FILE} is not a run record (unreadable or edited)"]
         return NEW, []
     diff = config_diff(recorded.get("config"), config)
     if diff:
