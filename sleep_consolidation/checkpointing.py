@@ -146,6 +146,10 @@ class Checkpointer:
         bad = non_finite_leaves(train_state.params)
         if bad:
             raise NonFiniteError(step, f"parameters ({', '.join(bad[:3])})", float("nan"))
+        # Orbax waits for the previous asynchronous save here anyway; waiting first makes
+        # its failure name the checkpoint directory, not the step about to be saved.
+        with self._writing(None):
+            self._manager.wait_until_finished()
         with self._writing(step):
             self._save(step, train_state, metadata)
         return step
