@@ -22,7 +22,6 @@ command on every host with --coordinator_address=HOST0:PORT --num_processes=P
 
 from __future__ import annotations
 
-import contextlib
 import logging as logging_lib
 import os
 import sys
@@ -91,26 +90,6 @@ class _QuietOrbax(logging_lib.Filter):
         return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
 
 
-@contextlib.contextmanager
-def _one_trainer(workdir: str):
-    """Holds `<workdir>/train.lock` while training (process 0 of a multi-host run): a
-    second launch on a live run, e.g. a sweep worker's orphan, is refused with the pid that
-    trains it; a stale lock (dead pid) is taken over. The lock is the run's first write,
-    so an unwritable workdir fails here with the run's own I/O message."""
-    if jax.process_index() != 0:
-        yield
-        return
-    held = lock.DirLock(workdir, lock.TRAIN_LOCK_FILE, what="training run")
-    try:
-        held.acquire()
-    except OSError as e:
-        raise run_dir.io_error(e, workdir) from e
-    try:
-        yield
-    finally:
-        held.release()
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -130,8 +109,10 @@ def main(argv):
     try:
         train.resolve_config(_CONFIG.value)  # an invalid config is refused before any write
         # SIGTERM (Slurm's preemption and time-out) stops the run like Ctrl-C: summary.json
-        # records it, the lock is released, the last checkpoint kept.
-        with run_dir.stop_signals_raise(), _one_trainer(_WORKDIR.value):
+        # records it, the lock (<workdir>/train.lock, held by train_and_evaluate: a second
+        # launch on a live run, e.g. a sweep worker's orphan, is refused) is released, the
+        # last checkpoint kept.
+        with run_dir.stop_signals_raise():
             train.train_and_evaluate(
                 _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
             )

@@ -18,6 +18,8 @@ such a step, so that reading a live run is safe.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import os
@@ -37,6 +39,29 @@ from sleep_consolidation.train_step import NonFiniteError
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 CONFIG_FILE = "config.json"
+# What a checkpoint write failure's message says -> its errno (the rest: EIO).
+_ERRNOS = (("No space left", errno.ENOSPC), ("Permission denied", errno.EACCES),
+           ("Read-only file system", errno.EROFS), ("Disk quota", errno.EDQUOT))  # fmt: skip
+RECORD_KEY = "run_record"  # the key of a step's custom metadata that holds the run record
+# Orbax's per-step metadata file (orbax-checkpoint 0.12.x), read directly: the manager's
+# `metadata()` also inspects every item and warns about each.
+_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+
+
+def read_step_metadata(directory: str, step: int) -> dict[str, Any]:
+    """The metadata saved with checkpoint `step` under `directory` ({} if none)."""
+    try:
+        with open(os.path.join(directory, str(step), _STEP_METADATA_FILE)) as f:
+            custom = json.load(f).get("custom_metadata")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return custom if isinstance(custom, dict) else {}
+
+
+def read_saved_record(directory: str, step: int) -> dict[str, Any] | None:
+    """The run record saved with checkpoint `step` under `directory`, or None."""
+    record = read_step_metadata(directory, step).get(RECORD_KEY)
+    return record if isinstance(record, dict) else None
 
 
 class CheckpointError(ValueError):
@@ -72,15 +97,18 @@ class Checkpointer:
       async_save: write in a background thread (call `wait` or `close` before exit).
       read_only: a reader of the run (possibly live): nothing in the run directory is
         created, deleted or moved; an unusable step is skipped, not quarantined.
+      record: the run's identity (`run_dir.run_record`, what config.json holds), saved
+        with every step (`saved_record`), so that a lost or edited config.json is caught.
     """
 
     def __init__(
         self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save=True,
-        read_only: bool = False,
+        read_only: bool = False, record: dict[str, Any] | None = None,
     ):  # fmt: skip
         self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax needs absolute paths
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         self.read_only = read_only
+        self.record = record
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
         options = ocp.CheckpointManagerOptions(
@@ -102,12 +130,15 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, train_state) -> int:
-        """Saves `train_state` under its own step number; returns that step.
+    def save(self, train_state, metadata: dict[str, Any] | None = None) -> int:
+        """Saves `train_state` under its own step number; returns that step. `metadata`
+        (JSON-able) is saved with the step, beside the run record (`saved_metadata`).
 
         Raises:
           NonFiniteError: a parameter holds NaN/Inf (nothing is saved, so the last good
             checkpoint stays the latest).
+          OSError: the save (or an asynchronous one before it) failed to write, e.g. on a
+            full disk (Orbax raises its own exception types; `_writing`).
         """
         if self.read_only:
             raise ValueError(f"{self.directory} was opened read-only")
@@ -115,6 +146,15 @@ class Checkpointer:
         bad = non_finite_leaves(train_state.params)
         if bad:
             raise NonFiniteError(step, f"parameters ({', '.join(bad[:3])})", float("nan"))
+        # Orbax waits for the previous asynchronous save here anyway; waiting first makes
+        # its failure name the checkpoint directory, not the step about to be saved.
+        with self._writing(None):
+            self._manager.wait_until_finished()
+        with self._writing(step):
+            self._save(step, train_state, metadata)
+        return step
+
+    def _save(self, step: int, train_state, metadata) -> None:
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -124,8 +164,41 @@ class Checkpointer:
                 ),
             ),
             force=True,
+            # In the step's own metadata, so it is committed (renamed) with the arrays.
+            custom_metadata={
+                **(metadata or {}),
+                **({} if self.record is None else {RECORD_KEY: self.record}),
+            },
         )
-        return step
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turns a failure to write a checkpoint into an OSError naming the step's directory
+        (what the run reports as an I/O error, with the last checkpoint kept): Orbax and
+        TensorStore raise their own types ("Failed to write 24373 bytes to file 7")."""
+        try:
+            yield
+        except OSError:
+            raise
+        except Exception as e:
+            text = " ".join(str(e).split())[:300]
+            code = next((c for s, c in _ERRNOS if s in text), errno.EIO)
+            path = self.directory if step is None else os.path.join(self.directory, str(step))
+            raise OSError(code, f"writing a checkpoint failed ({type(e).__name__}: {text})",
+                          path) from e  # fmt: skip
+
+    def saved_metadata(self, step: int) -> dict[str, Any]:
+        """The metadata saved with `step` ({} if none, or the step is missing)."""
+        return read_step_metadata(self.directory, step)
+
+    def saved_record(self, step: int | None = None) -> dict[str, Any] | None:
+        """The run record saved with `step` (default: the newest step that has one), or
+        None (no such step, or steps saved before records were)."""
+        for s in [step] if step is not None else reversed(self.all_steps()):
+            record = read_saved_record(self.directory, s)
+            if record is not None:
+                return record
+        return None
 
     def restore(self, abstract_state):
         """Restores the latest readable step into the structure of `abstract_state`
@@ -184,9 +257,11 @@ class Checkpointer:
                 continue
             bad = non_finite_leaves(dict(restored.items()))  # Composite is not a pytree
             if bad:
-                logging.warning("checkpoint step %d in %s holds non-finite numbers (%s)%s",
-                                step, self.directory, ", ".join(bad[:3]),
-                                "" if self.read_only else f"; moving it to {CORRUPT_DIR}")  # fmt: skip
+                logging.warning(
+                    "checkpoint step %d in %s holds non-finite numbers (%s)%s",
+                    step, self.directory, ", ".join(bad[:3]),
+                    "" if self.read_only else f"; moving it to {CORRUPT_DIR}",
+                )  # fmt: skip
                 if not self.read_only:
                     self._quarantine(step)
                 failed.append((step, _NonFinite(bad)))
@@ -221,12 +296,15 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until any asynchronous save has finished."""
-        self._manager.wait_until_finished()
+        """Blocks until any asynchronous save has finished (OSError if it failed)."""
+        with self._writing(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self):
         return self
@@ -241,12 +319,36 @@ class Checkpointer:
 
 
 def read_run_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """The saved `config.json` of a run as a dict, or None if there is none."""
+    """The saved `config.json` of a run as a dict, or None if there is none.
+
+    Raises:
+      ValueError: it does not parse, or is not a run record (a dict with `config` and
+        `model_config` dicts); the message names the file.
+    """
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            saved = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(saved, dict) or not all(
+        isinstance(saved.get(k), dict) for k in ("config", "model_config")
+    ):
+        what = type(saved).__name__ if not isinstance(saved, dict) else f"keys {sorted(saved)}"
+        raise ValueError(
+            f"{path} is not a run record (a dict with 'config' and 'model_config' dicts; "
+            f"got {what})"
+        )
+    return saved
+
+
+def _list(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
@@ -259,15 +361,37 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
     """The trained `Params` of a run (latest readable checkpoint unless `step` is given).
 
-    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry);
-    a run of a custom rule first imports the module that registered it (`rule_module`).
+    The `ModelConfig` is rebuilt from the run's `config.json` (its `model_config` entry),
+    checked against the record saved with the checkpoints (which stands in for a missing
+    config.json); a run of a custom rule first imports the module that registered it
+    (`rule_module`). Read-only: safe on a live run (it reads the latest finished step).
 
     Raises:
-      FileNotFoundError: no config.json or no checkpoint in `workdir`.
+      FileNotFoundError: no config.json (nor a saved record) or no checkpoint in `workdir`.
+      ValueError: config.json is malformed or disagrees with the checkpoints' record
+        (naming the file and the fields).
+      CheckpointError: no usable checkpoint (or `step` is unusable); names the steps.
     """
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     saved = read_run_config(workdir)
-    if saved is None or "model_config" not in saved:
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} with a model_config entry")
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_DIR)
+    steps = [step] if step is not None else sorted(
+        (int(n) for n in _list(directory) if n.isdigit()), reverse=True
+    )  # fmt: skip
+    record = next((r for r in (read_saved_record(directory, s) for s in steps) if r), None)
+    if saved is None:
+        if record is None:
+            raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} (nor a checkpoint with a "
+                                    "saved run record)")  # fmt: skip
+        logging.warning("%s is missing: using the run record saved with the checkpoints", path)
+        saved = record
+    elif record is not None and record["model_config"] != saved["model_config"]:
+        diff = {k: (saved["model_config"].get(k), v) for k, v in record["model_config"].items()
+                if saved["model_config"].get(k) != v}  # fmt: skip
+        raise ValueError(
+            f"{path} does not describe the model its checkpoints hold ([config.json, "
+            f"checkpoint] {diff}): it was edited or copied from another run"
+        )
     rule_module = saved.get("config", {}).get("rule_module")
     if rule_module:
         importlib.import_module(rule_module)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_consolidation import sharding
-from sleep_consolidation.config import Schedule, resolve_schedule
+from sleep_consolidation.config import Schedule, check_sleep_reaches, resolve_schedule
 from sleep_consolidation.model import Params
 from sleep_consolidation.sequence import forward
 from sleep_consolidation.tasks import Task
@@ -74,6 +74,8 @@ def evaluate(
             f"{task.name}'s vocab_size {task.vocab_size}: the params belong to another task"
         )
     window = task.default_window if window is None else window
+    if passes > 1:  # N would change no answer: a sweep over N would report no effect
+        check_sleep_reaches(window, task.seq_len, task.answer_positions)
     depths = tuple(task.depths)
     n = int(batch.tokens.shape[0])
     chunk = max(1, min(batch_size, n))

@@ -262,7 +262,11 @@ def check_workdir(
     try:
         saved = checkpointing.read_run_config(workdir)
     except ValueError as e:  # written atomically, so never torn by this code
-        raise ConfigConflictError(f"{path} is unreadable ({e}); fix or delete it") from e
+        raise ConfigConflictError(
+            f"{path} is unreadable ({e}); fix it, or delete it to restore it from the run "
+            "record saved with the checkpoints"
+        ) from e
+    saved = _confirmed_by_checkpoints(workdir, saved)
     if saved is None:
         return record
     old, new = _fields(saved), _fields(record)
@@ -298,6 +302,58 @@ def check_workdir(
                  workdir, step, changed)  # fmt: skip
     entry = {"step": step, "fields": changed, "allowed": bool(guarded)}
     return {**record, "config_changes": [*records, entry]}
+
+
+def _confirmed_by_checkpoints(workdir: str, saved: dict[str, Any] | None):
+    """config.json's record (`saved`) checked against the record saved with the newest
+    checkpoint: restored from it when config.json is missing, refused (naming the file
+    and the fields) when they disagree on what was computed. Without this a lost or
+    edited config.json would relabel the trained run silently."""
+    step = latest_checkpoint_on_disk(workdir)
+    if step is None:
+        return saved
+    path = os.path.join(workdir, CONFIG_FILE)
+    at, ckpt = _newest_saved_record(workdir)
+    if saved is None:
+        if ckpt is None:
+            raise ConfigConflictError(
+                f"{path} is missing but {workdir} holds checkpoints (up to step {step}) that "
+                f"record no config: the run's identity is lost. Restore {path}, or use a new "
+                "--workdir."
+            )
+        logging.warning("%s is missing: taking the run record saved with checkpoint step %d",
+                        path, at)  # fmt: skip
+        return ckpt
+    if ckpt is None:  # checkpoints saved before records were: config.json is all there is
+        return saved
+    mine, theirs = _fields(saved), _fields(ckpt)
+    # Fields changed on a rerun (allowed, or free) differ legitimately until the next save.
+    entries = saved.get("config_changes", [])
+    changed_later = {f for entry in entries for f in entry.get("fields", {})}
+    differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
+              and k not in RESUME_FREE_FIELDS and k not in changed_later]  # fmt: skip
+    if differ:
+        what = "; ".join(f"{k}: config.json {mine.get(k)!r}, checkpoint {theirs.get(k)!r}"
+                         for k in differ)  # fmt: skip
+        raise ConfigConflictError(
+            f"{path} disagrees with the run record saved with checkpoint step {at} "
+            f"({what}): it was edited or copied from another run. Delete it to restore it "
+            "from the checkpoint, or use a new --workdir."
+        )
+    return saved
+
+
+def _newest_saved_record(workdir: str) -> tuple[int | None, dict[str, Any] | None]:
+    directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    try:
+        steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+    except OSError:
+        return None, None
+    for step in steps:
+        record = checkpointing.read_saved_record(directory, step)
+        if record is not None:
+            return step, record
+    return None, None
 
 
 def _check_steps_reach_the_checkpoint(workdir: str, record: dict[str, Any]) -> None:
@@ -343,9 +399,33 @@ def append_jsonl(path: str, obj) -> None:
         os.close(fd)
 
 
+# metrics.jsonl keys that always hold a number (or None: a NaN metric, no rate yet).
+_NUMERIC_KEYS = ("loss", "grad_norm", "token_acc", "lr", "tokens_per_s", "elapsed_s")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def line_problem(obj) -> str | None:
+    """Why `obj` (one parsed JSONL line) is not a line a run logged, or None: it must be
+    an object whose `step` is an int >= 0 and whose metric values (the train metrics and
+    every `eval...` key) are numbers or null."""
+    if not isinstance(obj, dict):
+        return f"not a JSON object ({type(obj).__name__})"
+    step = obj.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step is {step!r}, not an int >= 0"
+    for k, v in obj.items():
+        if (k in _NUMERIC_KEYS or k.startswith("eval")) and v is not None and not _is_number(v):
+            return f"{k} is {v!r}, not a number"
+    return None
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """The JSON objects of `path`, one per line; [] if it does not exist. A line that does
-    not parse (torn by a kill mid-append) is skipped, as `truncate_jsonl` would drop it."""
+    not parse (torn by a kill mid-append) or has the wrong types (`line_problem`) is
+    skipped, as `truncate_jsonl` would drop it."""
     try:
         with open(path, "rb") as f:
             raw = f.read().split(b"\n")
@@ -357,7 +437,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
             obj = json.loads(ln)
         except ValueError:  # also the empty last piece
             continue
-        if isinstance(obj, dict):
+        if line_problem(obj) is None:
             out.append(obj)
     return out
 
@@ -365,8 +445,9 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 def truncate_jsonl(path: str, last_step: int) -> None:
     """Drops the lines of `path` logged after `last_step` (they will be logged again).
 
-    A line that is not a JSON object with a `step` (a torn last line: a kill or a full
-    disk during an append) is dropped with a warning, so the run can resume.
+    A line anywhere that does not parse or has the wrong types (`line_problem`: a torn
+    last line after a kill or a full disk, or a damaged one) is dropped with a warning
+    naming it, so the run can resume.
     """
     if not os.path.exists(path):
         return
@@ -377,16 +458,19 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         if not ln.strip():
             continue
         try:
-            step = json.loads(ln)["step"]
-        except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
-            torn.append(n)
+            problem = line_problem(json.loads(ln))
+        except ValueError as e:  # UnicodeDecodeError is a ValueError
+            problem = f"unparseable ({e})"
+        if problem is not None:
+            torn.append(f"line {n}: {problem}")
             continue
-        if step <= last_step:
+        if json.loads(ln)["step"] <= last_step:
             kept.append(ln + b"\n")
     if torn:
-        lines = ", ".join(map(str, torn))
-        logging.warning("%s: dropped %d unreadable line(s) (line %s): a write cut off by a "
-                        "kill or a full disk", path, len(torn), lines)  # fmt: skip
+        logging.warning(
+            "%s: dropped %d unreadable line(s) (%s): a write cut off by a kill or a full "
+            "disk, or a damaged file", path, len(torn), "; ".join(torn),
+        )  # fmt: skip
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.writelines(kept)

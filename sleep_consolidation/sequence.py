@@ -289,7 +289,8 @@ def forward(
         raise ValueError("tokens must hold at least one position")
     positions = check_positions(positions, T)
     if passes > 1:  # with N = 1 a window that never fills is the plain hybrid, not an error
-        check_sleep_reaches(window, T, positions, what="outputs")
+        # The whole sequence, not `positions`: a caller may ask for early positions only.
+        check_sleep_reaches(window, T, what="outputs")
     L = window
     n_scan = (T - 1) // L  # windows followed by more tokens: all full, all consolidated
     step = lambda carry, toks, sleep, out_positions=None: _window_step(

@@ -34,6 +34,7 @@ from sleep_consolidation import (
     curriculum,
     diagnostics,
     run_dir,
+    run_lock,
     sharding,
     stopping,
 )
@@ -105,9 +106,13 @@ __all__ = [
 ]  # fmt: skip
 
 
+HISTORY_KEY = "eval_history"  # the checkpoint metadata key of the stop metric's history
+
+
 class Trainer:
     """One run of `config` in `workdir`: validated and checked against the workdir on
-    construction (before anything is compiled), trained by `run()`.
+    construction (before anything is compiled), trained by `run()`. It takes no lock:
+    `train_and_evaluate` holds the run's (`run_lock.hold_run`) around it.
 
     Args:
       config: the run config (`resolve_config`); workdir: the run directory.
@@ -132,6 +137,7 @@ class Trainer:
             )
             if self.main:
                 write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+            self.record = record  # saved with every checkpoint too: the run's identity
         except OSError as e:
             raise io_error(e, workdir) from e
 
@@ -199,6 +205,26 @@ class Trainer:
             return self.place_state(self._fresh_state()), 0
         logging.info("resuming %s from step %d", self.workdir, int(state.step))
         return state, int(state.step)
+
+    def _history_metadata(self) -> dict[str, Any]:
+        # The eval history is saved with each checkpoint: a damaged metrics.jsonl line
+        # must not change the stop or steps_to_90pct of a resumed run.
+        return {HISTORY_KEY: {"metric": self.stop_metric, "history": self.history}}
+
+    def _saved_history(self, ckpt, start: int) -> list[tuple[int, float | None]]:
+        """The eval history up to `start`: the one saved with that checkpoint (for the same
+        metric), else the one read back from metrics.jsonl (`self.history`)."""
+        saved = ckpt.saved_metadata(start).get(HISTORY_KEY) if start else None
+        if not isinstance(saved, dict) or saved.get("metric") != self.stop_metric:
+            return self.history
+        history = [(int(s), v) for s, v in saved["history"]]
+        lost = sorted({s for s, _ in history} - {s for s, _ in self.history})
+        if lost:
+            logging.warning(
+                "%s lacks the evals of step(s) %s (damaged lines); the history saved with "
+                "checkpoint %d is used", METRICS_FILE, lost, start,
+            )  # fmt: skip
+        return history
 
     def _evaluate(self, params, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Evaluates at every N of the run; returns (metrics.jsonl keys, summary keys)."""
@@ -270,7 +296,7 @@ class Trainer:
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
             if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
-                ckpt.save(state)
+                ckpt.save(state, self._history_metadata())
             clock.restart(step)
             if converged:
                 logging.info("stopping at step %d: %s has not improved by more than %g "
@@ -294,7 +320,9 @@ class Trainer:
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
         summary["config_digest"] = run_dir.config_digest(c)  # what "completed" refers to
         try:
-            ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=c["keep_checkpoints"])
+            ckpt = checkpointing.Checkpointer(
+                self.workdir, max_to_keep=c["keep_checkpoints"], record=self.record
+            )
         except OSError as e:
             raise io_error(e, self.workdir) from e
         failure: BaseException | None = None  # the first error; nothing after it hides it
@@ -318,6 +346,7 @@ class Trainer:
             self.history = stopping.eval_history(
                 read_jsonl(os.path.join(self.workdir, METRICS_FILE)), self.stop_metric, start
             )
+            self.history = self._saved_history(ckpt, start)
             stopped = bool(start) and self._may_stop(start) and self.stop_rule.decide(self.history)
             if not stopped:
                 state = self._train(ckpt, state, start, clock, summary)
@@ -393,6 +422,16 @@ def _prior_train_s(workdir: str) -> float:
         return 0.0
 
 
+def _check_before_the_workdir(config) -> None:
+    """What `Trainer` refuses before it touches the workdir (the config, the devices),
+    checked before the run's lock creates the workdir."""
+    resolve_config(config)
+    c = config_to_dict(config)
+    mesh = sharding.mesh_from_config(c["data_parallel"])
+    if mesh is not None:
+        sharding.check_batch_size(c["batch_size"], mesh)
+
+
 def train_and_evaluate(
     config, workdir: str, *, allow_config_change: bool = False
 ) -> dict[str, Any]:
@@ -423,5 +462,9 @@ def train_and_evaluate(
       NonFiniteError: NaN/Inf loss or grad norm; the bad state is not checkpointed.
       RunIOError: an OSError writing the run (full disk, unwritable workdir); the message
         names the path; the last good checkpoint is kept.
+      LockedError: another live process trains `workdir` (`run_lock.hold_run`); nothing
+        was written.
     """
-    return Trainer(config, workdir, allow_config_change=allow_config_change).run()
+    _check_before_the_workdir(config)
+    with run_lock.hold_run(os.fspath(workdir), main=sharding.is_main_process()):
+        return Trainer(config, workdir, allow_config_change=allow_config_change).run()

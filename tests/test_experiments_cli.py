@@ -182,3 +182,24 @@ def test_sigterm_stops_the_run_like_sigint_recording_it_and_releasing_the_lock(t
     assert summary["last_checkpoint"] >= 2
     assert str(summary["last_checkpoint"]) in os.listdir(os.path.join(workdir, "checkpoints"))
     assert not os.path.exists(os.path.join(workdir, "train.lock"))
+
+
+def test_a_stop_signal_raises_once_and_the_handlers_are_restored():
+    import signal
+    import time
+
+    from sleep_consolidation import run_dir
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(run_dir.StopSignal) as e:
+        with run_dir.stop_signals_raise():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises in this thread at the next bytecode
+    assert e.value.signal_name == "SIGINT" and isinstance(e.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is before
+    with run_dir.stop_signals_raise():  # a repeat while stopping is logged, not raised
+        with pytest.raises(run_dir.StopSignal):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)

@@ -165,3 +165,32 @@ def _latest_checkpoint(workdir):
         return None
     steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
     return max(steps) if steps else None
+
+
+def test_reading_a_live_run_never_breaks_it(tmp_path):
+    """A notebook calls load_params over and over on a run that is training (a save every
+    step, so Orbax's temporary directory of a save in flight is often there): the run
+    must finish as if nobody read it, and the reads must return parameters."""
+    workdir, log_path = str(tmp_path / "live"), str(tmp_path / "live.log")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [*COMMAND, f"--workdir={workdir}", "--config.checkpoint_every=1",
+             "--config.keep_checkpoints=3"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    reads, errors, t0 = 0, [], time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < LAUNCH_TIMEOUT_S:
+        try:
+            checkpointing.load_params(workdir)
+            reads += 1
+        except FileNotFoundError:  # not started yet: no config.json or checkpoint
+            time.sleep(0.05)
+        except checkpointing.CheckpointError as e:  # its steps rotated away mid-read
+            errors.append(str(e)[:200])
+    rc = proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    assert rc == 0, f"exit {rc} after {reads} reads:\n{_tail(log_path)}"
+    assert _summary(workdir)["status"] == "completed"
+    assert reads > 0, f"no read succeeded: {errors[:3]}"
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["14", "15", "16"]

@@ -246,7 +246,7 @@ def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
 
 
 def test_a_window_with_no_full_window_before_the_answers_is_refused():
-    """recall tiny: 16 tokens, answers at 12..15. window=1000 (or 13: the first window
+    """recall tiny: 16 tokens, answers at 12..15. window=1000 (or 16: the first window
     would end after the last answer) never consolidates anything before an answer, so
     passes=1 and passes=2 would train the same model."""
     from experiments.configs import recall
@@ -254,22 +254,35 @@ def test_a_window_with_no_full_window_before_the_answers_is_refused():
     for window in (1000, 16):
         c = recall.get_config("tiny")
         c.window = window
-        with pytest.raises(ValueError, match=rf"window={window} leaves no full window before "
-                           r"the answers: sequence length 16, answers at positions 12\.\.15"):
+        with pytest.raises(
+            ValueError,
+            match=rf"window={window} leaves no full window before "
+            r"the answers: sequence length 16, answers at positions 12\.\.15",
+        ):
             train.resolve_config(c)
     c = recall.get_config("tiny")
     c.window = 15  # the answer at 15 follows a consolidated window: allowed
     train.resolve_config(c)
 
 
-def test_forward_refuses_sleep_that_cannot_reach_an_output(params):
+def test_forward_and_evaluate_refuse_sleep_that_cannot_reach_an_output(params):
     toks = jnp.zeros((B, 2 * L), jnp.int32)
-    with pytest.raises(ValueError, match=r"window=3 leaves no full window before the outputs"):
-        sc.forward(params, toks, L, 2, positions=(0, 2))
-    with pytest.raises(ValueError, match=r"window=6 leaves no full window"):
+    with pytest.raises(ValueError, match=r"window=6 leaves no full window before the outputs: "
+                       r"sequence length 6, outputs at positions 0\.\.5"):  # fmt: skip
         sc.forward(params, toks, 2 * L, 2)
-    assert sc.forward(params, toks, L, 2, positions=(3,)).shape == (B, 1, CFG.vocab_size)
     assert sc.forward(params, toks, 2 * L, 1).shape == (B, 2 * L, CFG.vocab_size)  # N = 1
+    # Early positions of a sequence that does sleep: the caller's choice, allowed.
+    assert sc.forward(params, toks, L, 2, positions=(0, 2)).shape == (B, 2, CFG.vocab_size)
+    # evaluate knows the task's answers: recall tiny answers at 12..15 of 16 tokens.
+    from experiments.configs import recall
+    from sleep_consolidation import evaluation
+
+    spec = train.resolve_config(recall.get_config("tiny"))
+    model = sc.init_params(spec.model_config, jax.random.key(0))
+    batch = spec.task.eval_batch(0, 2)
+    with pytest.raises(ValueError, match=r"window=16 leaves no full window before the answers"):
+        evaluation.evaluate(model, spec.task, batch, window=16, passes=2)
+    evaluation.evaluate(model, spec.task, batch, window=16, passes=1)  # N = 1: plain hybrid
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,8 +304,9 @@ def test_sizes_known_to_exceed_the_machine_are_refused_before_compiling(monkeypa
 
     c = recall.get_config("tiny")
     c.batch_size = 100_000_000  # 411 GiB at least: more than any machine this runs on
-    with pytest.raises(ValueError, match=r"batch_size=100000000 needs at least 411\.\d GiB "
-                       r"\(sequence length 16, d_model 32\), more than this machine's"):  # fmt: skip
+    message = (r"batch_size=100000000 needs at least 411\.\d GiB \(sequence length 16, "
+               r"d_model 32\), more than this machine's")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
         train.resolve_config(c)
     monkeypatch.setattr(run_config, "host_memory_bytes", lambda: 16 * 2**30)
     c = recall.get_config("tiny")

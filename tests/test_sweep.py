@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from rich.console import Console
@@ -469,6 +470,18 @@ def test_runs_under_older_names_are_found_by_their_recorded_config(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_malformed_config_json_is_refused_naming_the_run(tmp_path):
+    wd = str(tmp_path / "sweep")
+    _run(_base(tmp_path), wd, kind="debug")
+    broken = os.path.join(wd, "runs", "passes=2,seed=0")
+    with open(os.path.join(broken, "config.json"), "w") as f:
+        json.dump([1, 2], f)  # edited into a list
+    planned = runner.plan(_base(tmp_path), os.path.join(wd, "runs"))
+    assert [p.status for p in planned] == [runner.FINISHED, runner.CHANGED]
+    with pytest.raises(runner.ConfigChangedError, match=rf"{broken}: config.json is not a run"):
+        runner.check_no_changes(planned)
+
+
 def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
     wd = tmp_path / "sweep"
     wd.mkdir()
@@ -483,6 +496,43 @@ def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
         holder.wait()
     records, _ = _run(_base(tmp_path), str(wd), kind="debug")  # stale now: taken over
     assert all(r["status"] == "completed" for r in records)
+
+
+def test_a_second_sweep_on_a_live_sweeps_runs_dir_is_refused(tmp_path):
+    """Sweep A runs (a separate process) with its runs under its own workdir; sweep B,
+    given A's runs directory, must be refused while A lives, not launch on A's runs."""
+    _base(tmp_path)  # writes base.py
+    wd_a, wd_b = tmp_path / "a", str(tmp_path / "b")
+    runs_a = str(wd_a / "runs")
+    code = textwrap.dedent(f"""
+        from experiments.sweeping import grid, launch, runner
+        sweep = grid.Sweep(config={str(tmp_path / "base.py")!r}, axes={{"passes": [1, 2]}},
+                           seeds=(0,), parallel=1)
+        launcher = launch.Launcher("debug", {str(wd_a / "submitit")!r}, 1)
+        runner.run_sweep(sweep, {str(wd_a)!r}, launcher, train_command={FAKE_TRAIN!r},
+                         poll_s=0.05, plain_every=0)
+    """)
+    env = {**os.environ, "FAKE_STEP_S": "0.3", "PYTHONPATH": REPO}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        started = os.path.join(runs_a, "base,seed=0", "launches.txt")
+        for _ in range(600):  # until A launches its first run (3 s per run)
+            if os.path.exists(started) or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"sweep A ended early: {proc.stderr.read()[-2000:]}"
+        with pytest.raises(lock.LockedError, match=rf"another sweep \(pid {proc.pid}"):
+            _run(_base(tmp_path), wd_b, kind="debug", runs_dir=runs_a)
+        assert not os.path.exists(os.path.join(wd_b, runner.RESULTS_FILE))
+        assert _launches(os.path.join(runs_a, "passes=2,seed=0")) == 0  # B launched nothing
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    finally:
+        proc.kill()
+    records, out = _run(_base(tmp_path), wd_b, kind="debug", runs_dir=runs_a)  # A is done
+    assert out.count("skip finished") == 2
 
 
 def test_slurm_flags_reach_the_sbatch_file(tmp_path, monkeypatch):

@@ -447,3 +447,26 @@ def test_a_summary_is_finished_only_for_the_config_it_ended_under(tmp_path):
     assert "another config" in run_dir.summary_mismatch(done, changed)
     assert run_dir.summary_mismatch({**done, "status": "interrupted"}, record)
     assert run_dir.summary_mismatch(done, None)
+
+
+def test_train_and_evaluate_refuses_a_run_directory_another_live_process_trains(tmp_path):
+    """The run lock is the library's: a notebook (or any caller) that would train a run
+    another process trains is refused before writing anything."""
+    import subprocess
+    import sys
+
+    from sleep_consolidation import run_lock
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as holder:
+        try:
+            (workdir / run_lock.TRAIN_LOCK_FILE).write_text(json.dumps({"pid": holder.pid}))
+            with pytest.raises(run_lock.LockedError, match=f"training run \\(pid {holder.pid}"):
+                train.train_and_evaluate(attn_config(steps=2), str(workdir))
+        finally:
+            holder.kill()
+    assert not (workdir / checkpointing.CONFIG_FILE).exists()
+    # Its holder dead, the lock is stale: taken over, and released when the run ends.
+    train.train_and_evaluate(attn_config(steps=2), str(workdir))
+    assert not (workdir / run_lock.TRAIN_LOCK_FILE).exists()

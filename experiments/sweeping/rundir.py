@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from sleep_consolidation.checkpointing import CONFIG_FILE
-from sleep_consolidation.run_dir import summary_mismatch
+from sleep_consolidation.run_dir import line_problem, summary_mismatch
 from sleep_consolidation.train import METRICS_FILE, SUMMARY_FILE, THETA_FILE
 
 
@@ -32,9 +32,11 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            obj = json.loads(line)
         except ValueError:  # a torn line (a kill during an append); the rest is good
             continue
+        if line_problem(obj) is None:  # a damaged line (wrong types) is dropped too
+            out.append(obj)
     return out
 
 
@@ -45,12 +47,17 @@ class RunDir:
         self.path = os.fspath(path)
 
     def config(self) -> dict[str, Any] | None:
-        """config.json: {"config": the run's ConfigDict as a dict, "model_config", ...}."""
-        return _read_json(os.path.join(self.path, CONFIG_FILE))
+        """config.json: {"config": the run's ConfigDict as a dict, "model_config", ...};
+        None if it is missing or is not such a record (e.g. edited into a list)."""
+        record = _read_json(os.path.join(self.path, CONFIG_FILE))
+        ok = isinstance(record, dict) and isinstance(record.get("config"), dict)
+        return record if ok else None
 
     def summary(self) -> dict[str, Any] | None:
-        """summary.json: status, step, eval, timings; None before the run has ended."""
-        return _read_json(os.path.join(self.path, SUMMARY_FILE))
+        """summary.json: status, step, eval, timings; None before the run has ended (or if
+        it is not a JSON object)."""
+        summary = _read_json(os.path.join(self.path, SUMMARY_FILE))
+        return summary if isinstance(summary, dict) else None
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl, one dict per logged step."""

@@ -6,7 +6,8 @@ resumed under the same condition. A run whose recorded config differs is refused
 default) or, with on_config_change="rerun", trained afresh under `<name>,cfg=<hash>`.
 A run recorded under another directory name (an older naming scheme, or another sweep's
 run in a shared runs directory) is found by its config and reused or resumed there.
-The sweep holds a lock on its workdir (and on a shared runs_dir) while it runs.
+The sweep holds a lock on its workdir and on its runs_dir while it runs; each training run
+holds its own (`run_lock.hold_run`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
+from sleep_consolidation.checkpointing import CONFIG_FILE
 from sleep_consolidation.run_config import OPTIONAL_FIELDS
 from sleep_consolidation.run_dir import only_when_it_ends
 
@@ -78,6 +80,8 @@ def _status(path: str, config: dict) -> tuple[str, list[str]]:
     rd = RunDir(path)
     recorded = rd.config()
     if recorded is None:
+        if os.path.exists(os.path.join(path, CONFIG_FILE)):  # written atomically: not torn
+            return CHANGED, [f"{CONFIG_FILE} is not a run record (unreadable or edited)"]
         return NEW, []
     # A run recorded before an optional field existed ran with its default.
     diff = config_diff({**OPTIONAL_FIELDS, **(recorded.get("config") or {})}, config)
@@ -248,11 +252,10 @@ def run_sweep(
       ConfigChangedError: with on_config_change="refuse", a run recorded another config.
     """
     runs_dir = os.path.join(workdir, "runs") if runs_dir is None else runs_dir
-    locks = [DirLock(workdir)]
-    if os.path.commonpath([os.path.abspath(runs_dir), os.path.abspath(workdir)]) != (
-        os.path.abspath(workdir)
-    ):
-        locks.append(DirLock(runs_dir))  # shared with other sweeps
+    sweep.runs()  # an unknown field fails here, before a lock makes any directory
+    # The runs directory is locked too, even under the workdir: another sweep may be
+    # given it as its --runs_dir.
+    locks = [DirLock(workdir), DirLock(runs_dir)]
     held = []
     try:
         for lock in locks:
