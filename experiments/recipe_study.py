@@ -45,7 +45,7 @@ class Recipe:
 
     passes: int
     overrides: dict
-    baseline: str | None = None  # the N = 1 recipe it is paired with
+    baseline: str | tuple[str, ...] | None = None  # the N = 1 recipe(s) it is paired with
     warm_from: str | None = None  # start from this recipe's final parameters (same seed)
     doc: str = ""
 
@@ -53,10 +53,13 @@ class Recipe:
 RECIPES = {
     "today_N1": Recipe(1, {}, doc="the CPU recipe (AdamW 3e-3, no clipping, re-injection)"),
     "today_N4": Recipe(4, {}, "today_N1", doc="the same at N = 4"),
+    "warm_N1": Recipe(1, {}, warm_from="today_N1",
+                      doc="N = 1 continued from the same model the same way (fresh optimizer): "
+                          "the control for warm_N4's extra training"),
     "curriculum_N4": Recipe(4, {"passes_ramp_steps": 2000}, "today_N1",
                             doc="N ramped 1 -> 4 over the first 2000 steps (N=1, 2, 3 for "
                                 "667 steps each)"),
-    "warm_N4": Recipe(4, {}, "today_N1", warm_from="today_N1",
+    "warm_N4": Recipe(4, {}, ("today_N1", "warm_N1"), warm_from="today_N1",
                       doc="N = 4 from the converged N = 1 model of the same seed, fresh "
                           "optimizer"),
     "norm_N4": Recipe(4, {"normalize_sleep_input": True}, "today_N1",
@@ -237,11 +240,10 @@ def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
                   f"{stats.describe_method('t')}; stuck: exact McNemar test):", "",
                   "| recipe | vs | pairs | acc gain | stuck here / only baseline (p) | "
                   "steps to 90% gain |", "|---|---|---|---|---|---|"]  # fmt: skip
-        for name in names:
-            base = RECIPES[name].baseline
+        for name, base in [(nm, b) for nm in names for b in _baselines(RECIPES[nm])]:
             pairs = [(by.get((n, name, s)), by.get((n, base, s))) for s in seeds]
             pairs = [(a, b) for a, b in pairs if a and b]
-            if not base or not pairs:
+            if not pairs:
                 continue
             gain = stats.paired_summary([a["acc"] - b["acc"] for a, b in pairs])
             fail = stats.paired_failures(
@@ -261,6 +263,11 @@ def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
                          f"{sgain} (n={len(both)}) |")  # fmt: skip
         lines.append("")
     return "\n".join(lines), recs
+
+
+def _baselines(recipe: Recipe) -> tuple[str, ...]:
+    b = recipe.baseline
+    return () if b is None else (b,) if isinstance(b, str) else tuple(b)
 
 
 def _steps_gain(d) -> str:
