@@ -518,7 +518,7 @@ def test_a_second_sweep_on_a_live_sweeps_runs_dir_is_refused(tmp_path):
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        started = os.path.join(runs_a, "base,seed=0", "launches.txt")
+        started = os.path.join(runs_a, "passes=1,seed=0", "launches.txt")
         for _ in range(600):  # until A launches its first run (3 s per run)
             if os.path.exists(started) or proc.poll() is not None:
                 break
