@@ -253,7 +253,9 @@ def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
                     if a["left_plateau"] and b["left_plateau"]]  # fmt: skip
             sgain = _steps_gain([a - b for a, b in both])
             src = RECIPES[name].warm_from
-            if src:  # counting the source run's steps in the warm start's budget
+            # Counting the source run's steps in the warm start's budget (not against a
+            # baseline warm-started from the same source: they cancel).
+            if src and RECIPES[base].warm_from != src:
                 extra = [by[(n, src, a["seed"])]["stopped_at"] for a, b in pairs
                          if a["left_plateau"] and b["left_plateau"]]  # fmt: skip
                 counted = _steps_gain([a - b + e for (a, b), e in zip(both, extra)])
