@@ -196,13 +196,13 @@ def _fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def report(workdir: str, loads, seeds, names) -> tuple[str, list[dict]]:
+def report(workdir: str, loads, seeds, names, cap: int) -> tuple[str, list[dict]]:
     """Markdown tables (per recipe and paired against its N = 1 baseline) and the records."""
     recs = [r for n in loads for name in names for s in seeds
             if (r := record(workdir, n, name, s)) is not None]  # fmt: skip
     by = {(r["n"], r["recipe"], r["seed"]): r for r in recs}
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; † = hit the {FLAGS.cap}-step cap; "
+        f"Seeds {', '.join(map(str, seeds))}; † = hit the {cap}-step cap; "
         f"left = final eval/acc >= {PLATEAU_FLOOR}; steps to 90% of the final accuracy; "
         "warm-started runs also count their source's steps (+src). "
         "|h| growth: mean |h| after the last pass / after the wake pass, last eval.",
@@ -311,7 +311,7 @@ def main(argv):
                 print(key, "\n  ", " ".join(cmd[1:]))
             return
         train_all(jobs, FLAGS.parallel)
-    text, recs = report(FLAGS.workdir, loads, seeds, names)
+    text, recs = report(FLAGS.workdir, loads, seeds, names, FLAGS.cap)
     out = FLAGS.out or FLAGS.workdir
     os.makedirs(out, exist_ok=True)
     tag = "seeds" + "-".join(map(str, seeds))
