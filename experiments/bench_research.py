@@ -1,4 +1,5 @@
-"""The research-scale section of `experiments/benchmark.py` (issue 10): the train step that
+"""The research-scale section of `experiments/benchmark.py` (BUILD_NOTES.md, "Research-scale
+throughput"): the train step that
 the CLI runs for the CPU-scale configs, its throughput in tokens/s and model FLOP/s, the
 fraction of a one-core matmul that is, and where the step's time goes.
 

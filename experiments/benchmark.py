@@ -1,5 +1,5 @@
 """Performance benchmark: wake, sleep and training costs side by side, against the targets of
-performance.md.
+docs/performance.md.
 
     python -m experiments.benchmark                 # full (~10-15 min on a 2-core CPU)
     python -m experiments.benchmark --quick         # < 2 min
@@ -9,7 +9,7 @@ Writes a JSON record (`--out`, default benchmarks/results.json) and a markdown t
 default: the JSON path with a .md suffix). Sections:
 
   ceiling  f32 matmul GFLOP/s (n = 1024..2048): the roof every fraction is reported against.
-  wake     tokens/s: a Python loop of jitted `wake_step` (design.md's loop) vs `stream` (one
+  wake     tokens/s: a Python loop of jitted `wake_step` (docs/design.md's loop) vs `stream` (one
            compiled scan) vs batched streams; stream time vs N when no window fills.
   latency  per-token wake latency at stream position ~L vs ~16L, hybrid vs a full-attention
            model that keeps its whole cache (attention-only, cache = everything read so far).
@@ -63,7 +63,7 @@ SECTIONS = ("ceiling", "wake", "latency", "sleep", "train", "research")
 # One jitted instance of each step, shared by all sections (so compilations are reused).
 _wake = jax.jit(sc.wake_step)
 
-# Sizes per mode. `full` follows performance.md; `quick` is the same shape of experiment at
+# Sizes per mode. `full` follows docs/performance.md; `quick` is the same shape of experiment at
 # smaller sizes; `smoke` only checks that everything runs (the test suite uses it).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(
@@ -229,7 +229,7 @@ def bench_wake(p, reps):
     rng = np.random.default_rng(0)
     state1 = sc.init_state(cfg, batch_size=1, window=L)
     toks_py = _tokens(rng, 1, Tpy, cfg.vocab_size)
-    # The library's reference loop (design.md's, one host round trip per token).
+    # The library's reference loop (docs/design.md's, one host round trip per token).
     python_loop = functools.partial(streaming.stream, params, state1, toks_py, 1, impl="loop")
     python_loop()  # compiles the steps
     fns = {"python_loop": python_loop}
@@ -277,7 +277,7 @@ def bench_wake(p, reps):
 
 
 def _rule_level_wake(p, reps):
-    """performance.md's rule-level comparison: the gated delta rule alone (H=4, d=64, B=1),
+    """docs/performance.md's rule-level comparison: the gated delta rule alone (H=4, d=64, B=1),
     a Python loop of a jitted one-token step (each output read before the next token, as a
     streaming consumer would) vs `scan_rule` over the same tokens."""
     H, d, T = 4, 64, p["wake_tokens"]
@@ -523,7 +523,7 @@ RULE_TRAIN_VARIANTS = {
 
 
 def bench_train_rule(p, reps):
-    """performance.md's BPTT measurement: the gated delta rule alone, N passes over one
+    """docs/performance.md's BPTT measurement: the gated delta rule alone, N passes over one
     window (each pass re-reads the window from where the last one left S), gradient of a
     loss on every pass's outputs and the final S w.r.t. S0, q, k, v and both gates."""
     L, H, d = p["train_rule_L"], 4, 64
@@ -606,7 +606,7 @@ def _train_targets(level, rows, fmt, status):
     mems = {
         N: _ratio(get("scan_plain", N).get("temp_mib"), get(best, N).get("temp_mib")) for N in Ns
     }
-    ref = 4 if 4 in mems else Ns[-1]  # performance.md's reference point is N=4
+    ref = 4 if 4 in mems else Ns[-1]  # docs/performance.md's reference point is N=4
     out.append(
         _target(
             f"training ({level}): BPTT memory >= 10x below plain per-token scan",
@@ -644,7 +644,7 @@ def _train_targets(level, rows, fmt, status):
 
 
 def evaluate_targets(res: dict) -> list[dict]:
-    """performance.md's targets, each 'pass', 'miss' or 'n/a' with the measured ratio."""
+    """docs/performance.md's targets, each 'pass', 'miss' or 'n/a' with the measured ratio."""
     out = []
     fmt = lambda x: "n/a" if x is None else f"{x:.3g}x"  # a ratio
     status = lambda ok: "n/a" if ok is None else ("pass" if ok else "miss")
@@ -658,7 +658,7 @@ def evaluate_targets(res: dict) -> list[dict]:
                 ">= 50x",
                 f"{fmt(r)}",
                 status(r >= 50),
-                note=f"rule alone (performance.md's measurement): {fmt(rl)}",
+                note=f"rule alone (docs/performance.md's measurement): {fmt(rl)}",
             )
         )
         out.append(
@@ -856,7 +856,7 @@ def to_markdown(res: dict) -> str:
         f"{m['cpu']}, {m['cpu_count']} cores; {m['seconds']:.0f} s in all. Times are medians "
         "(min-max) in ms of interleaved runs; ratios are between medians of one process.",
         "",
-        "## Targets (performance.md)",
+        "## Targets (docs/performance.md)",
         "",
     ]
     lines += _table(

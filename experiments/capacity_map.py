@@ -1,4 +1,4 @@
-"""The capacity map (issue 13): recall after eviction over the load n / d_k x N, at
+"""The capacity map: recall after eviction over the load n / d_k x N, at
 convergence, beside the no-learning reference, plus the adaptive-sleep comparison.
 
     python -m experiments.sweep --sweep=experiments/configs/sweeps.py:capacity_map \

@@ -1,4 +1,4 @@
-"""The GPU check (issue 10, item 4): one prepared run of < 9 minutes on one H200 that writes
+"""The GPU check: one prepared run of < 9 minutes on one H200 that writes
 a JSON + markdown report (`--out`, default benchmarks/gpu/) with
 
   stream   `sc.stream` == `sc.forward` (logits and fast weights) on a small hybrid model, at
@@ -504,7 +504,7 @@ def _meta(tiny: bool) -> dict:
 def to_markdown(res: dict) -> str:
     m = res["meta"]
     lines = [
-        "# GPU check (issue 10, item 4)", "",
+        "# GPU check", "",
         f"{m['date_utc']}; device {m['device_kind']} x{m['device_count']} ({m['backend']}); "
         f"JAX {m['jax']}; torch {m.get('torch')}; triton {m.get('triton')}; fla "
         f"{m.get('fla')}; {m['cpu_count']} CPUs; mode {m['mode']}; "

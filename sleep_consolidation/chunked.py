@@ -136,7 +136,8 @@ def _chunk_form(S0, q, k, v, log_decay, write, erase, valid, chunk_size, *, rema
     if C < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
     # A chunk longer than the sequence would be mostly padding (rule110:cpu's windows of 8
-    # under chunk_size 16: 1.5x the step time at N = 1; BUILD_NOTES.md, stop 17).
+    # under chunk_size 16: 1.5x the step time at N = 1; BUILD_NOTES.md, "A chunk no longer
+    # than its sequence").
     C = min(C, T)
     n = -(-T // C)
     Tp = n * C

@@ -5,7 +5,8 @@ The reference is the plain `x @ w`; the two agree in value and gradients (tested
 custom VJP: the weight gradient is `x^T g`, contracted over every token. When the weight
 is narrow (d_out < d_in, e.g. an MLP's down projection), XLA:CPU computes it as a
 [d_in, d_out] product with a narrow output at ~2.4x the time of the transposed product
-`g^T x` (measured at [512, 128]^T [512, 32]: 0.13 vs 0.055 ms; BUILD_NOTES.md, issue 10).
+`g^T x` (measured at [512, 128]^T [512, 32]: 0.13 vs 0.055 ms; BUILD_NOTES.md,
+"Research-scale throughput").
 So the backward pass forms the product with the wider side as its output columns and
 transposes the (weight-sized, small) result; an optimization barrier keeps XLA from
 folding the transpose back into the dot.
@@ -13,7 +14,8 @@ folding the transpose back into the dot.
 `matmul`: XLA:CPU runs a batched dot whose left operand is contracted over its
 second-to-last axis (`swapaxes(a) @ b`, which is the form of every right-operand gradient,
 `a^T g`) on a generic path at ~2.2x the time of the plain form (ten [2, 8, 2, 16, 16]
-products: 306 vs 141 us, one core; BUILD_NOTES.md, issue 10). `transposed(a)` forms the
+products: 306 vs 141 us, one core; BUILD_NOTES.md, "Research-scale throughput").
+`transposed(a)` forms the
 transpose as its own (cheap) op behind an optimization barrier, and `matmul`'s backward
 uses it, so every product, forward and backward, is in the fast form.
 """

@@ -4,7 +4,8 @@ Why: on XLA:CPU every `while` loop costs a fixed overhead per iteration, keeps i
 from fusing with the code around it, and makes reverse-mode AD stack every residual into
 [length, ...] buffers with dynamic-update-slices. The loops of a research-scale step are
 short (1-2 chunks per window, 1-4 windows, N-1 <= 3 sleep passes), and unrolling them cut
-the train step of recall:capacity by a third (BUILD_NOTES.md, issue 10). Long loops stay
+the train step of recall:capacity by a third (BUILD_NOTES.md, "Research-scale
+throughput"). Long loops stay
 `lax.scan`, so compile time and program size stay bounded.
 """
 

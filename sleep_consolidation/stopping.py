@@ -90,7 +90,8 @@ class StopRule:
     Both exist because these runs sit on a loss plateau near chance before they learn,
     for a number of steps that varies by seed and N: without them a run still on the
     plateau would stop there and be called converged (measured: recall n=16, N=4 seed 2
-    "converged" at step 2250 with acc 0.088 under min_steps alone; BUILD_NOTES.md stop 15).
+    "converged" at step 2250 with acc 0.088 under min_steps alone; BUILD_NOTES.md,
+    "main_converged ... measured").
     A run that never reaches `min_value` trains to the cap and is flagged unconverged.
     """
 

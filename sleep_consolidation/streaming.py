@@ -61,7 +61,7 @@ _evict_jit = jax.jit(evict)
 
 
 def _stream_loop(params: Params, state: MemoryState, tokens, passes: int):
-    """The reference: design.md's loop over the jitted steps, one host round trip per token."""
+    """The reference: docs/design.md's loop over the jitted steps, one host round trip per token."""
     outs = []
     for t in range(tokens.shape[1]):
         state, logits_t = _wake_jit(params, state, tokens[:, t])

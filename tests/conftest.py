@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: tiny models, tokens, and the library's reference streaming
-loop (`stream(..., impl="loop")`, design.md's snippet)."""
+loop (`stream(..., impl="loop")`, docs/design.md's snippet)."""
 
 from __future__ import annotations
 

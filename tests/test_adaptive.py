@@ -36,7 +36,7 @@ def _perfect(params, state):
     return state.replace(fast=(S,))
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_it_stops_at_once_on_a_window_it_already_recalls_perfectly():
     params, state = _woken()
     perfect = _perfect(params, state)
@@ -47,7 +47,7 @@ def test_it_stops_at_once_on_a_window_it_already_recalls_perfectly():
         np.testing.assert_array_equal(a, b)  # rolled back: the input, bit for bit
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_a_window_the_memory_lost_is_slept_on():
     # Zeroed fast weights recall nothing (cosine 0); the first pass writes the window.
     params, state = _woken()

@@ -8,7 +8,7 @@ import pytest
 from experiments import benchmark
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_smoke_run_writes_expected_keys(tmp_path):
     res = benchmark.run("smoke", reps=1, log=lambda *_: None)
     out, md = benchmark.write(res, str(tmp_path / "r.json"))

@@ -32,7 +32,7 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     config = attn_config(steps=20, checkpoint_every=5, log_every=1, eval_every=10,
                          lr_schedule="cosine", warmup_steps=3)  # fmt: skip
@@ -68,7 +68,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
 
 # Orbax's failed read of the corrupt step leaves an asyncio callback that fires after its
 # event loop closed; harmless.
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_resume_falls_back_past_a_corrupt_latest_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")

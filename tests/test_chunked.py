@@ -131,7 +131,7 @@ def test_user_rule_without_chunked_form_falls_back_to_scan():
     np.testing.assert_array_equal(fwd(params, toks), ref)
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 @pytest.mark.parametrize("name", BUILTINS)
 def test_forward_chunked_equals_scan(name):
     cfg = sc.ModelConfig(

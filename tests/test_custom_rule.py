@@ -19,7 +19,7 @@ if ROOT not in sys.path:  # examples/ is not an installed package
 import examples.custom_rule  # noqa: E402, F401  (registers "oja")
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_custom_rule_trains_through_sleep():
     assert "oja" in sc.available_rules()
     task = make_task(

@@ -25,7 +25,7 @@ def params():
     return sc.init_params(tiny_config(layout=LAYOUT), jax.random.key(0))
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 @pytest.mark.parametrize(
     "T, passes, schedule",
     [
@@ -75,7 +75,7 @@ def test_recording_window_step_changes_nothing_and_records_every_pass(params):
     assert (coda == coda[:1]).all()  # outside the loop: written once, at wake
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_statistics_finite_and_streaming_agrees(params, tmp_path):
     tokens = jax.random.randint(jax.random.key(1), (2, 11), 0, 11)
     change = diagnostics.fast_weight_change_per_pass(params, tokens, window=4, passes=3)
@@ -98,7 +98,7 @@ def test_statistics_finite_and_streaming_agrees(params, tmp_path):
     assert os.path.getsize(path) > 1000
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_recall_reads_exactly_what_the_block_wrote():
     """Hebbian fast weights from zero after one window are sum_t k_t v_t^T with the keys and
     values `block_keys_values` recomputes; with one-token windows and the memory zeroed at
@@ -119,7 +119,7 @@ def test_recall_reads_exactly_what_the_block_wrote():
     np.testing.assert_allclose(recall["rel_error"], 0.0, atol=1e-4)
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_boundary_hooks_match_streaming(params):
     tokens = jax.random.randint(jax.random.key(4), (3, 9), 0, 11)
     want, _ = stream_loop(params, tokens, 4, 2, zero_fast_at_boundary=True)

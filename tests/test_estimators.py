@@ -51,7 +51,7 @@ ESTIMATOR_OPTS = {
 }
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_estimators_agree_on_theta_and_each_descends():
     ests = {n: estimators.make_estimator(n, loss_fn, **o) for n, o in ESTIMATOR_OPTS.items()}
     # One program for all three: it shares the forward/backward they have in common, and

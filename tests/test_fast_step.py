@@ -1,4 +1,4 @@
-"""The fast train step against its reference (issue 10).
+"""The fast train step against its reference (BUILD_NOTES.md, "Research-scale throughput").
 
 The fast path = unrolled short loops (`loops.scan`), the chunked rule, logits only at the
 task's answer positions, fused input projections, and gradient accumulation over
@@ -66,7 +66,7 @@ def test_fast_step_equals_reference(rule, passes):
         np.testing.assert_allclose(g_fast, g_ref, rtol=2e-4, atol=2e-6)
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_microbatches_give_the_same_parameters_over_steps():
     """Two AdamW steps with M=4 micro-batches vs one batch (uneven answer counts: the
     weighting by answers is what makes them equal)."""
@@ -115,7 +115,7 @@ def test_loops_scan_matches_lax_scan(n):
     assert float(carry) == 3.0 and ys is None
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_forward_positions_equal_the_full_logits():
     params = _params("gated_delta", "chunked")
     tokens = jnp.asarray(TASK.batch(0, 0, 2).tokens)

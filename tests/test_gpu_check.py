@@ -1,5 +1,5 @@
 """The GPU check's CPU mode (`python -m experiments.gpu_check --tiny`) runs and writes a
-report with every section and sane values (issue 10, item 4)."""
+report with every section and sane values (BUILD_NOTES.md, "The GPU check")."""
 
 import json
 import os

@@ -12,7 +12,7 @@ import sleep_consolidation as sc
 L = 4
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_design_contract_snippet_runs_as_written():
     B, L_, N = 2, 4, 3
     cfg = sc.ModelConfig(
@@ -39,7 +39,7 @@ def test_design_contract_snippet_runs_as_written():
     assert state.pos.shape == () and sc.window_full(state).shape == ()
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_one_pass_is_the_vanilla_hybrid(tokens):
     """N=1 = one pass per window with fast weights carried: no sleep_step is ever called."""
     params = sc.init_params(tiny_config(), jax.random.key(0))
@@ -55,7 +55,7 @@ def test_one_pass_is_the_vanilla_hybrid(tokens):
     )
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_sleep_changes_logits_only_after_the_first_window(tokens):
     params = sc.init_params(tiny_config(), jax.random.key(0))
     one = sc.forward(params, tokens, window=L, passes=1)
@@ -102,7 +102,7 @@ def _last_window_loss(params, tokens, passes, **kw):
     return -jnp.mean(jnp.take_along_axis(logp, tokens[:, -3:, None], -1))
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_gradients_flow_through_sleep(tokens):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     gate_names = ("wa", "wb", "a_log", "dt_bias")
@@ -115,7 +115,7 @@ def test_gradients_flow_through_sleep(tokens):
     assert max(diffs) > 1e-6
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_truncated_gradients_differ_and_stay_finite(tokens):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     full = jax.grad(_last_window_loss)(params, tokens, 4)
@@ -131,7 +131,7 @@ def test_truncated_gradients_differ_and_stay_finite(tokens):
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves_f, leaves_t)) > 1e-7
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 @pytest.mark.parametrize("remat", ["pass", "window"])
 def test_remat_gives_same_gradients(tokens, remat):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
@@ -140,7 +140,7 @@ def test_remat_gives_same_gradients(tokens, remat):
     chex.assert_trees_all_close(g0, g1, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_user_rule_with_theta_trains(tokens):
     def scaled_hebbian(S, k, v, alpha, beta, theta):
         return (

@@ -86,7 +86,7 @@ def test_forward_at_point_equals_builtin_model(name):
     chex.assert_trees_all_close(got, want, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_gradients_wrt_theta_nonzero_and_finite_through_sleep():
     cfg = tiny_config(rule="parametric", layout=LAYOUT)
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 11)
@@ -117,7 +117,7 @@ def test_gradients_wrt_theta_nonzero_and_finite_through_sleep():
             assert np.all(np.isfinite(g)) and np.all(np.abs(g) > 0), (b, c, g)
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 @pytest.mark.parametrize("point", [None, "hebbian", "delta"])
 def test_chunked_form_matches_scan(point):
     B, T, C = 2, 37, 8

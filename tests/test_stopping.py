@@ -51,7 +51,8 @@ def test_min_steps_guards_the_early_plateau():
 
 
 def test_min_value_keeps_a_run_on_the_plateau_training():
-    # The measured case (BUILD_NOTES.md stop 15): flat near 0.09 past min_steps is the
+    # The measured case (BUILD_NOTES.md, "main_converged ... measured"): flat near 0.09 past
+    # min_steps is the
     # plateau before learning, not convergence; once the floor is reached the rule applies.
     rule = stopping.StopRule(patience=2, min_delta=0.005, min_steps=200, min_value=0.5)
     stuck = [(100, 0.085), (200, 0.086), (300, 0.086), (400, 0.088)]

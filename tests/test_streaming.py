@@ -33,7 +33,7 @@ def test_stream_matches_the_reference_loop(eviction):
     assert int(got_state.pos) == int(want_state.pos) == 2
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_stream_chunked_rule():
     params = init(tiny_config("delta", impl="chunked", chunk_size=2), 2)
     toks = random_tokens(3, 1, 9)
@@ -44,7 +44,7 @@ def test_stream_chunked_rule():
     _assert_same(got_state, want_state)
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_stream_matches_forward():
     params = init(tiny_config(), 4)
     toks = random_tokens(5, 2, 10)

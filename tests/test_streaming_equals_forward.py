@@ -1,4 +1,4 @@
-"""The one property that pins down the semantics: the streaming loop of design.md and the
+"""The one property that pins down the semantics: the streaming loop of docs/design.md and the
 training form `forward` give the same logits (and fast weights)."""
 
 import itertools

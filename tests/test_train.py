@@ -80,7 +80,7 @@ def test_train_step_jits_once_and_splits_learning_rates():
     assert float(w1.max()) > 10 * 3 * 5e-5
 
 
-@pytest.mark.slow  # moved out of the default run (issue 11 item 9); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_truncated_gradients_run_and_differ_from_full():
     cfg = sc.ModelConfig(vocab_size=17, d_model=8, num_heads=1, layout=("ssm",), mlp_ratio=1,
                          rule="hebbian")  # fmt: skip
@@ -265,7 +265,7 @@ def test_loss_falls_on_tiny_task(tmp_path, get_config):
     _loss_falls(get_config, tmp_path)
 
 
-@pytest.mark.slow  # out of the default run (under 5 min, stop 15); CI runs -m slow
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_eval_passes_logs_other_n(tmp_path):
     # The tiny recall program of test_loss_falls_on_tiny_recall (attn + GDN, trained at
     # N=2), so only the N=1 and N=3 evals compile anew; with a GDN block N matters.

@@ -148,7 +148,8 @@ def make_cpu(c: ConfigDict, **task_knobs) -> ConfigDict:
     (d=32, attn-GDN, MLP ratio 4, batch 64, 2000 AdamW steps at a constant 3e-3 without
     clipping, embedding re-injected into each sleep pass); a run takes 1-6 min on one core.
 
-    Why this recipe (BUILD_NOTES.md, issue 4): with cosine decay, clipping and the paper's
+    Why this recipe (BUILD_NOTES.md, "Finding a CPU configuration where passes help"): with
+    cosine decay, clipping and the paper's
     plain carry of h between passes, N > 1 runs were still on the loss plateau when N = 1
     had left it, so every N > 1 point lost at this budget.
     """

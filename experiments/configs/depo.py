@@ -1,4 +1,4 @@
-"""Depo k-hop retrieval on a directed cycle (method.md, task 2).
+"""Depo k-hop retrieval on a directed cycle (docs/method.md, task 2).
 
 Run-book:
   python -m experiments.train --config=experiments/configs/depo.py \

@@ -1,4 +1,4 @@
-"""GSM-Infinite analogue: generated modular arithmetic, question first (method.md, task 3).
+"""GSM-Infinite analogue: generated modular arithmetic, question first (docs/method.md, task 3).
 
 Run-book:
   python -m experiments.train --config=experiments/configs/gsm.py \

@@ -13,12 +13,13 @@ Run-book:
   vs chance 0.125):
   python -m experiments.train --config=experiments/configs/recall.py:tiny --workdir=/tmp/recall
 
-  Capacity (the README main job until stop 15, swept over N by sweeps.py:main_2000;
+  Capacity (the README's main job until 2026-12-02, swept over N by sweeps.py:main_2000;
   the main job now trains its n = 8 slice to convergence, sweeps.py:main):
   n in {4, 8, 16} pairs against a fast-weight head dimension of 16 (d=32, 2 heads,
   attn+ssm, delta rule, MLP ratio 4), window 32 (T=64), batch 64, 2000 AdamW steps at a
   constant 3e-3 without clipping, embedding re-injected into every sleep pass (without it
-  N > 1 learns much more slowly than N = 1 at this budget: BUILD_NOTES.md, issue 4), and
+  N > 1 learns much more slowly than N = 1 at this budget: BUILD_NOTES.md, "Finding a CPU
+  configuration where passes help"), and
   evaluated at N in {1, 2, 4, 8} besides the training N. One run takes about 2.5 min (N=1)
   to 5 min (N=4) on one core of a 2-core CPU.
   python -m experiments.train --config=experiments/configs/recall.py:capacity --workdir=/tmp/cap

@@ -1,4 +1,4 @@
-"""Rule 110 cellular automaton (method.md, task 1).
+"""Rule 110 cellular automaton (docs/method.md, task 1).
 
 Run-book:
   python -m experiments.train --config=experiments/configs/rule110.py \
@@ -17,7 +17,8 @@ Run-book:
   (T=36, L=8), t drawn per example from {1,2,3,4} (depth = t), d=32 attn+GDN, 2000 steps,
   2.5-11 min per run on one core of the loaded 2-core CPU (N=1 fastest). Exact-match
   accuracy over the 4 answer bits; the best constant answer scores 0.148 / 0.077 / 0.075 /
-  0.080 at t = 1..4 (label bias; chance 1/16; BUILD_NOTES.md, issue 4).
+  0.080 at t = 1..4 (label bias; chance 1/16; BUILD_NOTES.md, "Measured: reproduction and
+  beyond the paper").
 
   Tiny (CPU smoke test, 25-40 s on a 2-core CPU; loss 0.90 -> 0.05, eval acc 0.98 vs
   chance 0.25 at t=1):

@@ -6,8 +6,8 @@ Every field is overridable: --sweep.seeds=0,1,2 --sweep.axes.passes=1,8 --sweep.
 Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
   main              the README's main job: n = 8 pairs x N in {1,4} x 5 seeds, to convergence.
-  main_2000         the main job until stop 15: N in {1,2,4} x 2 seeds, 2000 steps.
-  capacity_map      issue 13: n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
+  main_2000         the main job until 2026-12-02: N in {1,2,4} x 2 seeds, 2000 steps.
+  capacity_map      n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
   main_converged    its load n = d_k = 16 x N in {1,4} x 5 seeds (~30 min on 2 cores).
   capacity_map_low / capacity_map_high   the map in two parts: n <= 16, and n = 32.
   capacity_map_n8   the map's N = 8 column at n in {16, 8, 4}, hardest load first.
@@ -68,7 +68,7 @@ def tiny():
 
 
 def main_2000():
-    """The main job until stop 15: N in {1, 2, 4} x 2 paired seeds on recall:capacity at a
+    """The main job until 2026-12-02: N in {1, 2, 4} x 2 paired seeds on recall:capacity at a
     fixed 2000 steps (n in {4, 8, 16} mixed). Kept to reproduce results/main/; its "more
     passes help" did not replicate on further seeds (results/RESULTS.md).
 
@@ -79,7 +79,7 @@ def main_2000():
     )
 
 
-# --- convergence-grade evidence (issue 13): the capacity map and the main-job slice -------
+# --- convergence-grade evidence: the capacity map and the main-job slice -------
 # Every run trains to convergence under the stopping rule (sleep_consolidation/stopping.py;
 # its metric is the default, eval/acc, which also keeps a "/" out of the run names):
 # evaluated every 250 steps, it stops once eval/acc has not beaten its earlier best by more

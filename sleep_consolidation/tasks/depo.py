@@ -1,4 +1,4 @@
-"""Depo k-hop retrieval on a directed cycle (method.md, Tasks 2; after "Physics of
+"""Depo k-hop retrieval on a directed cycle (docs/method.md, Tasks 2; after "Physics of
 Language Models" part 4.1).
 
 Layout (defaults: T = 360, L = 75):

@@ -1,4 +1,4 @@
-"""GSM-Infinite-style modular arithmetic (method.md, Tasks 3): a from-scratch,
+"""GSM-Infinite-style modular arithmetic (docs/method.md, Tasks 3): a from-scratch,
 small-vocabulary analogue with the paper's knobs (number of operations, distractors,
 question first, window smaller than the problem).
 

@@ -1,4 +1,4 @@
-"""Rule 110 cellular automaton task (method.md, Tasks 1).
+"""Rule 110 cellular automaton task (docs/method.md, Tasks 1).
 
 Layout (defaults: 4 states x 24 bits, T = 100, L = 24):
 
