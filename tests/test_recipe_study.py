@@ -1,4 +1,4 @@
-"""The recipe study's plan and report (experiments/recipe_study.py), on synthetic runs."""
+"""The recipe study's plan and report (experiments/recipes.py), on synthetic runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import json
 import os
 
 import pytest
-from absl import app
 
-from experiments import recipe_study as rs
+from experiments import recipes as rs
 from experiments.configs.sweeps import CONVERGED
 
 
@@ -16,9 +15,9 @@ def test_the_queue_lists_recipe_seed_pairs_in_order_and_refuses_bad_entries():
     assert rs.parse_queue(["warm_N4@0-2", "today_N1@7"]) == [
         ("warm_N4", 0), ("warm_N4", 1), ("warm_N4", 2), ("today_N1", 7),
     ]  # fmt: skip
-    with pytest.raises(app.UsageError, match="unknown recipe"):
+    with pytest.raises(ValueError, match="unknown recipe"):
         rs.parse_queue(["nope@0"])
-    with pytest.raises(app.UsageError, match="not recipe@seed"):
+    with pytest.raises(ValueError, match="not recipe@seed"):
         rs.parse_queue(["warm_N4@a-b"])
 
 
