@@ -25,7 +25,7 @@ from typing import Any
 from absl import logging
 
 from sleep_consolidation import checkpointing
-from sleep_consolidation.run_config import MODEL_FIELDS, OPTIONAL_FIELDS, RunSpec, config_to_dict
+from sleep_consolidation.run_config import MODEL_FIELDS, RunSpec, config_to_dict
 
 CONFIG_FILE = checkpointing.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
@@ -208,7 +208,7 @@ def _fields(record) -> dict[str, Any]:
         **{f"task.{k}": v for k, v in record["task"].items()},
         "window": record["window"],
         # A record written before an optional field existed ran with its default.
-        **{k: v for k, v in {**OPTIONAL_FIELDS, **record["config"]}.items() if k not in skip},
+        **{k: v for k, v in config_to_dict(record["config"]).items() if k not in skip},
     }
 
 
@@ -222,7 +222,7 @@ def only_when_it_ends(saved: dict[str, Any], requested: dict[str, Any]) -> bool:
     ends (`RESUME_FREE_FIELDS`; `steps` not under a cosine schedule): such a change
     continues a run (`check_workdir`; a sweep's `--on_config_change=continue`)."""
     # A config written before an optional field existed ran with its default.
-    saved, requested = {**OPTIONAL_FIELDS, **saved}, {**OPTIONAL_FIELDS, **requested}
+    saved, requested = config_to_dict(saved), config_to_dict(requested)
     fields = {k for k in set(saved) | set(requested) if saved.get(k) != requested.get(k)}
     return not any(_guarded(f, saved, requested) for f in fields)
 

@@ -441,8 +441,13 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
     metric = s.get("metric", "acc")
     interval = s.get("interval", "t")
     table = summary_table(records, metric=metric, baseline=baseline, interval=interval)
-    verdicts = verdict_lines(records, metric=metric, baseline=baseline, interval=interval,
-                             confirm_seeds=tuple(grid.plain(s.get("confirm_seeds", ()))))
+    verdicts = verdict_lines(
+        records,
+        metric=metric,
+        baseline=baseline,
+        interval=interval,
+        confirm_seeds=tuple(grid.plain(s.get("confirm_seeds", ()))),
+    )
     if verdicts:
         table = "\n".join(verdicts) + "\n\n" + table
     cross = eval_n_table(records, metric=metric)

@@ -27,7 +27,7 @@ from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
 from sleep_consolidation.checkpointing import CONFIG_FILE
-from sleep_consolidation.run_config import OPTIONAL_FIELDS
+from sleep_consolidation.run_config import config_to_dict
 from sleep_consolidation.run_dir import only_when_it_ends
 
 RESULTS_FILE = "results.jsonl"
@@ -84,7 +84,7 @@ def _status(path: str, config: dict) -> tuple[str, list[str]]:
             return CHANGED, [f"{CONFIG_FILE} is not a run record (unreadable or edited)"]
         return NEW, []
     # A run recorded before an optional field existed ran with its default.
-    diff = config_diff({**OPTIONAL_FIELDS, **(recorded.get("config") or {})}, config)
+    diff = config_diff(config_to_dict(recorded.get("config") or {}), config)
     if diff:
         return CHANGED, diff
     return (FINISHED if rd.finished() else RESUME), []
@@ -103,7 +103,7 @@ def recorded_configs(runs_dir: str) -> list[tuple[str, dict]]:
     for name in sorted(os.listdir(runs_dir)):
         record = RunDir(os.path.join(runs_dir, name)).config()
         if record and isinstance(record.get("config"), dict):
-            out.append((os.path.join(runs_dir, name), {**OPTIONAL_FIELDS, **record["config"]}))
+            out.append((os.path.join(runs_dir, name), config_to_dict(record["config"])))
     return out
 
 
@@ -132,7 +132,7 @@ def plan(sweep: grid.Sweep, runs_dir: str, on_config_change: str = "refuse") -> 
     for run in sweep.runs():
         flags = sweep.overrides(run)
         config = _jsonable(grid.load_config_file(sweep.config, sweep.config_arg, flags).to_dict())
-        config = {**OPTIONAL_FIELDS, **config}  # as training records it (config_to_dict)
+        config = config_to_dict(config)  # with the optional fields, as training records it
         run_dir = os.path.join(runs_dir, run.name)
         status, diff = _status(run_dir, config)
         if status in (NEW, CHANGED):  # perhaps recorded under another name: found by config
