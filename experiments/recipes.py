@@ -163,10 +163,6 @@ def _ratio(line, name, passes):
     return None if not a or b is None else b / a
 
 
-def _fmt(x, digits=3):
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
 def report(workdir: str, loads, seeds, names, cap: int) -> tuple[str, list[dict]]:
     """Markdown tables (per recipe and paired against its N = 1 baseline) and the records."""
     recs = [r for n in loads for name in names for s in seeds
