@@ -288,7 +288,9 @@ def forward(
     if T < 1:
         raise ValueError("tokens must hold at least one position")
     positions = check_positions(positions, T)
-    if passes > 1:  # with N = 1 a window that never fills is the plain hybrid, not an error
+    # With N = 1 a window that never fills is the plain hybrid, not an error; with
+    # return_fast a last full window is consolidated, so the returned fast weights see sleep.
+    if passes > 1 and not (return_fast and T >= window):
         # The whole sequence, not `positions`: a caller may ask for early positions only.
         check_sleep_reaches(window, T, what="outputs")
     L = window

@@ -271,6 +271,11 @@ def test_forward_and_evaluate_refuse_sleep_that_cannot_reach_an_output(params):
                        r"sequence length 6, outputs at positions 0\.\.5"):  # fmt: skip
         sc.forward(params, toks, 2 * L, 2)
     assert sc.forward(params, toks, 2 * L, 1).shape == (B, 2 * L, CFG.vocab_size)  # N = 1
+    # return_fast consolidates a last full window: its fast weights do see sleep, allowed.
+    logits, fast = sc.forward(params, toks, 2 * L, 2, return_fast=True)
+    assert logits.shape == (B, 2 * L, CFG.vocab_size) and len(fast) == len(CFG.ssm_blocks)
+    with pytest.raises(ValueError, match=r"leaves no full window before the outputs"):
+        sc.forward(params, toks[:, :-1], 2 * L, 2, return_fast=True)  # never fills: refused
     # Early positions of a sequence that does sleep: the caller's choice, allowed.
     assert sc.forward(params, toks, L, 2, positions=(0, 2)).shape == (B, 2, CFG.vocab_size)
     # evaluate knows the task's answers: recall tiny answers at 12..15 of 16 tokens.
