@@ -18,16 +18,24 @@ from sleep_consolidation.sequence import forward
 from sleep_consolidation.tasks import Task
 from sleep_consolidation.tasks.base import metrics_from_sums, per_depth_sums
 
-_EVAL_STATIC = ("window", "passes", "schedule", "depths", "positions")
+_EVAL_STATIC = ("window", "passes", "schedule", "depths", "positions", "per_position")
 
 
-def _eval_sums_fn(params, batch, window, passes, schedule, depths, positions=None):
+def _eval_sums_fn(
+    params, batch, window, passes, schedule, depths, positions=None, per_position=False
+):
     # Logits only at the task's answer positions (every other position has no answer, so
     # the sums are the same); the unembedding is most of an eval forward at research scale.
     logits = forward(params, batch.tokens, window, passes, schedule=schedule, positions=positions)
     if positions is not None:
         batch = jax.tree.map(lambda x: x[:, np.asarray(positions)], batch)
-    return per_depth_sums(logits, batch, depths)
+    sums = per_depth_sums(logits, batch, depths)
+    if per_position:  # token accuracy at each answer position (e.g. Rule 110's Q1..Q4)
+        on = jnp.asarray(batch.loss_mask, jnp.float32)
+        right = (jnp.argmax(logits, axis=-1) == batch.targets).astype(jnp.float32)
+        sums["position_tokens"] = jnp.sum(on, axis=0)
+        sums["position_correct"] = jnp.sum(on * right, axis=0)
+    return sums
 
 
 _eval_sums = jax.jit(_eval_sums_fn, static_argnames=_EVAL_STATIC)
@@ -64,7 +72,9 @@ def evaluate(
 
     Returns:
       Python floats `loss`, `acc` and `loss/d={d}`, `acc/d={d}` for d in `task.depths`
-      (exact-answer accuracy; NaN for a depth with no answers in `batch`).
+      (exact-answer accuracy; NaN for a depth with no answers in `batch`); for a task with
+      `answer_position_names`, also `acc/{name}`: the token accuracy at that answer position
+      (Rule 110's `acc/Q1`..: which stored state the model can compute on).
     """
     schedule = resolve_schedule(schedule, schedule_kwargs)
     if params.config.vocab_size != task.vocab_size:
@@ -91,14 +101,23 @@ def evaluate(
         }
     padded = type(batch)(**fields)
     sums_fn = _eval_sums if mesh is None else _eval_sums_on(mesh)
+    names = task.answer_position_names
     sums = None
     for i in range(0, n + pad, chunk):
         part_batch = padded[i : i + chunk]
         if mesh is not None:
             part_batch = sharding.shard_batch(part_batch, mesh)
-        part = sums_fn(params, part_batch, window, passes, schedule, depths, task.answer_positions)
+        part = sums_fn(
+            params, part_batch, window, passes, schedule, depths, task.answer_positions,
+            per_position=names is not None,
+        )  # fmt: skip
         sums = part if sums is None else jax.tree_util.tree_map(jnp.add, sums, part)
-    return {k: float(v) for k, v in metrics_from_sums(sums, depths).items()}
+    out = {k: float(v) for k, v in metrics_from_sums(sums, depths).items()}
+    if names is not None:
+        tokens, correct = np.asarray(sums["position_tokens"]), np.asarray(sums["position_correct"])
+        for name, tok, ok in zip(names, tokens, correct, strict=True):
+            out[f"acc/{name}"] = float(ok / tok) if tok else math.nan
+    return out
 
 
 def _finite_or_none(x: float):
@@ -154,3 +173,32 @@ def summary_metrics(evals: dict[str, dict[str, float | None]]) -> dict[str, floa
     `N{M}/{k}`."""
     return {(k if p == "eval" else f"{p[len('eval_'):]}/{k}"): v
             for p, ev in evals.items() for k, v in ev.items()}  # fmt: skip
+
+
+def constant_answer_accuracy(task: Task, batch) -> dict[str, float]:
+    """Exact-answer accuracy of the best input-independent answer on `batch`: at each answer
+    position its most frequent target. The floor a model that ignores its input reaches
+    through label bias alone (Rule 110's bits are not balanced after t steps), per depth as
+    `acc/d={d}` and overall as `acc`; a model "near the constant answer" has learned nothing.
+    """
+    targets = np.asarray(batch.targets)
+    on = (np.asarray(batch.loss_mask) > 0) & (np.asarray(batch.group) >= 0)
+    depth, group = np.asarray(batch.depth), np.asarray(batch.group)
+    guess = np.zeros(targets.shape[1], targets.dtype)
+    for p in np.flatnonzero(on.any(axis=0)):
+        values, counts = np.unique(targets[on[:, p], p], return_counts=True)
+        guess[p] = values[np.argmax(counts)]
+    wrong = on & (targets != guess[None, :])
+    out: dict[str, float] = {}
+    oks, ds = [], []
+    for b in range(targets.shape[0]):  # one answer per (example, group)
+        for g in np.unique(group[b][on[b]]):
+            at = on[b] & (group[b] == g)
+            oks.append(not wrong[b][at].any())
+            ds.append(int(depth[b][at].max()))
+    oks, ds = np.asarray(oks, bool), np.asarray(ds)
+    out["acc"] = float(oks.mean()) if oks.size else math.nan
+    for d in task.depths:
+        sel = ds == d
+        out[f"acc/d={d}"] = float(oks[sel].mean()) if sel.any() else math.nan
+    return out

@@ -179,8 +179,10 @@ def make_cpu(c: ConfigDict, **task_knobs) -> ConfigDict:
     return c
 
 
-def check_arg(arg: str | None) -> bool:
-    """True for the tiny variant (`--config=...py:tiny`), False for the full one."""
-    if arg not in (None, "", "tiny", "cpu"):
-        raise ValueError(f"unknown config variant {arg!r}; use no suffix, ':tiny' or ':cpu'")
+def check_arg(arg: str | None, extra: tuple[str, ...] = ()) -> bool:
+    """True for the tiny variant (`--config=...py:tiny`), False for the full one; `extra`:
+    the config's own further variants, named in the error."""
+    if arg not in (None, "", "tiny", "cpu", *extra):
+        known = ", ".join(f"':{v}'" for v in ("tiny", "cpu", *extra))
+        raise ValueError(f"unknown config variant {arg!r}; use no suffix, {known}")
     return arg == "tiny"

@@ -39,6 +39,10 @@ def get_config(arg: str | None = None):
     c.steps = 100_000
     if arg == "cpu":  # 4 states of 8 bits, t mixed per example: accuracy per t from one run
         common.make_cpu(c, num_states=4, width=8, t_values=(1, 2, 3, 4))
-    elif common.check_arg(arg):
+    elif arg == "depth":  # the depth ladder: 16-bit states, one t per model, 4 blocks
+        common.make_cpu(c, num_states=4, width=16, t_values=(4,))
+        c.layout = ("attn", "ssm", "attn", "ssm")  # the paper's layout at CPU width
+        c.eval_passes = ()
+    elif common.check_arg(arg, extra=("depth",)):
         common.make_tiny(c, num_states=2, width=8, t_values=(1,))
     return c

@@ -42,7 +42,10 @@ def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
     c.frontier = config_dict.placeholder(float)  # set: also tabulate the depth frontier
     c.est_run_s = config_dict.placeholder(float)  # seconds per run, for the first ETA
     # Set whole: ConfigDict.update would merge a given baseline into this default.
-    c.baseline = extra.pop("baseline", {"passes": 1})
+    c.baseline = ConfigDict(
+        {k: _tuples(v) for k, v in extra.pop("baseline", {"passes": 1}).items()},
+        allow_dotted_keys=True,
+    )
     c.x_field = "passes"
     c.metric = "acc"
     c.interval = "t"  # the report's 95% interval: "t" (paired t) or "bootstrap"
@@ -194,6 +197,32 @@ def rule110():
     )
 
 
+# --- the depth ladder (Rule 110 beyond memorisation; results/RESULTS.md "Depth") ---------
+# rule110.py:depth: 4 states of 16 bits (window 16), one t per model (bit 0 after t steps
+# depends on 2t + 1 bits: at t >= 5, more than 2000 patterns), 4 blocks attn-GDN-attn-GDN
+# at d = 32, trained under the capacity map's stopping rule (eval/acc floor 0.5: a run
+# that stays near the constant answer trains to the 6000-step cap and is flagged capped).
+# t = 0 is the retrieval-only control: each state's own first bit, no computation.
+
+DEPTH_LADDER = (0, 1, 2, 4, 6, 8)
+
+
+def _depth_axis(ts):
+    return {"task.t_values": [(t,) for t in ts]}
+
+
+def rule110_search():
+    """Step 1 of the ladder: N = 1 alone on seeds 0-1 at t in {0, 1, 2, 4, 6, 8}, to find
+    t*, the shallowest t at which N = 1 stays near the constant answer while a shallower t
+    is learned. Compared with the t = 0 control (retrieval only). ~8 min a capped run on
+    one core; 12 runs."""
+    return _sweep(
+        "experiments/configs/rule110.py", _depth_axis(DEPTH_LADDER), seeds=[0, 1],
+        config_arg="depth", fixed=dict(CONVERGED), baseline={"task.t_values": (0,)},
+        x_field="task.t_values", est_run_s=400.0,
+    )  # fmt: skip
+
+
 def depo():
     """Depo (8-node cycles, k <= 4 hops): the hop frontier vs N (accuracy per k)."""
     return _sweep(
@@ -293,6 +322,7 @@ VARIANTS = {
     "main_2000": main_2000,
     "converged_pilot": converged_pilot,
     "rule110": rule110,
+    "rule110_search": rule110_search,
     "depo": depo,
     "gsm": gsm,
     "rules": rules,

@@ -175,6 +175,12 @@ class Task:
         `batch` and `eval_batch` check every batch against it."""
         return None
 
+    @property
+    def answer_position_names(self) -> tuple[str, ...] | None:
+        """Names of the `answer_positions` (static), or None. A task that names them gets
+        `acc/{name}`, the token accuracy at each, from `evaluation.evaluate`."""
+        return None
+
     # ---- provided -----------------------------------------------------------------
     @property
     def _salt(self) -> int:

@@ -83,6 +83,12 @@ class Rule110(Task):
         return tuple(range(q0, self.seq_len))
 
     @property
+    def answer_position_names(self) -> tuple[str, ...]:
+        # Per-query accuracy: which stored states the model computes on (a model may
+        # solve Q4, read from the freshest fast weights, and not Q1).
+        return tuple(f"Q{i + 1}" for i in range(self.num_states))
+
+    @property
     def seq_len(self) -> int:
         return self.num_states * self.width + self.num_states
 
