@@ -59,3 +59,47 @@ def test_depth_config_is_the_ladder_model():
     assert spec.model_config.layout == ("attn", "ssm", "attn", "ssm")
     with pytest.raises(ValueError, match=r"':tiny', ':cpu', ':depth'"):
         rule110.get_config("deep")
+
+
+def _fake_run(tmp_path, t, n, seed, acc, stop="converged"):
+    """A completed run record of the ladder with its config.json on disk."""
+    import json
+
+    run_dir = tmp_path / f"t{t}_n{n}_s{seed}"
+    run_dir.mkdir()
+    task = {"name": "rule110", "num_states": 4, "width": 16, "t_values": [t],
+            "boundary": "periodic"}  # fmt: skip
+    (run_dir / "config.json").write_text(
+        json.dumps({"task": task, "passes": n, "seed": seed, "eval_size": 64})
+    )
+    ev = {"acc": acc, **{f"acc/Q{i}": min(1.0, acc + 0.1) for i in range(1, 5)}}
+    return {"run_dir": str(run_dir), "seed": seed, "status": "completed", "eval": ev,
+            "stop_reason": stop, "stopped_at": 3000, "steps_to_90pct": None,
+            "train_s": 100.0}  # fmt: skip
+
+
+def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
+    from experiments import depth_ladder
+
+    accs = {  # (t, N) -> acc per seed 0, 1
+        (0, 1): (1.0, 0.99), (1, 1): (0.9, 0.8), (2, 1): (0.6, 0.3), (4, 1): (0.1, 0.1),
+        (1, 4): (0.95, 0.9), (2, 4): (0.7, 0.6), (4, 4): (0.55, 0.2),
+    }  # fmt: skip
+    records = [
+        _fake_run(tmp_path, t, n, s, a, stop="step_cap" if a < 0.5 else "converged")
+        for (t, n), per_seed in accs.items()
+        for s, a in enumerate(per_seed)
+    ]
+    text = depth_ladder.report(records)
+    assert "seed 0: 1.000, seed 1: 0.990; holds" in text
+    # t = 2, N = 4 against N = 1: differences +0.1 and +0.3 -> mean +0.2, two positive.
+    assert "| 2 | 4 | 0,1 | 0.650 | 0.450 | +0.200 [" in text and "2+ 0- 0=" in text
+    # Frontiers: N = 1 seed 0 reaches t = 2, seed 1 t = 1; N = 4 seed 0 t = 4, seed 1 t = 2.
+    assert "| 1 | 0:2 1:1 | 1.50 |" in text
+    assert "| 4 | 0:4 1:2 | 3.00 |" in text
+    assert "**capped** at 3000" in text
+    # A failed control says the ladder does not count.
+    records[1]["eval"]["acc"] = 0.5
+    assert "does not count" in depth_ladder.report(records)
+    with pytest.raises(ValueError, match="no completed runs"):
+        depth_ladder.report([])

@@ -1,0 +1,217 @@
+"""The Rule 110 depth ladder's report: does sleep add serial depth? (results/RESULTS.md,
+"Depth: Rule 110 beyond memorisation").
+
+    python -m experiments.depth_ladder --results=runs/depth/search/results.jsonl \
+        --out=results/depth
+
+Reads the records of one or more sweeps over `task.t_values` (one t per model) and
+`passes` (experiments/configs/sweeps.py: rule110_search, rule110_depth) and writes
+`<out>/depth_ladder.md`:
+  * every run: exact-match accuracy, per-query accuracy Q1..Q4, the constant-answer floor at
+    its t (`evaluation.constant_answer_accuracy` on the run's own eval set), steps and
+    whether it converged or hit the cap;
+  * per (t, N): mean accuracy and the paired gain over N = 1 (95% paired t-interval and
+    sign counts) on the seeds both have;
+  * the t-frontier per (N, seed): the largest t of the ladder whose model reaches the
+    threshold, with every shallower t of the ladder reaching it too.
+The t = 0 rows are the retrieval-only control: a ladder counts only where N = 1 at t = 0
+answers near 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from experiments.sweeping import stats
+
+FRONTIER = 0.5  # exact-match accuracy a t must reach to count as learned (fixed in advance)
+CONTROL_MIN = 0.95  # the t = 0 control must reach this at N = 1 for the ladder to count
+
+flags.DEFINE_list("results", None, "results.jsonl files of the ladder's sweeps")
+flags.DEFINE_string("out", None, "report directory (depth_ladder.md)")
+flags.DEFINE_float("frontier", FRONTIER, "accuracy that counts a depth as learned")
+
+
+def load_records(paths: Sequence[str]) -> list[dict]:
+    """The completed runs of these sweeps, one per run directory (the first record wins)."""
+    seen, out = set(), []
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--results: no such file {path!r}")
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["status"] != "completed" or r["run_dir"] in seen:
+                    continue
+                seen.add(r["run_dir"])
+                out.append(r)
+    return out
+
+
+def _config(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return json.load(f)
+
+
+def depth_and_passes(r: dict) -> tuple[int, int]:
+    """(t, N) of a run, from its recorded config (one t per model in the ladder)."""
+    c = _config(r["run_dir"])
+    ts = tuple(c["task"]["t_values"])
+    if len(ts) != 1:
+        raise ValueError(f"{r['run_dir']}: the ladder needs one t per model, got {ts}")
+    return int(ts[0]), int(c["passes"])
+
+
+@functools.lru_cache(maxsize=64)
+def constant_floor(run_dir: str) -> float:
+    """Exact-match accuracy of the best constant answer on the run's own eval set."""
+    from sleep_consolidation import evaluation
+    from sleep_consolidation.tasks import make_task
+
+    c = _config(run_dir)
+    knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in c["task"].items()}
+    task = make_task(knobs.pop("name"), **knobs)
+    return evaluation.constant_answer_accuracy(task, task.eval_batch(c["seed"], c["eval_size"]))[
+        "acc"
+    ]
+
+
+def _f(x, digits=3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _cap_note(r: dict) -> str:
+    if r.get("stop_reason") == "converged":
+        return f"converged at {r.get('stopped_at')}"
+    return f"**capped** at {r.get('stopped_at')}" if r.get("stop_reason") else "no stopping rule"
+
+
+def runs_table(records: Sequence[dict]) -> str:
+    lines = [
+        "| t | N | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% | stop | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: (*depth_and_passes(r), r["seed"])):
+        t, n = depth_and_passes(r)
+        ev = r["eval"]
+        qs = " | ".join(_f(ev.get(f"acc/Q{i}")) for i in range(1, 5))
+        lines.append(
+            f"| {t} | {n} | {r['seed']} | {_f(ev.get('acc'))} | {qs} | "
+            f"{_f(constant_floor(r['run_dir']))} | {r.get('steps_to_90pct') or '-'} | "
+            f"{_cap_note(r)} | {_f(r.get('train_s'), 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def _by_cell(records) -> dict[tuple[int, int], dict[int, dict]]:
+    cells: dict[tuple[int, int], dict[int, dict]] = {}
+    for r in records:
+        cells.setdefault(depth_and_passes(r), {})[r["seed"]] = r
+    return cells
+
+
+def gains_table(records: Sequence[dict]) -> str:
+    """Per (t, N > 1): mean accuracy and the paired gain over N = 1 at the same t."""
+    cells = _by_cell(records)
+    lines = [
+        f"| t | N | seeds | acc mean | N=1 mean | gain over N=1 ({stats.describe_method('t')}) "
+        "| capped runs in the pairs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (t, n), runs in sorted(cells.items()):
+        base = cells.get((t, 1), {})
+        seeds = sorted(set(runs) & set(base))
+        if n == 1 or not seeds:
+            continue
+        acc = [runs[s]["eval"].get("acc") for s in seeds]
+        acc1 = [base[s]["eval"].get("acc") for s in seeds]
+        s = stats.paired_summary(stats.paired_differences(acc, acc1))
+        capped = sum(
+            x.get("stop_reason") != "converged" for s_ in seeds for x in (runs[s_], base[s_])
+        )
+        lines.append(
+            f"| {t} | {n} | {','.join(map(str, seeds))} | {np.mean(acc):.3f} | "
+            f"{np.mean(acc1):.3f} | {s.fmt()} | {capped} of {2 * len(seeds)} |"
+        )
+    return "\n".join(lines)
+
+
+def frontier_table(records: Sequence[dict], threshold: float) -> str:
+    """Per (N, seed): the largest t of the ladder reached (acc >= threshold at it and at
+    every shallower t of the ladder that seed trained at that N)."""
+    cells = _by_cell(records)
+    ladder = sorted({t for t, _ in cells if t > 0})
+    lines = [
+        f"t-frontier: the largest t in {ladder} with exact-match acc >= {threshold:g} at it and "
+        "every shallower t (per seed; 0 = not even the shallowest).",
+        "",
+        "| N | per seed (seed: frontier) | mean |",
+        "|---|---|---|",
+    ]
+    for n in sorted({n for _, n in cells}):
+        seeds = sorted({s for (t, m), runs in cells.items() if m == n and t > 0 for s in runs})
+        fronts = []
+        for seed in seeds:
+            front = 0
+            for t in ladder:
+                r = cells.get((t, n), {}).get(seed)
+                if r is None or (r["eval"].get("acc") or 0.0) < threshold:
+                    break
+                front = t
+            fronts.append(front)
+        per_seed = " ".join(f"{s}:{f}" for s, f in zip(seeds, fronts, strict=True))
+        lines.append(f"| {n} | {per_seed} | {np.mean(fronts):.2f} |")
+    return "\n".join(lines)
+
+
+def control_line(records: Sequence[dict]) -> str:
+    """Whether the retrieval-only control holds: N = 1 at t = 0 answers near 1."""
+    runs = _by_cell(records).get((0, 1), {})
+    if not runs:
+        return "No t = 0 control run: the ladder cannot show that storage works."
+    accs = {s: r["eval"].get("acc") for s, r in sorted(runs.items())}
+    ok = all(a is not None and a >= CONTROL_MIN for a in accs.values())
+    seeds = ", ".join(f"seed {s}: {_f(a)}" for s, a in accs.items())
+    verdict = "holds" if ok else f"**fails** (below {CONTROL_MIN}): the ladder does not count"
+    return f"Retrieval-only control (t = 0, N = 1): {seeds}; {verdict}."
+
+
+def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
+    if not records:
+        raise ValueError("no completed runs in the given results")
+    return "\n\n".join(
+        [
+            "# Rule 110 depth ladder",
+            control_line(records),
+            "## Every run",
+            runs_table(records),
+            "## Gain over N = 1 per depth",
+            gains_table(records),
+            "## t-frontier",
+            frontier_table(records, threshold),
+        ]
+    ) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS.results:
+        raise app.UsageError("--results is required (the ladder sweeps' results.jsonl)")
+    text = report(load_records(flags.FLAGS.results), flags.FLAGS.frontier)
+    print(text)
+    if flags.FLAGS.out:
+        os.makedirs(flags.FLAGS.out, exist_ok=True)
+        with open(os.path.join(flags.FLAGS.out, "depth_ladder.md"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
