@@ -186,18 +186,21 @@ def control_line(records: Sequence[dict]) -> str:
 def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
     if not records:
         raise ValueError("no completed runs in the given results")
-    return "\n\n".join(
-        [
-            "# Rule 110 depth ladder",
-            control_line(records),
-            "## Every run",
-            runs_table(records),
-            "## Gain over N = 1 per depth",
-            gains_table(records),
-            "## t-frontier",
-            frontier_table(records, threshold),
-        ]
-    ) + "\n"
+    return (
+        "\n\n".join(
+            [
+                "# Rule 110 depth ladder",
+                control_line(records),
+                "## Every run",
+                runs_table(records),
+                "## Gain over N = 1 per depth",
+                gains_table(records),
+                "## t-frontier",
+                frontier_table(records, threshold),
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv):

@@ -14,7 +14,9 @@ from sleep_consolidation.tasks import make_task
 
 def test_per_query_accuracy_is_the_token_accuracy_at_each_query():
     task = make_task("rule110", num_states=4, width=8, t_values=(2,))
-    cfg = sc.ModelConfig(vocab_size=task.vocab_size, d_model=16, num_heads=2, layout=("attn", "ssm"))
+    cfg = sc.ModelConfig(
+        vocab_size=task.vocab_size, d_model=16, num_heads=2, layout=("attn", "ssm")
+    )
     params = sc.init_params(cfg, jax.random.key(3))
     batch = task.eval_batch(0, 40)
     got = evaluation.evaluate(params, task, batch, window=8, passes=2, batch_size=16)

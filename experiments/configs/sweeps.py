@@ -72,8 +72,8 @@ def tiny():
 
 def main_2000():
     """The main job until 2026-12-02: N in {1, 2, 4} x 2 paired seeds on recall:capacity at a
-    fixed 2000 steps (n in {4, 8, 16} mixed). Kept to reproduce results/superseded/main_2000/; its "more
-    passes help" did not replicate on further seeds (results/RESULTS.md).
+    fixed 2000 steps (n in {4, 8, 16} mixed). Kept to reproduce results/superseded/main_2000/;
+    its "more passes help" did not replicate on further seeds (results/RESULTS.md).
 
     6 runs, 2 at a time (one per core); about 11 min on a 2-core CPU.
     """
