@@ -223,6 +223,27 @@ def rule110_search():
     )  # fmt: skip
 
 
+def depo_search():
+    """The Depo hop search (seeds 0-1, N = 1): is there a CPU size at which N = 1 learns
+    k = 1, 2 hops and fails k >= 4, so that the frontier can move with N? depo.py:cpu
+    (8-node cycles, 1-token names, k ~ U{1..4} per query) with the paper's 4-block layout
+    against the 2-block one, and a wider model (d = 64), each to the 6000-step cap under
+    the stopping rule without its 0.5 floor (accuracy is mixed over k). 6 runs."""
+    fixed = {**CONVERGED, "stop_min_value": None}
+    axes = {
+        "layout+d_model": [
+            (("attn", "ssm"), 32),
+            (("attn", "ssm", "attn", "ssm"), 32),
+            (("attn", "ssm", "attn", "ssm"), 64),
+        ]
+    }
+    return _sweep(
+        "experiments/configs/depo.py", axes, seeds=[0, 1], config_arg="cpu", fixed=fixed,
+        baseline={"layout": ("attn", "ssm"), "d_model": 32}, x_field="d_model", frontier=0.5,
+        est_run_s=600.0,
+    )  # fmt: skip
+
+
 def depo():
     """Depo (8-node cycles, k <= 4 hops): the hop frontier vs N (accuracy per k)."""
     return _sweep(
@@ -323,6 +344,7 @@ VARIANTS = {
     "converged_pilot": converged_pilot,
     "rule110": rule110,
     "rule110_search": rule110_search,
+    "depo_search": depo_search,
     "depo": depo,
     "gsm": gsm,
     "rules": rules,
