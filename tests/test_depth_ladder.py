@@ -105,3 +105,24 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     assert "does not count" in depth_ladder.report(records)
     with pytest.raises(ValueError, match="no completed runs"):
         depth_ladder.report([])
+
+
+@pytest.mark.parametrize("name", ["rule110_search", "depo_search"])
+def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
+    """Every run of the new search sweeps resolves through the training validation (what
+    --dry_run checks), with one t per Rule 110 model and the intended layouts."""
+    from experiments.configs import sweeps
+    from experiments.sweeping import grid, runner
+
+    planned = runner.plan(grid.Sweep.from_config(sweeps.get_config(name)), str(tmp_path))
+    runner.check_configs(planned)
+    if name == "rule110_search":
+        ts = sorted({tuple(p.config["task"]["t_values"]) for p in planned})
+        assert ts == [(t,) for t in sweeps.DEPTH_LADDER] and len(planned) == 12
+        assert {p.config["passes"] for p in planned} == {1}
+    else:
+        assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
+            (2, 32),
+            (4, 32),
+            (4, 64),
+        }
