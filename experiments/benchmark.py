@@ -6,7 +6,8 @@ docs/performance.md.
     python -m experiments.benchmark --out=/tmp/r.json --md=/tmp/r.md
 
 Writes a JSON record (`--out`, default benchmarks/results.json) and a markdown table (`--md`,
-default: the JSON path with a .md suffix). Sections (each a module of experiments/bench/):
+default: the JSON path with a .md suffix). Sections (modules of experiments/bench/; research:
+bench_research.py):
 
   ceiling  f32 matmul GFLOP/s (n = 1024..2048): the roof every fraction is reported against.
   wake     tokens/s: a Python loop of jitted `wake_step` (docs/design.md's loop) vs `stream` (one

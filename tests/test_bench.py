@@ -328,3 +328,75 @@ def test_gpu_train_rows():
     points = [first] + [p for p in ((1, "pass"), (4, "pass")) if p != first]
     assert spec == [(n, r, dt) for n, r in points for dt in ("float32", "bfloat16")]
     assert gpu_train.mib(None) == "-" and gpu_train.mib(3 * 2**20) == "3"
+
+
+class _FakeTensor:
+    """Just enough of a torch tensor for fla_compare (float32 inputs)."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+
+    def cuda(self):
+        return self
+
+    def float(self):
+        return _FakeTensor(self.a.astype(np.float32))
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        return self.a
+
+
+class _FakeTorch:
+    __version__ = "fake"
+    bfloat16 = "bf16"
+
+    class cuda:  # noqa: N801 - torch.cuda
+        synced = 0
+
+        @classmethod
+        def synchronize(cls):
+            cls.synced += 1
+
+    from_numpy = staticmethod(_FakeTensor)
+    log = staticmethod(lambda t: _FakeTensor(np.log(t.a)))
+
+
+def test_fla_side_by_side_passes_our_inputs_in_fla_conventions():
+    import jax.numpy as jnp
+
+    x = inputs.rule_inputs(np.random.default_rng(0), 1, 4, 2, 3)
+    args = inputs.device_args(x)
+    seen = {}
+
+    def kernel(q, k, v, g, beta, scale, initial_state, output_final_state):
+        seen.update(q=q.a, k=k.a, v=v.a, g=g.a, beta=beta.a, h0=initial_state.a, scale=scale)
+        assert output_final_state
+        return _FakeTensor(v.a * 2), _FakeTensor(initial_state.a)
+
+    ref = (np.asarray(args[3]) * 2, np.asarray(args[0]))
+    mine = (np.asarray(args[3]) * 2 * (1 + 1e-3), np.asarray(args[0]))
+    info, fn = fla_compare.side_by_side((_FakeTorch, kernel), args, ref, mine)
+    for name in ("q", "k", "v", "beta"):
+        np.testing.assert_array_equal(seen[name], x[name])
+    np.testing.assert_allclose(seen["g"], np.log(x["alpha"]), rtol=1e-6)  # log-space gate
+    np.testing.assert_array_equal(seen["h0"], x["S0"])
+    assert seen["scale"] == 1.0  # our readout has no 1/sqrt(d)
+    assert info["rel_err_o_vs_f32_scan"] == 0.0 and info["rel_err_S_vs_ours"] == 0.0
+    assert info["rel_err_o_vs_ours"] == pytest.approx(1e-3, rel=1e-3)
+    synced = _FakeTorch.cuda.synced
+    fn()
+    assert _FakeTorch.cuda.synced == synced + 1  # the timed call waits for the kernel
+    assert args[1].dtype == jnp.float32
+
+
+def test_fla_side_by_side_reports_a_failing_kernel():
+    args = inputs.device_args(inputs.rule_inputs(np.random.default_rng(0), 1, 4, 2, 3))
+
+    def kernel(*a, **kw):
+        raise RuntimeError("no kernel for this shape")
+
+    info, fn = fla_compare.side_by_side((_FakeTorch, kernel), args, None, None)
+    assert info == {"error": "RuntimeError: no kernel for this shape"} and fn is None
