@@ -9,11 +9,12 @@ Per (config, N): the step built exactly as `experiments.train` builds it
 (`train_step_from_config`: chunked rule, unrolled short loops, logits at the task's answer
 positions, the config's micro-batches) against the reference step (lax.scan everywhere,
 logits at every position, one batch), interleaved in one process. Model FLOPs come from
-formulas (XLA's cost analysis counts a loop body once): per token and pass, 2 x the block
-matrices' parameters + attention scores and values (2 x 2 x keys x H dh, keys = causal
-average) + the rule (6 H dh^2: read, write and readout), over the looped blocks N times
-for tokens of consolidated windows and once for the rest; the unembedding (2 D V) at the
-answer positions only (the only logits the loss needs); training = 3x that forward.
+formulas (`bench/flops.py`; XLA's cost analysis counts a loop body once): per token and
+pass, 2 x the block matrices' parameters + attention scores and values (2 x 2 x keys x H dh,
+keys = causal average) + the rule (6 H dh^2: read, write and readout), over the looped
+blocks N times for tokens of consolidated windows and once for the rest; the unembedding
+(2 D V) at the answer positions only (the only logits the loss needs); training = 3x that
+forward.
 The breakdown is `step_profile.profile` (the profiler's op times by library function).
 """
 
@@ -25,6 +26,8 @@ import time
 import jax
 
 from experiments import step_profile
+from experiments.bench import measure
+from experiments.bench.flops import model_flops_per_step
 from experiments.configs import depo, recall, rule110
 from sleep_consolidation import loops, train
 
@@ -34,33 +37,6 @@ CONFIGS = {
     "depo:cpu": lambda: depo.get_config("cpu"),
     "recall:tiny": lambda: recall.get_config("tiny"),
 }
-
-
-def model_flops_per_step(c: dict, spec: train.RunSpec) -> float:
-    """Training FLOPs of one step from formulas (see the module docstring)."""
-    cfg, task = spec.model_config, spec.task
-    D, H, dh = cfg.d_model, cfg.num_heads, cfg.dh
-    T, L, N = task.seq_len, spec.window, c["passes"]
-    f = D * cfg.mlp_ratio
-    mlp = 2 * D * f
-    attn_proj = 4 * D * H * dh
-    ssm_proj = D * (4 * H * dh + 2 * H) + H * dh * D
-    keys = (L + 1) / 2  # causal: position i sees i + 1 keys of its window
-    per_pass = 0.0
-    start, stop = spec.schedule.loop_range(cfg)
-    looped = 0.0
-    for i, kind in enumerate(cfg.layout):
-        block = 2 * mlp + (
-            2 * attn_proj + 4 * keys * H * dh if kind == "attn" else 2 * ssm_proj + 6 * H * dh**2
-        )
-        per_pass += block
-        if start <= i < stop:
-            looped += block
-    consolidated = ((T - 1) // L) * L  # tokens of windows that are slept on
-    fwd = T * per_pass + consolidated * (N - 1) * looped
-    answers = len(task.answer_positions) if task.answer_positions else T
-    fwd += answers * 2 * D * cfg.vocab_size
-    return 3.0 * fwd * c["batch_size"]
 
 
 def _step(config, passes: int, reference: bool):
@@ -84,7 +60,7 @@ def _step(config, passes: int, reference: bool):
     return c, spec, compiled, state, batch
 
 
-def bench_research(p, reps, ceiling_gflops, time_interleaved, log=print):
+def bench_research(p, reps, ceiling_gflops, log=print):
     """Rows of (config, N): tokens/s and model GFLOP/s of the fast and reference steps,
     the fraction of the matmul ceiling, the host/data cost and the profile breakdown."""
     rows = []
@@ -96,7 +72,7 @@ def bench_research(p, reps, ceiling_gflops, time_interleaved, log=print):
                 "fast": lambda f=fast, s=state, b=batch: f(s, b),
                 "reference": lambda f=ref, s=ref_state, b=batch: f(s, b),
             }
-            t = time_interleaved(calls, reps)
+            t = measure.time_interleaved(calls, reps)
             tokens = c["batch_size"] * spec.task.seq_len
             flops = model_flops_per_step(c, spec)
             t0 = time.perf_counter()

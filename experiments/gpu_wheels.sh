@@ -13,7 +13,8 @@ mkdir -p "$DEST"
 # Pure Python: fla's kernels (fla-core; flash-linear-attention = its layers and models, which
 # need transformers: downloaded as asked, not installed), einops, ml-collections, and this
 # project's deps that a bare JAX + torch machine may lack (flax's import needs msgpack,
-# PyYAML and rich; orbax-checkpoint and tensorstore are not needed: gpu_check stubs orbax).
+# PyYAML and rich; orbax-checkpoint and tensorstore are not needed: gpu_check imports no
+# checkpointing, given a library whose `import sleep_consolidation` does not import Orbax).
 $PIP download --no-deps -d "$DEST" \
   flash-linear-attention fla-core einops ml-collections \
   "flax>=0.12,<0.13" "optax>=0.2.6,<0.3" "absl-py>=2.1,<3" chex \

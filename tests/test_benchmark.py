@@ -5,16 +5,16 @@ import json
 
 import pytest
 
-from experiments import benchmark
+from experiments.bench import suite
 
 
 @pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_smoke_run_writes_expected_keys(tmp_path):
-    res = benchmark.run("smoke", reps=1, log=lambda *_: None)
-    out, md = benchmark.write(res, str(tmp_path / "r.json"))
+    res = suite.run("smoke", reps=1, log=lambda *_: None)
+    out, md = suite.write(res, str(tmp_path / "r.json"))
     with open(out) as f:
         data = json.load(f)
-    assert set(benchmark.SECTIONS) <= set(data)
+    assert set(suite.SECTIONS) <= set(data)
     for key in ("jax", "backend", "device_kind", "cpu_count", "command", "mode", "seconds"):
         assert key in data["meta"]
     assert data["ceiling"]["gflops"] > 0
@@ -41,7 +41,7 @@ def test_smoke_run_writes_expected_keys(tmp_path):
 def test_model_flops_formula_by_hand():
     """recall:tiny (T=16, L=8, d=32, 2 heads of 16, MLP 2, attn+ssm, V=8+8+...): the
     formula against a hand count, and the sleep term is N-1 extra passes over window 1."""
-    from experiments import bench_research
+    from experiments.bench import flops
     from experiments.configs import recall
     from sleep_consolidation import train
 
@@ -55,16 +55,16 @@ def test_model_flops_formula_by_hand():
     ssm = 2 * (D * (4 * H * dh + 2 * H) + H * dh * D) + 6 * H * dh**2
     per_pass = 2 * mlp + attn + ssm
     want = 3 * B * (T * per_pass + answers * 2 * D * V)
-    assert bench_research.model_flops_per_step(c, spec) == pytest.approx(want)
+    assert flops.model_flops_per_step(c, spec) == pytest.approx(want)
     c3 = dict(c, passes=3)
-    extra = bench_research.model_flops_per_step(c3, train.resolve_config(c3)) - want
+    extra = flops.model_flops_per_step(c3, train.resolve_config(c3)) - want
     assert extra == pytest.approx(3 * B * L * 2 * per_pass)
 
 
 def test_run_checks_arguments():
     with pytest.raises(ValueError, match="mode"):
-        benchmark.run("huge")
+        suite.run("huge")
     with pytest.raises(ValueError, match="sections"):
-        benchmark.run("smoke", sections=("nope",))
+        suite.run("smoke", sections=("nope",))
     with pytest.raises(ValueError, match="reps"):
-        benchmark.run("smoke", sections=(), reps=0)
+        suite.run("smoke", sections=(), reps=0)
