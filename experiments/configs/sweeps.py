@@ -223,6 +223,15 @@ def rule110_search():
     )  # fmt: skip
 
 
+def rule110_search_deep():
+    """The t* search continued deeper (decided at 22:48 UTC 2026-12-03, before any t >= 6
+    result, once N = 1 had learned t = 4 on seed 0): t in {12, 16}, N = 1, seeds 0-1. Run
+    only if N = 1 learns t = 8 on both seeds; shares rule110_search's --runs_dir."""
+    s = rule110_search()
+    s.axes = ConfigDict(_depth_axis((12, 16)), allow_dotted_keys=True)
+    return s
+
+
 def depo_search():
     """The Depo hop search (seeds 0-1, N = 1): is there a CPU size at which N = 1 learns
     k = 1, 2 hops and fails k >= 4, so that the frontier can move with N? depo.py:cpu
@@ -344,6 +353,7 @@ VARIANTS = {
     "converged_pilot": converged_pilot,
     "rule110": rule110,
     "rule110_search": rule110_search,
+    "rule110_search_deep": rule110_search_deep,
     "depo_search": depo_search,
     "depo": depo,
     "gsm": gsm,
