@@ -30,8 +30,8 @@ import jax
 
 # Innermost function name -> category (checked from the innermost frame outwards).
 _FUNCTION_CATEGORY = {
-    "_chunk_form": "rule",
-    "_chunk_form.<locals>.body": "rule",
+    "chunk_form": "rule",
+    "chunk_form.<locals>.body": "rule",
     "scan_rule": "rule",
     "rule_step": "rule",
     "readout": "rule",

@@ -28,7 +28,7 @@ from sleep_consolidation.config import (
 )
 from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import Params
-from sleep_consolidation.run_config import RunSpec, _check_int
+from sleep_consolidation.run_config import RunSpec, check_int
 from sleep_consolidation.sequence import REMAT_MODES, forward
 
 
@@ -128,7 +128,7 @@ def make_train_step(
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
     check_grad_passes(grad_passes, passes)
-    _check_int("microbatches", microbatches, 1)
+    check_int("microbatches", microbatches, 1)
     if estimator is None:
         estimator = "full" if grad_passes is None else "truncated"
 

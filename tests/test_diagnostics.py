@@ -53,7 +53,7 @@ def test_window_loop_without_hook_equals_forward(params, T, passes, schedule):
 
 
 def test_recording_window_step_changes_nothing_and_records_every_pass(params):
-    """The diagnostics' view of `sequence._window_step` (record=True): the same carry and h
+    """The diagnostics' view of `sequence.window_step` (record=True): the same carry and h
     to the bit, S after every pass (the last is the carried memory), each ssm block's input."""
     cfg = params.config
     toks = jax.random.randint(jax.random.key(3), (2, 4), 0, 11)
@@ -62,7 +62,7 @@ def test_recording_window_step_changes_nothing_and_records_every_pass(params):
 
     def step(record):
         kw = dict(sched=sched, window=4, passes=3, sleep=True, grad_passes=1, record=record)
-        return jax.jit(lambda p, c, t: sequence._window_step(p, c, t, **kw))(params, carry, toks)
+        return jax.jit(lambda p, c, t: sequence.window_step(p, c, t, **kw))(params, carry, toks)
 
     plain, (c, h, aux) = step(False), step(True)
     chex.assert_trees_all_equal((c, h), plain)

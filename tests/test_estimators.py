@@ -93,7 +93,7 @@ def _last_k_loss_by_hand(params, tokens, window, passes, k, eviction):
     `forward` code) with each window's gradient cut to its last k sleep passes by hand: the
     first passes-1-k sleep passes run on stop-gradient params and state, and the fast weights
     leaving them are `S_start + stop_gradient(S - S_start)` (straight through to the
-    window's incoming fast weights), as `sequence._window_step` describes.
+    window's incoming fast weights), as `sequence.window_step` describes.
 
     The attention prefix that sliding eviction carries in from the previous window is not
     part of the window's state in `forward` (it is closed over), so it stays differentiable
