@@ -12,7 +12,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import attention, loops, model
+from sleep_consolidation import model
 from sleep_consolidation.config import (
     Schedule,
     check_grad_passes,
@@ -21,7 +21,8 @@ from sleep_consolidation.config import (
     check_window_and_passes,
     resolve_schedule,
 )
-from sleep_consolidation.fast_weights import rms_norm
+from sleep_consolidation.layers import attention, loops
+from sleep_consolidation.layers.norms import rms_norm
 from sleep_consolidation.model import Params
 
 REMAT_MODES = ("none", "pass", "window")

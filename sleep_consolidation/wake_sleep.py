@@ -14,8 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import attention, model
+from sleep_consolidation import model
 from sleep_consolidation.config import check_tokens
+from sleep_consolidation.layers import attention
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import MemoryState, attention_prefixes, check_state
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from sleep_consolidation import curriculum, estimators, stopping
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
@@ -24,9 +23,10 @@ from sleep_consolidation.config import (
     check_sleep_reaches,
     check_window_and_passes,
 )
-from sleep_consolidation.optimizers import LR_SCHEDULES, OPTIMIZERS
 from sleep_consolidation.sequence import REMAT_MODES
 from sleep_consolidation.tasks import Task, make_task
+from sleep_consolidation.training import curriculum, estimators, stopping
+from sleep_consolidation.training.optimizers import LR_SCHEDULES, OPTIMIZERS
 
 # ModelConfig fields a config sets directly (vocab_size comes from the task).
 MODEL_FIELDS = (

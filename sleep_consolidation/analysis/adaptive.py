@@ -28,7 +28,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import diagnostics, model, sequence
+from sleep_consolidation import model, sequence
+from sleep_consolidation.analysis import diagnostics
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import MemoryState, attention_prefixes, check_state
 from sleep_consolidation.wake_sleep import sleep_step

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_consolidation import rules
-from sleep_consolidation.chunked import chunk_form
+from sleep_consolidation.rules.chunked import chunk_form
 
 NAME = "parametric"
 COEFFS = ("decay", "write", "write_gate", "erase", "erase_gate")

@@ -19,17 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sleep_consolidation import estimators, sharding
 from sleep_consolidation.config import (
     Schedule,
     check_grad_passes,
     check_window_and_passes,
     resolve_schedule,
 )
-from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import Params
-from sleep_consolidation.run_config import RunSpec, check_int
 from sleep_consolidation.sequence import REMAT_MODES, forward
+from sleep_consolidation.training import estimators, sharding
+from sleep_consolidation.training.losses import masked_cross_entropy
+from sleep_consolidation.training.run_config import RunSpec, check_int
 
 
 @flax.struct.dataclass

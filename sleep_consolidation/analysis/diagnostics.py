@@ -27,13 +27,14 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import fast_weights, model, sequence
+from sleep_consolidation import model, sequence
 from sleep_consolidation.config import (
     Schedule,
     check_tokens,
     check_window_and_passes,
     resolve_schedule,
 )
+from sleep_consolidation.layers import fast_weights
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import init_state
 from sleep_consolidation.tasks.base import per_depth_metrics

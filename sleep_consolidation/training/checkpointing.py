@@ -36,7 +36,7 @@ from absl import logging
 from sleep_consolidation.config import ModelConfig
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.state import MemoryState
-from sleep_consolidation.train_step import NonFiniteError
+from sleep_consolidation.training.train_step import NonFiniteError
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"

@@ -39,8 +39,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import loops
-from sleep_consolidation.linear import matmul, transposed
+from sleep_consolidation.layers import loops
+from sleep_consolidation.layers.linear import matmul, transposed
 
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
