@@ -172,3 +172,53 @@ def test_the_private_name_scan_sees_both_forms():
     assert len(found) == 3, found
     # The same text in chunked itself: its own private name is its own business.
     assert private_uses(text, f"{PKG}.rules.chunked", "probe.py") == found[1:]
+
+
+def _role(module: str) -> str:
+    """The folder of `module` (layers, rules, ...), or "contract" for a top-level module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in MAY_IMPORT else "contract"
+
+
+# What each role may import from the library, beyond itself (README, "Layout").
+MAY_IMPORT = {
+    "contract": {"layers", "rules"},
+    "layers": {"contract", "rules"},
+    "rules": {"contract", "layers"},
+    "tasks": set(),
+    "analysis": {"contract", "layers", "rules", "tasks"},
+    "training": {"contract", "layers", "rules", "tasks", "analysis"},
+}
+
+
+def layer_violations(text: str, me: str) -> list[str]:
+    """Imports in `text` (module `me`, anywhere in the file) that go against MAY_IMPORT."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        targets = []
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PKG:
+            subpackage = node.module.count(".") == 1 and node.module.split(".")[1] in MAY_IMPORT
+            if node.module == PKG or subpackage:  # `from sleep_consolidation[.role] import m`
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                targets = [node.module]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names if a.name.split(".")[0] == PKG]
+        for target in targets:
+            role, mine = _role(target), _role(me)
+            if role != mine and role not in MAY_IMPORT[mine]:
+                found.append(f"{me} ({mine}) imports {target} ({role})")
+    return found
+
+
+def test_each_role_imports_only_the_roles_it_may():
+    found = [
+        v
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if path.name != "__init__.py" or path.parent != PACKAGE_DIR
+        for v in layer_violations(path.read_text(), _module_name(path))
+    ]
+    assert not found, "\n".join(found)
+    probe = "from sleep_consolidation.training import run_config\n"
+    assert layer_violations(probe, f"{PKG}.analysis.capacity")
+    assert not layer_violations(probe, f"{PKG}.training.train")
