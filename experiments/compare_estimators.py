@@ -21,6 +21,7 @@ from absl import app, flags
 
 import sleep_consolidation as sc
 from experiments.configs import parametric as parametric_config
+from sleep_consolidation.rules import parametric
 from sleep_consolidation.training import estimators, run_config, run_dir, train
 
 _OUT = flags.DEFINE_string("out", "results/meta_rule", "Directory of estimators.md/.png.")
@@ -131,7 +132,7 @@ def main(argv):
         md.append(f"| {name} | " + " | ".join(cells) + " |")
     md += [
         "",
-        f"ES: antithetic, sigma={SIGMA}, theta only ({len(sc.parametric.COEFFS)} coefficients x "
+        f"ES: antithetic, sigma={SIGMA}, theta only ({len(parametric.COEFFS)} coefficients x "
         f"{spec.model_config.num_heads} heads). Agreement took {t_agree:.0f} s.",
         "",
         f"## Training {_STEPS.value} steps with each estimator (seed 0)",
