@@ -26,7 +26,7 @@ from absl import app, flags, logging
 import sleep_consolidation as sc
 from experiments import plots
 from experiments.configs import common
-from sleep_consolidation import diagnostics
+from sleep_consolidation.analysis import diagnostics
 
 _RUNS = flags.DEFINE_list("runs", None, "run workdirs: comma-separated globs")
 _EVAL_PASSES = flags.DEFINE_list("eval_passes", ["1", "2", "4", "8"], "N values to evaluate at")

@@ -29,7 +29,9 @@ from experiments import step_profile
 from experiments.bench import measure
 from experiments.bench.flops import model_flops_per_step
 from experiments.configs import depo, recall, rule110
-from sleep_consolidation import loops, train
+from sleep_consolidation import model
+from sleep_consolidation.layers import loops
+from sleep_consolidation.training import optimizers, run_config, train_step
 
 CONFIGS = {
     "recall:capacity": lambda: recall.get_config("capacity"),
@@ -44,17 +46,19 @@ def _step(config, passes: int, reference: bool):
     c["passes"] = passes
     if reference:
         c.update(impl="scan", microbatches=1)
-    spec = train.resolve_config(c)
-    tx = train.optimizer_from_config(c)
+    spec = run_config.resolve_config(c)
+    tx = optimizers.optimizer_from_config(c)
     positions = None if reference else spec.task.answer_positions
     # The reference traces every loop as a lax.scan (no unrolling).
     with loops.unroll_limit(0) if reference else contextlib.nullcontext():
-        step = train.make_train_step(
+        step = train_step.make_train_step(
             tx, window=spec.window, passes=passes, schedule=spec.schedule, remat=c["remat"],
             grad_passes=c["grad_passes"], estimator=c["estimator"], seed=c["seed"],
             loss_positions=positions, microbatches=c["microbatches"],
         )  # fmt: skip
-        state = train.init_train_state(train.init_params(spec.model_config, jax.random.key(0)), tx)
+        state = train_step.init_train_state(
+            model.init_params(spec.model_config, jax.random.key(0)), tx
+        )
         batch = spec.task.batch(0, 0, c["batch_size"])
         compiled = step.lower(state, batch).compile()  # compiled under this unroll limit
     return c, spec, compiled, state, batch

@@ -10,7 +10,7 @@ Reads every finished run under --runs_dir (config.json + summary.json of
   * table.md / capacity_map.json: per (n, N) the converged accuracy over seeds, the paired
     gain over N = 1 with a 95% paired t-interval and sign counts, and which runs hit the
     step cap (flagged †);
-  * the no-learning reference (`sleep_consolidation.capacity`): N plain delta-rule sweeps
+  * the no-learning reference (`sleep_consolidation.analysis.capacity`): N plain delta-rule sweeps
     (beta = 1) over n random unit keys in R^16, and over the trained models' own keys and
     values (the first ssm block's, per head, at the value tokens of the evicted window);
   * capacity_map.png: heatmaps of the converged accuracy, the paired gain and both
@@ -40,7 +40,7 @@ import sleep_consolidation as sc
 from experiments import capacity_report as report
 from experiments.capacity_report import D_K, REF_PASSES
 from experiments.configs import common
-from sleep_consolidation import adaptive, capacity
+from sleep_consolidation.analysis import adaptive, capacity
 
 _RUNS_DIR = flags.DEFINE_list(
     "runs_dir", None, "directories holding the sweeps' run dirs (comma-separated)"

@@ -21,7 +21,8 @@ from absl import app, flags
 
 import sleep_consolidation as sc
 from experiments.configs import parametric as parametric_config
-from sleep_consolidation import estimators, train
+from sleep_consolidation.rules import parametric
+from sleep_consolidation.training import estimators, run_config, run_dir, train
 
 _OUT = flags.DEFINE_string("out", "results/meta_rule", "Directory of estimators.md/.png.")
 _RUNS = flags.DEFINE_string("runs", "/tmp/compare_estimators", "Run workdirs.")
@@ -81,7 +82,7 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
     base = parametric_config.get_config("meta")
     base.passes = _PASSES.value
-    spec = train.resolve_config(base)
+    spec = run_config.resolve_config(base)
     init = sc.init_params(spec.model_config, jax.random.key(0))
     agree = {"Hebbian init": gradient_agreement(init, spec.task, spec.window, base.passes)}
     if _TRAINED.value and os.path.isdir(_TRAINED.value):
@@ -98,10 +99,10 @@ def main(argv):
                  log_every=25, **overrides)  # fmt: skip
         workdir = os.path.join(_RUNS.value, label.split(" ")[0] + ("_k1" if "k=1" in label else ""))
         s = train.train_and_evaluate(c, workdir)
-        with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+        with open(os.path.join(workdir, run_dir.METRICS_FILE)) as f:
             lines = [json.loads(ln) for ln in f]
         curves[label] = [(ln["step"], ln["loss"]) for ln in lines]
-        with open(os.path.join(workdir, train.THETA_FILE)) as f:
+        with open(os.path.join(workdir, run_dir.THETA_FILE)) as f:
             th = [json.loads(ln) for ln in f]
         moved = max(
             abs(a - b)
@@ -131,7 +132,7 @@ def main(argv):
         md.append(f"| {name} | " + " | ".join(cells) + " |")
     md += [
         "",
-        f"ES: antithetic, sigma={SIGMA}, theta only ({len(sc.parametric.COEFFS)} coefficients x "
+        f"ES: antithetic, sigma={SIGMA}, theta only ({len(parametric.COEFFS)} coefficients x "
         f"{spec.model_config.num_heads} heads). Agreement took {t_agree:.0f} s.",
         "",
         f"## Training {_STEPS.value} steps with each estimator (seed 0)",

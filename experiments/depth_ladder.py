@@ -72,7 +72,7 @@ def depth_and_passes(r: dict) -> tuple[int, int]:
 @functools.lru_cache(maxsize=64)
 def constant_floor(run_dir: str) -> float:
     """Exact-match accuracy of the best constant answer on the run's own eval set."""
-    from sleep_consolidation import evaluation
+    from sleep_consolidation.training import evaluation
     from sleep_consolidation.tasks import make_task
 
     c = _config(run_dir)

@@ -28,7 +28,7 @@ from absl import app, flags
 from experiments.configs import parametric as parametric_config
 from experiments.sweeping import cli, grid, launch, lock, runner
 from experiments.sweeping.rundir import RunDir
-from sleep_consolidation import parametric
+from sleep_consolidation.rules import parametric
 
 _OUT = flags.DEFINE_string("out", "results/meta_rule", "Directory of summary.md and theta.png.")
 _RUNS = flags.DEFINE_string("runs", "/tmp/meta_rule_runs", "Directory of the run workdirs.")

@@ -19,8 +19,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.sweeping import grid
-from sleep_consolidation import train
 from sleep_consolidation.model import init_params
+from sleep_consolidation.training import optimizers, run_config, train_step
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "sweep file (as for experiments.sweep)")
 _REPS = flags.DEFINE_integer(
@@ -31,11 +31,11 @@ flags.mark_flags_as_required(["sweep"])
 
 def step_cost(config, reps: int) -> tuple[float | None, float]:
     """(peak temporary MiB of the compiled train step, median seconds per step)."""
-    spec = train.resolve_config(config)
-    c = train.config_to_dict(config)
-    tx = train.optimizer_from_config(c)
-    step = train.train_step_from_config(c, spec, tx)
-    state = train.init_train_state(init_params(spec.model_config, jax.random.key(0)), tx)
+    spec = run_config.resolve_config(config)
+    c = run_config.config_to_dict(config)
+    tx = optimizers.optimizer_from_config(c)
+    step = train_step.train_step_from_config(c, spec, tx)
+    state = train_step.init_train_state(init_params(spec.model_config, jax.random.key(0)), tx)
     batch = spec.task.batch(0, 0, c["batch_size"])
     analysis = step.lower(state, batch).compile().memory_analysis()
     mib = None if analysis is None else analysis.temp_size_in_bytes / 2**20

@@ -6,7 +6,7 @@ frame id whose chain of Python function names says which library code produced i
 innermost recognised function names the category. This is experiment tooling (it writes
 trace files under a temporary directory), so it lives in `experiments/`, not the library.
 
-Categories: rule (rules.py / chunked.py), attention (attention.py core: scores, softmax,
+Categories: rule (rules/__init__.py, chunked.py), attention (attention.py core: scores, softmax,
 RoPE), batched_matmul_grad (the gradients of the rule's and attention's batched products,
 `linear.matmul`: its custom VJP keeps only that frame, so the two cannot be told apart),
 projections_mlp (matmuls of every block's projections and MLP), norms_elementwise
@@ -30,8 +30,8 @@ import jax
 
 # Innermost function name -> category (checked from the innermost frame outwards).
 _FUNCTION_CATEGORY = {
-    "_chunk_form": "rule",
-    "_chunk_form.<locals>.body": "rule",
+    "chunk_form": "rule",
+    "chunk_form.<locals>.body": "rule",
     "scan_rule": "rule",
     "rule_step": "rule",
     "readout": "rule",
@@ -61,7 +61,7 @@ _FUNCTION_CATEGORY = {
 # Used only when no outer frame is recognised: `linear.matmul`'s forward products find their
 # caller (the rule, attention) further out; its backward products keep only its own frame.
 _FALLBACK_CATEGORY = {"matmul": "batched_matmul_grad"}
-_FILE_CATEGORY = {"optax": "optimizer", "chunked.py": "rule", "rules.py": "rule"}
+_FILE_CATEGORY = {"optax": "optimizer", "rules/chunked.py": "rule", "rules/__init__.py": "rule"}
 CATEGORIES = (
     "rule",
     "attention",

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 
 from experiments import usage
 from experiments.sweeping import lock
-from sleep_consolidation import run_dir, sharding, train
+from sleep_consolidation.training import run_config, run_dir, sharding, train, train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
@@ -107,7 +107,7 @@ def main(argv):
         jax.devices(),
     )  # fmt: skip
     try:
-        train.resolve_config(_CONFIG.value)  # an invalid config is refused before any write
+        run_config.resolve_config(_CONFIG.value)  # an invalid config is refused before any write
         # SIGTERM (Slurm's preemption and time-out) stops the run like Ctrl-C: summary.json
         # records it, the lock (<workdir>/train.lock, held by train_and_evaluate: a second
         # launch on a live run, e.g. a sweep worker's orphan, is refused) is released, the
@@ -122,7 +122,7 @@ def main(argv):
         sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
     # Config errors and conflicts (ValueError), NaN/Inf, I/O errors (full disk, unwritable
     # workdir: the message names the path), and a run directory another process trains.
-    except (ValueError, train.NonFiniteError, OSError, lock.LockedError) as e:
+    except (ValueError, train_step.NonFiniteError, OSError, lock.LockedError) as e:
         print(f"error: {e}", file=sys.stderr)  # once: absl's log also goes to stderr
         # A config the flags asked for that does not validate is a usage error.
         sys.exit(usage.USAGE_ERROR if str(e).startswith("invalid config") else 1)

@@ -27,7 +27,7 @@ import numpy as np
 
 import sleep_consolidation as sc
 from experiments import plots
-from sleep_consolidation import diagnostics
+from sleep_consolidation.analysis import diagnostics
 from sleep_consolidation.tasks import make_task
 
 t_start = time.time()

@@ -1,53 +1,46 @@
 """sleep_consolidation: offline recurrent consolidation ("sleep") for hybrid
 attention + fast-weight sequence models, in JAX.
 
-Everything a notebook needs is importable from here.
+Everything a notebook needs is importable from here; each name is the object defined in
+its own module. The package is laid out by role: the core contract at the top (config,
+state, model, sequence, wake_sleep, streaming), then `layers/`, `rules/`, `training/`,
+`analysis/` and `tasks/`.
 """
 
-# parametric registers the "parametric" rule on import.
-from sleep_consolidation import (  # noqa: F401
-    capacity,
-    diagnostics,
-    estimators,
-    parametric,
-    stopping,
-)
-from sleep_consolidation.adaptive import adaptive_sleep, window_recall
-from sleep_consolidation.checkpointing import (
-    Checkpointer,
-    load_memory_state,
-    load_params,
-    save_memory_state,
-)
+from sleep_consolidation.analysis.adaptive import adaptive_sleep, window_recall
 from sleep_consolidation.config import ModelConfig, Schedule
-from sleep_consolidation.estimators import make_estimator
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.rules import (
     Rule,
     apply_rule,
     available_rules,
     get_rule,
+    parametric,  # noqa: F401  (registers the "parametric" rule on import)
     register_rule,
     scan_rule,
 )
 from sleep_consolidation.sequence import forward
 from sleep_consolidation.state import MemoryState, init_state
 from sleep_consolidation.streaming import stream
-from sleep_consolidation.train import (
-    ConfigConflictError,
+from sleep_consolidation.training.checkpointing import (
+    Checkpointer,
+    load_memory_state,
+    load_params,
+    save_memory_state,
+)
+from sleep_consolidation.training.estimators import make_estimator
+from sleep_consolidation.training.evaluation import evaluate
+from sleep_consolidation.training.losses import masked_cross_entropy
+from sleep_consolidation.training.optimizers import make_optimizer, muon_labels, optimizer_labels
+from sleep_consolidation.training.run_config import resolve_config
+from sleep_consolidation.training.run_dir import ConfigConflictError, RunIOError
+from sleep_consolidation.training.run_log import theta_record
+from sleep_consolidation.training.train import train_and_evaluate
+from sleep_consolidation.training.train_step import (
     NonFiniteError,
-    RunIOError,
     TrainState,
-    evaluate,
     init_train_state,
-    make_optimizer,
     make_train_step,
-    masked_cross_entropy,
-    muon_labels,
-    optimizer_labels,
-    resolve_config,
-    theta_record,
-    train_and_evaluate,
 )
 from sleep_consolidation.wake_sleep import evict, sleep_step, wake_step, window_full
 

@@ -15,10 +15,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import attention, fast_weights
 from sleep_consolidation.config import ModelConfig
-from sleep_consolidation.fast_weights import rms_norm
-from sleep_consolidation.linear import linear, project
+from sleep_consolidation.layers import attention, fast_weights
+from sleep_consolidation.layers.linear import linear, project
+from sleep_consolidation.layers.norms import rms_norm
 
 
 @flax.struct.dataclass

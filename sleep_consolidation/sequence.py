@@ -12,7 +12,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import attention, loops, model
+from sleep_consolidation import model
 from sleep_consolidation.config import (
     Schedule,
     check_grad_passes,
@@ -21,7 +21,8 @@ from sleep_consolidation.config import (
     check_window_and_passes,
     resolve_schedule,
 )
-from sleep_consolidation.fast_weights import rms_norm
+from sleep_consolidation.layers import attention, loops
+from sleep_consolidation.layers.norms import rms_norm
 from sleep_consolidation.model import Params
 
 REMAT_MODES = ("none", "pass", "window")
@@ -70,7 +71,7 @@ def _mean_norm(h):
     return jnp.mean(jnp.linalg.norm(h, axis=-1))
 
 
-def _blocks(params, blocks, h, fast, prefix, record, out_positions=None):
+def run_blocks(params, blocks, h, fast, prefix, record, out_positions=None):
     """`model.window_pass` over `blocks`, plus {ssm block: its normed input} when `record`
     (then run one block at a time: the same operations, so the same numbers)."""
     if not record:
@@ -85,7 +86,7 @@ def _blocks(params, blocks, h, fast, prefix, record, out_positions=None):
     return h, fast, kv, xs
 
 
-def _window_step(
+def window_step(
     params,
     carry: WindowCarry,
     toks,
@@ -130,13 +131,13 @@ def _window_step(
     out_looped = out_positions if reduce and stop == n_blocks else None
     out_post = out_positions if reduce and stop < n_blocks else None
 
-    h, fast, kv, xs = _blocks(
+    h, fast, kv, xs = run_blocks(
         params, range(0, start), model.embed(params, toks), fast, prefix, record
     )
     loop_input = h
-    h, fast, kv_loop, xs_loop = _blocks(params, looped, h, fast, prefix, record, out_looped)
+    h, fast, kv_loop, xs_loop = run_blocks(params, looped, h, fast, prefix, record, out_looped)
     features = h
-    h, fast, kv_post, xs_post = _blocks(
+    h, fast, kv_post, xs_post = run_blocks(
         params, range(stop, n_blocks), h, fast, prefix, record, out_post
     )
     if out_positions is not None and not reduce:
@@ -163,7 +164,7 @@ def _window_step(
         h, fast_l, kv_l, _ = carry
         source = {b: fast_start[b] for b in looped_ssm} if sched.reset_between_passes else fast_l
         x = model.sleep_input(sched, h, inp)
-        h, fast_new, kv_new, xs_new = _blocks(p, looped, x, source, prefix, record)
+        h, fast_new, kv_new, xs_new = run_blocks(p, looped, x, source, prefix, record)
         fast_new = {b: fast_new[b] for b in looped_ssm}
         return (h, fast_new, kv_new, xs_new), ((fast_new, _mean_norm(h)) if record else None)
 
@@ -295,7 +296,7 @@ def forward(
         check_sleep_reaches(window, T, what="outputs")
     L = window
     n_scan = (T - 1) // L  # windows followed by more tokens: all full, all consolidated
-    step = lambda carry, toks, sleep, out_positions=None: _window_step(
+    step = lambda carry, toks, sleep, out_positions=None: window_step(
         params,
         carry,
         toks,

@@ -90,6 +90,15 @@ def init_state(
     )
 
 
+def attention_prefixes(cfg: ModelConfig, state: MemoryState) -> dict:
+    """{attn block: (prefix keys, prefix values, prefix valid)}: the sliding prefix each
+    attention block of `cfg` reads, in the form `model.window_pass` takes."""
+    return {
+        b: (state.prefix_keys[j], state.prefix_values[j], state.prefix_valid)
+        for j, b in enumerate(cfg.attn_blocks)
+    }
+
+
 def check_state(state, cfg: ModelConfig | None = None, *, caller: str = "state") -> None:
     """Host-side check (shapes only, so it also runs at trace time under jit) that `state` is
     a `MemoryState` whose arrays fit together and, given `cfg`, fit that model config: the

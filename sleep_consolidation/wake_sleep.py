@@ -14,17 +14,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import attention, model
+from sleep_consolidation import model
 from sleep_consolidation.config import check_tokens
+from sleep_consolidation.layers import attention
 from sleep_consolidation.model import Params
-from sleep_consolidation.state import MemoryState, check_state
-
-
-def _prefixes(cfg, state: MemoryState) -> dict:
-    return {
-        b: (state.prefix_keys[j], state.prefix_values[j], state.prefix_valid)
-        for j, b in enumerate(cfg.attn_blocks)
-    }
+from sleep_consolidation.state import MemoryState, attention_prefixes, check_state
 
 
 def window_full(state: MemoryState) -> jax.Array:
@@ -62,7 +56,7 @@ def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, 
     attn_idx = {b: j for j, b in enumerate(cfg.attn_blocks)}
     fast, conv = list(state.fast), list(state.conv)
     keys, values = list(state.keys), list(state.values)
-    prefixes = _prefixes(cfg, state)
+    prefixes = attention_prefixes(cfg, state)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], i, axis=1)
 
     h = model.embed(params, tokens)
@@ -109,7 +103,8 @@ def sleep_step(params: Params, state: MemoryState) -> MemoryState:
     source = state.fast_at_window_start if sched.reset_between_passes else state.fast
     fast_in = {b: source[j] for j, b in enumerate(cfg.ssm_blocks) if b in looped}
     x = model.sleep_input(sched, state.features, state.loop_input)
-    h, fast_out, kv = model.window_pass(params, looped, x, fast_in, _prefixes(cfg, state), valid)
+    prefixes = attention_prefixes(cfg, state)
+    h, fast_out, kv = model.window_pass(params, looped, x, fast_in, prefixes, valid)
     fast = tuple(fast_out.get(b, state.fast[j]) for j, b in enumerate(cfg.ssm_blocks))
     keys = tuple(kv[b][0] if b in kv else state.keys[j] for j, b in enumerate(cfg.attn_blocks))
     values = tuple(kv[b][1] if b in kv else state.values[j] for j, b in enumerate(cfg.attn_blocks))

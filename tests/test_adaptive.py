@@ -1,4 +1,4 @@
-"""Adaptive sleep (sleep_consolidation/adaptive.py): stops on a perfectly recalled window,
+"""Adaptive sleep (sleep_consolidation/analysis/adaptive.py): stops on a perfectly recalled window,
 never returns a state its criterion scores worse, and equals the fixed-N stream."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation import adaptive
+from sleep_consolidation.analysis import adaptive
 
 L = 8  # <= the head dimension (16), so the window's keys can be stored exactly
 _wake, _sleep = jax.jit(sc.wake_step), jax.jit(sc.sleep_step)  # compiled once per config

@@ -43,11 +43,11 @@ def test_model_flops_formula_by_hand():
     formula against a hand count, and the sleep term is N-1 extra passes over window 1."""
     from experiments.bench import flops
     from experiments.configs import recall
-    from sleep_consolidation import train
+    from sleep_consolidation.training import run_config
 
     c = recall.get_config("tiny").to_dict()
     c.update(passes=1)
-    spec = train.resolve_config(c)
+    spec = run_config.resolve_config(c)
     D, H, dh, V, B = 32, 2, 16, spec.model_config.vocab_size, c["batch_size"]
     T, L, answers = 16, 8, 4
     mlp = 2 * 2 * D * (2 * D)
@@ -57,7 +57,7 @@ def test_model_flops_formula_by_hand():
     want = 3 * B * (T * per_pass + answers * 2 * D * V)
     assert flops.model_flops_per_step(c, spec) == pytest.approx(want)
     c3 = dict(c, passes=3)
-    extra = flops.model_flops_per_step(c3, train.resolve_config(c3)) - want
+    extra = flops.model_flops_per_step(c3, run_config.resolve_config(c3)) - want
     assert extra == pytest.approx(3 * B * L * 2 * per_pass)
 
 

@@ -1,4 +1,4 @@
-"""The no-learning reference (sleep_consolidation/capacity.py) on hand-computable cases."""
+"""The no-learning reference (sleep_consolidation/analysis/capacity.py) on hand-computable cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleep_consolidation import capacity
+from sleep_consolidation.analysis import capacity
 
 
 def _orthonormal(key, n, d):

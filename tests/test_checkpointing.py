@@ -15,8 +15,15 @@ import pytest
 from conftest import attn_config
 
 import sleep_consolidation as sc
-from sleep_consolidation import checkpointing, run_dir, train
 from sleep_consolidation.tasks import Recall
+from sleep_consolidation.training import (
+    checkpointing,
+    optimizers,
+    run_config,
+    run_dir,
+    train,
+    train_step,
+)
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -28,7 +35,7 @@ def assert_trees_equal(a, b):
 
 
 def read_metrics(workdir):
-    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
 
 
@@ -50,7 +57,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(Recall, "batch", crash_at_10)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, resumed)
-    with open(os.path.join(resumed, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(resumed, run_dir.SUMMARY_FILE)) as f:
         first = json.load(f)
     assert first["status"] == "interrupted" and first["train_s"] > 0
     monkeypatch.setattr(Recall, "batch", original)
@@ -90,8 +97,8 @@ def test_resume_falls_back_past_a_corrupt_latest_checkpoint(tmp_path):
 
 def _tiny_state(seed):
     cfg = sc.ModelConfig(vocab_size=5, d_model=8, num_heads=1, layout=("attn", "ssm"))
-    tx = train.make_optimizer("adamw")
-    state = train.init_train_state(sc.init_params(cfg, jax.random.key(seed)), tx)
+    tx = optimizers.make_optimizer("adamw")
+    state = train_step.init_train_state(sc.init_params(cfg, jax.random.key(seed)), tx)
     return state.replace(step=jnp.asarray(seed, jnp.int32)), tx
 
 
@@ -103,7 +110,7 @@ def test_checkpointer_keeps_the_last_few_and_restores_into_an_abstract_state(tmp
         ckpt.wait()
         assert ckpt.all_steps() == [2, 3]
         restored = ckpt.restore(jax.eval_shape(lambda: _tiny_state(0)[0]))
-    assert isinstance(restored, train.TrainState)
+    assert isinstance(restored, train_step.TrainState)
     assert restored.params.config == _tiny_state(3)[0].params.config
     assert_trees_equal(restored, _tiny_state(3)[0])
 
@@ -113,7 +120,7 @@ def test_load_params_rebuilds_the_model_config(tmp_path):
     train.train_and_evaluate(attn_config(steps=2), workdir)
     params = checkpointing.load_params(workdir)
     assert isinstance(params, sc.Params)
-    assert params.config == train.resolve_config(attn_config()).model_config
+    assert params.config == run_config.resolve_config(attn_config()).model_config
     with checkpointing.Checkpointer(workdir) as ckpt:
         assert_trees_equal(params, ckpt.restore_params(jax.eval_shape(lambda: params), 2))
     with pytest.raises(FileNotFoundError):
@@ -182,7 +189,7 @@ def test_truncate_jsonl_drops_a_torn_last_line_and_later_steps(tmp_path, caplog)
 def test_resume_survives_a_torn_metrics_line(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(attn_config(steps=4), workdir)
-    with open(os.path.join(workdir, train.METRICS_FILE), "a") as f:
+    with open(os.path.join(workdir, run_dir.METRICS_FILE), "a") as f:
         f.write('{"step": 5, "loss": 0.12')  # a kill in the middle of an append
     summary = train.train_and_evaluate(attn_config(steps=6), workdir)
     assert summary["resumed_from"] == 4 and summary["status"] == "completed"
@@ -204,28 +211,28 @@ class _FailingWrites:
         return OSError(errno.ENOSPC, "No space left on device", path)
 
     def os_open(self, path, *args, **kwargs):
-        if self.metrics_after is not None and str(path).endswith(train.METRICS_FILE):
+        if self.metrics_after is not None and str(path).endswith(run_dir.METRICS_FILE):
             self.appends += 1
             if self.appends > self.metrics_after:
                 raise self._full(path)
         return self._os_open(path, *args, **kwargs)
 
     def open(self, path, *args, **kwargs):
-        if self.summary and str(path).endswith(train.SUMMARY_FILE + ".tmp"):
+        if self.summary and str(path).endswith(run_dir.SUMMARY_FILE + ".tmp"):
             raise self._full(path)
         return self._open(path, *args, **kwargs)
 
 
 def test_a_full_disk_stops_the_run_naming_the_path_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
-    metrics = os.path.join(workdir, train.METRICS_FILE)
+    metrics = os.path.join(workdir, run_dir.METRICS_FILE)
     _FailingWrites(monkeypatch, metrics_after=1)  # the line of step 2 is written, not 4
-    with pytest.raises(train.RunIOError, match="No space left") as e:
+    with pytest.raises(run_dir.RunIOError, match="No space left") as e:
         train.train_and_evaluate(attn_config(), workdir)
     assert f"I/O error on {metrics}" in str(e.value)
     assert "last checkpoint (step 2) is kept" in str(e.value)
     assert e.value.errno == errno.ENOSPC
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["status"] == "failed" and metrics in summary["error"]
     assert summary["last_checkpoint"] == 2
@@ -238,16 +245,16 @@ def test_a_full_disk_stops_the_run_naming_the_path_and_keeps_the_checkpoint(tmp_
 def test_a_failing_summary_write_does_not_hide_the_first_error(tmp_path, monkeypatch, caplog):
     workdir = str(tmp_path / "run")
     _FailingWrites(monkeypatch, metrics_after=0, summary=True)
-    with pytest.raises(train.RunIOError, match=train.METRICS_FILE):
+    with pytest.raises(run_dir.RunIOError, match=run_dir.METRICS_FILE):
         train.train_and_evaluate(attn_config(steps=2), workdir)
     assert "could not also write the summary" in caplog.text
-    assert train.SUMMARY_FILE + ".tmp" in caplog.text
+    assert run_dir.SUMMARY_FILE + ".tmp" in caplog.text
 
 
 def test_a_failing_summary_write_of_a_finished_run_is_raised(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     _FailingWrites(monkeypatch, summary=True)
-    with pytest.raises(train.RunIOError, match=rf"I/O error on .*{train.SUMMARY_FILE}\.tmp"):
+    with pytest.raises(run_dir.RunIOError, match=rf"I/O error on .*{run_dir.SUMMARY_FILE}\.tmp"):
         train.train_and_evaluate(attn_config(steps=2), workdir)
     with checkpointing.Checkpointer(workdir) as ckpt:
         assert ckpt.all_steps() == [2]  # the checkpointer was still closed cleanly
@@ -262,9 +269,11 @@ def _overwrite_with_nan_params(workdir, step):
     """Replaces checkpoint `step` with one whose parameters are NaN (what garbled array
     bytes can decode to), written by Orbax itself so that it reads back cleanly."""
     abstract = jax.eval_shape(
-        lambda: train.init_train_state(
-            sc.init_params(train.resolve_config(attn_config()).model_config, jax.random.key(0)),
-            train.make_optimizer("muon"),
+        lambda: train_step.init_train_state(
+            sc.init_params(
+                run_config.resolve_config(attn_config()).model_config, jax.random.key(0)
+            ),
+            optimizers.make_optimizer("muon"),
         )
     )
     with checkpointing.Checkpointer(workdir, async_save=False) as ckpt:
@@ -321,7 +330,7 @@ def test_a_run_whose_every_checkpoint_is_unreadable_fails_naming_them(tmp_path):
         checkpointing.CheckpointError, match=rf"{ckpt_dir}/2\).*move {ckpt_dir} aside"
     ):
         train.train_and_evaluate(attn_config(steps=4), workdir)
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["status"] == "failed" and f"{ckpt_dir}/2" in summary["error"]
     assert os.listdir(ckpt_dir) == ["2"]  # it may be systematic: nothing is moved
@@ -337,7 +346,7 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
             step=jnp.asarray(2, jnp.int32),
             params=jax.tree_util.tree_map(lambda x: x.at[0].set(jnp.inf), state.params),
         )
-        with pytest.raises(train.NonFiniteError, match=r"non-finite parameters .* at step 2"):
+        with pytest.raises(train_step.NonFiniteError, match=r"non-finite parameters .* at step 2"):
             ckpt.save(bad)
         ckpt.wait()
         assert ckpt.all_steps() == [1]
@@ -379,7 +388,7 @@ def test_a_lost_or_edited_config_json_is_restored_from_the_checkpoint_or_refused
 
     # Deleted: a passes=1 relaunch is refused (it would be recorded as passes=1)...
     os.remove(config_path)
-    with pytest.raises(train.ConfigConflictError, match="passes: saved 2, requested 1"):
+    with pytest.raises(run_dir.ConfigConflictError, match="passes: saved 2, requested 1"):
         train.Trainer(attn_config(steps=4, passes=1), workdir)
     # ...and the record is taken from the checkpoint by readers and by the same command.
     assert checkpointing.load_params(workdir).config.layout == ("attn",)
@@ -391,7 +400,7 @@ def test_a_lost_or_edited_config_json_is_restored_from_the_checkpoint_or_refused
         checkpointing.load_params(workdir)
     write({**original, "config": {**original["config"], "passes": 1}})
     with pytest.raises(
-        train.ConfigConflictError,
+        run_dir.ConfigConflictError,
         match=rf"{config_path} disagrees .*\(passes: config.json 1, checkpoint 2\)",
     ):
         train.Trainer(attn_config(steps=4, passes=1), workdir)
@@ -400,7 +409,9 @@ def test_a_lost_or_edited_config_json_is_restored_from_the_checkpoint_or_refused
         write(bad)
         with pytest.raises(ValueError, match=rf"{config_path} is not a run record.*{what}"):
             checkpointing.load_params(workdir)
-        with pytest.raises(train.ConfigConflictError, match=rf"{config_path} is not a run record"):
+        with pytest.raises(
+            run_dir.ConfigConflictError, match=rf"{config_path} is not a run record"
+        ):
             train.Trainer(trained, workdir)
 
 
@@ -429,7 +440,7 @@ def test_damaged_metrics_lines_in_the_middle_are_dropped_and_the_history_survive
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, workdir)
     monkeypatch.setattr(Recall, "batch", original)
-    path = os.path.join(workdir, train.METRICS_FILE)
+    path = os.path.join(workdir, run_dir.METRICS_FILE)
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
     lines[0] = b"\x00garbage" + lines[0][8:]  # same length: bytes overwritten in place
@@ -463,7 +474,7 @@ def test_a_checkpoint_save_on_a_full_disk_stops_the_run_naming_the_directory(tmp
         return real_save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_4)
-    with pytest.raises(train.RunIOError) as e:
+    with pytest.raises(run_dir.RunIOError) as e:
         train.train_and_evaluate(attn_config(), workdir)
     message = str(e.value)
     assert "\n" not in message and e.value.errno == errno.ENOSPC
@@ -474,7 +485,7 @@ def test_a_checkpoint_save_on_a_full_disk_stops_the_run_naming_the_directory(tmp
     assert (
         "its last checkpoint (step 2) is kept" in message and f"make {workdir} writable" in message
     )
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["status"] == "failed" and summary["last_checkpoint"] == 2
     monkeypatch.undo()  # space freed: the same command resumes

@@ -10,7 +10,8 @@ import pytest
 from conftest import init
 
 import sleep_consolidation as sc
-from sleep_consolidation import chunked, rules
+from sleep_consolidation import rules
+from sleep_consolidation.rules import chunked
 
 BUILTINS = ("gated_delta", "delta", "gated_hebbian", "hebbian")
 B, H, DK, DV = 2, 2, 16, 8

@@ -18,7 +18,7 @@ from conftest import init, random_tokens, tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import recall
-from sleep_consolidation import train
+from sleep_consolidation.training import run_dir, train
 
 BF16_REL_TOL = 0.03  # of max |logit|
 L, N = 4, 2
@@ -68,7 +68,7 @@ def test_the_tiny_config_trains_in_bf16(tmp_path, compilation_cache):
              checkpoint_every=30, eval_size=32)  # fmt: skip
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
     assert summary["status"] == "completed"
-    losses = [m["loss"] for m in (train.read_jsonl(str(tmp_path / "run" / train.METRICS_FILE)))]
+    losses = [m["loss"] for m in (run_dir.read_jsonl(str(tmp_path / "run" / run_dir.METRICS_FILE)))]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     params = sc.load_params(str(tmp_path / "run"))
     assert params.config.compute_dtype == "bfloat16"

@@ -58,7 +58,8 @@ def test_custom_rule_trains_through_sleep():
 def test_a_custom_rules_theta_is_logged_like_the_parametric_rules():
     from conftest import init
 
-    from sleep_consolidation import parametric, run_log
+    from sleep_consolidation.rules import parametric
+    from sleep_consolidation.training import run_log
 
     assert run_log.has_theta("oja") and run_log.has_theta(parametric.NAME)
     assert not run_log.has_theta("gated_delta")

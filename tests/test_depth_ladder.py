@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation import evaluation
 from sleep_consolidation.tasks import make_task
+from sleep_consolidation.training import evaluation
 
 
 def test_per_query_accuracy_is_the_token_accuracy_at_each_query():
@@ -52,11 +52,11 @@ def test_constant_answer_accuracy_is_the_majority_answer():
 
 def test_depth_config_is_the_ladder_model():
     from experiments.configs import rule110
-    from sleep_consolidation import train
+    from sleep_consolidation.training import run_config
 
     c = rule110.get_config("depth")
     c.task.t_values = (6,)
-    spec = train.resolve_config(c)
+    spec = run_config.resolve_config(c)
     assert spec.task.width == 16 and spec.task.num_states == 4 and spec.task.depths == (6,)
     assert spec.model_config.layout == ("attn", "ssm", "attn", "ssm")
     with pytest.raises(ValueError, match=r"':tiny', ':cpu', ':depth'"):

@@ -14,7 +14,9 @@ from conftest import stream_loop, tiny_config
 
 import sleep_consolidation as sc
 from experiments import plots
-from sleep_consolidation import diagnostics, fast_weights, model, rules, sequence
+from sleep_consolidation import model, rules, sequence
+from sleep_consolidation.analysis import diagnostics
+from sleep_consolidation.layers import fast_weights, norms
 from sleep_consolidation.tasks import make_task
 
 LAYOUT = ("attn", "ssm", "ssm")  # two ssm layers, one attention block: cheap to compile
@@ -53,7 +55,7 @@ def test_window_loop_without_hook_equals_forward(params, T, passes, schedule):
 
 
 def test_recording_window_step_changes_nothing_and_records_every_pass(params):
-    """The diagnostics' view of `sequence._window_step` (record=True): the same carry and h
+    """The diagnostics' view of `sequence.window_step` (record=True): the same carry and h
     to the bit, S after every pass (the last is the carried memory), each ssm block's input."""
     cfg = params.config
     toks = jax.random.randint(jax.random.key(3), (2, 4), 0, 11)
@@ -62,7 +64,7 @@ def test_recording_window_step_changes_nothing_and_records_every_pass(params):
 
     def step(record):
         kw = dict(sched=sched, window=4, passes=3, sleep=True, grad_passes=1, record=record)
-        return jax.jit(lambda p, c, t: sequence._window_step(p, c, t, **kw))(params, carry, toks)
+        return jax.jit(lambda p, c, t: sequence.window_step(p, c, t, **kw))(params, carry, toks)
 
     plain, (c, h, aux) = step(False), step(True)
     chex.assert_trees_all_equal((c, h), plain)
@@ -108,7 +110,7 @@ def test_recall_reads_exactly_what_the_block_wrote():
     tokens = jax.random.randint(jax.random.key(3), (2, 4), 0, 11)
     prefix = {0: (jnp.zeros((2, 0, 2, 8)), jnp.zeros((2, 0, 2, 8)), jnp.zeros((0,), bool))}
     h, _, _ = model.window_pass(p, range(0, 1), model.embed(p, tokens), {}, prefix)
-    x = fast_weights.rms_norm(h, p.blocks[1]["norm1"])
+    x = norms.rms_norm(h, p.blocks[1]["norm1"])
     _, S = fast_weights.fast_weight_window(p.blocks[1]["mixer"], cfg, x, jnp.zeros((2, 2, 8, 8)))
     k, v = diagnostics.block_keys_values(p.blocks[1]["mixer"], cfg, x)
     chex.assert_trees_all_close(S, jnp.einsum("bthk,bthv->bhkv", k, v), atol=1e-5)

@@ -15,8 +15,8 @@ import pytest
 
 import sleep_consolidation as sc
 from experiments.configs import common
-from sleep_consolidation import estimators, train
 from sleep_consolidation.tasks import make_task
+from sleep_consolidation.training import estimators, optimizers, run_config, run_dir, train
 
 WINDOW, PASSES = 4, 3
 TASK = make_task("recall", num_pairs_values=(2,), num_keys=4, num_values=4, window=WINDOW,
@@ -93,7 +93,7 @@ def _last_k_loss_by_hand(params, tokens, window, passes, k, eviction):
     `forward` code) with each window's gradient cut to its last k sleep passes by hand: the
     first passes-1-k sleep passes run on stop-gradient params and state, and the fast weights
     leaving them are `S_start + stop_gradient(S - S_start)` (straight through to the
-    window's incoming fast weights), as `sequence._window_step` describes.
+    window's incoming fast weights), as `sequence.window_step` describes.
 
     The attention prefix that sliding eviction carries in from the previous window is not
     part of the window's state in `forward` (it is closed over), so it stays differentiable
@@ -239,18 +239,19 @@ def test_estimator_options_are_validated():
 
 def test_theta_learning_rate_gets_its_own_label():
     params = _model()
-    labels = jax.tree.leaves(train.optimizer_labels(params, "muon"))
+    labels = jax.tree.leaves(optimizers.optimizer_labels(params, "muon"))
     assert labels.count("theta") == 5 and "muon" in labels
-    assert set(jax.tree.leaves(train.optimizer_labels(params, "adamw"))) == {"adamw", "theta"}
+    assert set(jax.tree.leaves(optimizers.optimizer_labels(params, "adamw"))) == {"adamw", "theta"}
     for name in ("muon", "adamw"):  # one state structure whatever theta_learning_rate is
         a, b = (
-            train.make_optimizer(name, theta_learning_rate=lr).init(params) for lr in (None, 1.0)
+            optimizers.make_optimizer(name, theta_learning_rate=lr).init(params)
+            for lr in (None, 1.0)
         )
         assert jax.tree.structure(a) == jax.tree.structure(b)
     ones = jax.tree.map(jnp.ones_like, params)
     sizes = {}
     for lr in (None, 0.1):  # Adam's first step moves each leaf by its learning rate
-        tx = train.make_optimizer("muon", theta_learning_rate=lr)
+        tx = optimizers.make_optimizer("muon", theta_learning_rate=lr)
         upd, _ = jax.jit(tx.update)(ones, tx.init(params), params)
         sizes[lr] = float(jnp.abs(upd.blocks[0]["mixer"]["theta"]["decay"]).max())
     np.testing.assert_allclose(sizes[0.1], 0.1, rtol=1e-3)
@@ -278,9 +279,9 @@ def test_config_validates_estimator_fields():
         ({"rule_module": "no_such_module_xyz"}, "rule_module"),
     ]:
         with pytest.raises(ValueError, match=match):
-            train.resolve_config(_tiny_config(**bad))
-    train.resolve_config(_tiny_config(estimator="truncated", grad_passes=1))
-    train.resolve_config(_tiny_config(estimator="es", grad_passes=1))
+            run_config.resolve_config(_tiny_config(**bad))
+    run_config.resolve_config(_tiny_config(estimator="truncated", grad_passes=1))
+    run_config.resolve_config(_tiny_config(estimator="es", grad_passes=1))
 
 
 @pytest.mark.slow  # heavy (subprocesses / training); CI runs it with -m slow
@@ -291,7 +292,7 @@ def test_train_with_es_logs_theta(tmp_path):
     )
     summary = train.train_and_evaluate(c, str(tmp_path))
     assert summary["status"] == "completed"
-    lines = [json.loads(ln) for ln in open(tmp_path / train.THETA_FILE)]
+    lines = [json.loads(ln) for ln in open(tmp_path / run_dir.THETA_FILE)]
     assert [ln["step"] for ln in lines] == [0, 2, 4]
     first, last = lines[0]["layers"][0], lines[-1]["layers"][0]
     assert first["block"] == 0 and first["nearest"] == "hebbian"
@@ -303,11 +304,12 @@ def test_rule_module_imports_a_custom_rule(tmp_path):
     # A fresh process (the rule registry is global) run outside the repo, as the CLI would.
     code = (
         "from experiments.configs import recall\n"
-        "from sleep_consolidation import train\n"
+        "from sleep_consolidation.training import run_config\n"
         "c = recall.get_config('tiny'); c.rule = 'oja'\n"
-        "try:\n    train.resolve_config(c)\nexcept ValueError as e:\n    print('refused:', e)\n"
+        "try:\n    run_config.resolve_config(c)\n"
+        "except ValueError as e:\n    print('refused:', e)\n"
         "c.rule_module = 'examples.custom_rule'\n"
-        "print('rule:', train.resolve_config(c).model_config.rule)\n"
+        "print('rule:', run_config.resolve_config(c).model_config.rule)\n"
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
@@ -325,14 +327,14 @@ def test_load_params_of_a_custom_rule_run_imports_its_module(tmp_path):
     wd = str(tmp_path / "oja")
     train_code = (
         "from experiments.configs import recall\n"
-        "from sleep_consolidation import train\n"
+        "from sleep_consolidation.training import train\n"
         "c = recall.get_config('tiny')\n"
         "c.update(rule='oja', rule_module='examples.custom_rule', steps=1, eval_every=1,"
         " checkpoint_every=1, eval_size=32)\n"
         f"train.train_and_evaluate(c, {wd!r})\n"
     )
     load_code = (  # a process that never imported examples.custom_rule
-        "from sleep_consolidation import checkpointing\n"
+        "from sleep_consolidation.training import checkpointing\n"
         f"print('rule:', checkpointing.load_params({wd!r}).config.rule)\n"
     )
     for code in (train_code, load_code):

@@ -188,7 +188,7 @@ def test_a_stop_signal_raises_once_and_the_handlers_are_restored():
     import signal
     import time
 
-    from sleep_consolidation import run_dir
+    from sleep_consolidation.training import run_dir
 
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(run_dir.StopSignal) as e:

@@ -17,8 +17,9 @@ import optax
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation import fast_weights, linear, loops, train
+from sleep_consolidation.layers import fast_weights, linear, loops
 from sleep_consolidation.tasks import make_task
+from sleep_consolidation.training import train_step
 
 RULES = ("gated_delta", "delta", "gated_hebbian", "hebbian")
 TASK = make_task("recall", num_pairs_values=(2, 4), num_keys=8, num_values=8, window=8,
@@ -35,11 +36,11 @@ def _params(rule, impl, seed=0):
 
 def _loss_and_grad(params, batch, passes, positions, microbatches):
     tx = optax.sgd(1.0)  # the update is -grad: the new params carry the gradient exactly
-    step = train.make_train_step(
+    step = train_step.make_train_step(
         tx, window=TASK.default_window, passes=passes, reinject_embedding=True,
         loss_positions=positions, microbatches=microbatches,
     )  # fmt: skip
-    state = train.init_train_state(params, tx)
+    state = train_step.init_train_state(params, tx)
     new, metrics = step(state, batch)
     grads = jax.tree.map(lambda a, b: a - b, state.params, new.params)
     return float(metrics["loss"]), grads, float(metrics["token_acc"])
@@ -74,8 +75,8 @@ def test_microbatches_give_the_same_parameters_over_steps():
     tx = optax.adamw(1e-2)
     out = []
     for m in (1, 4):
-        step = train.make_train_step(tx, window=TASK.default_window, passes=2, microbatches=m)
-        state = train.init_train_state(params, tx)
+        step = train_step.make_train_step(tx, window=TASK.default_window, passes=2, microbatches=m)
+        state = train_step.init_train_state(params, tx)
         for i in range(2):
             b = TASK.batch(0, i, 8)
             mask = np.asarray(b.loss_mask).copy()
@@ -87,12 +88,12 @@ def test_microbatches_give_the_same_parameters_over_steps():
 
 
 def test_microbatches_must_divide_the_batch():
-    step = train.make_train_step(optax.sgd(1.0), window=8, microbatches=3)
+    step = train_step.make_train_step(optax.sgd(1.0), window=8, microbatches=3)
     params = _params("delta", "chunked")
     with pytest.raises(ValueError, match="not divisible"):
-        step(train.init_train_state(params, optax.sgd(1.0)), TASK.batch(0, 0, 8))
+        step(train_step.init_train_state(params, optax.sgd(1.0)), TASK.batch(0, 0, 8))
     with pytest.raises(ValueError, match="microbatches"):
-        train.make_train_step(optax.sgd(1.0), window=8, microbatches=0)
+        train_step.make_train_step(optax.sgd(1.0), window=8, microbatches=0)
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 9])

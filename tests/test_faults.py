@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from sleep_consolidation import checkpointing
+from sleep_consolidation.training import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, CHECKPOINT_EVERY = 16, 3

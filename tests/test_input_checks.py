@@ -16,8 +16,8 @@ from conftest import tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import common
-from sleep_consolidation import train
 from sleep_consolidation.state import check_state
+from sleep_consolidation.training import run_config, train_step
 
 CFG = sc.ModelConfig(vocab_size=7, d_model=8, num_heads=2, layout=("attn", "ssm"), mlp_ratio=1)
 B, L = 2, 3
@@ -47,7 +47,7 @@ def test_rope_base_must_be_finite_and_positive(bad):
         sc.ModelConfig(vocab_size=7, d_model=8, num_heads=2, rope_base=bad)
     if isinstance(bad, float | int) and not isinstance(bad, bool):  # ConfigDict casts the rest
         with pytest.raises(ValueError, match="invalid config: rope_base"):
-            train.resolve_config(_tiny_run_config(rope_base=float(bad)))
+            run_config.resolve_config(_tiny_run_config(rope_base=float(bad)))
 
 
 def test_rope_base_accepts_positive_numbers():
@@ -62,19 +62,19 @@ FLOAT_FIELDS = ["learning_rate", "adam_learning_rate", "theta_learning_rate", "m
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_non_finite_floats_in_the_run_config_are_refused(field, bad):
     with pytest.raises(ValueError, match=rf"invalid config: {field} must be a finite number"):
-        train.resolve_config(_tiny_run_config(**{field: bad}))
+        run_config.resolve_config(_tiny_run_config(**{field: bad}))
 
 
 def test_the_run_config_floats_accept_finite_values():
-    train.resolve_config(_tiny_run_config(learning_rate=1e3, weight_decay=1e6, clip_norm=0.0))
+    run_config.resolve_config(_tiny_run_config(learning_rate=1e3, weight_decay=1e6, clip_norm=0.0))
 
 
 def test_grad_passes_beyond_passes_is_refused_in_the_run_config():
     with pytest.raises(ValueError, match=r"grad_passes=3 exceeds passes=2"):
-        train.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=3))
+        run_config.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=3))
     with pytest.raises(ValueError, match=r"grad_passes=2 exceeds passes=1"):
-        train.resolve_config(_tiny_run_config(passes=1, estimator="es", grad_passes=2))
-    train.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=2))
+        run_config.resolve_config(_tiny_run_config(passes=1, estimator="es", grad_passes=2))
+    run_config.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=2))
 
 
 def test_grad_passes_beyond_passes_is_refused_by_forward_and_make_train_step(params):
@@ -84,8 +84,8 @@ def test_grad_passes_beyond_passes_is_refused_by_forward_and_make_train_step(par
     with pytest.raises(ValueError, match=r"grad_passes"):
         sc.forward(params, tokens, window=L, passes=3, grad_passes=0)
     with pytest.raises(ValueError, match=r"grad_passes=2 exceeds passes=1"):
-        train.make_train_step(optax.sgd(0.1), window=L, passes=1, grad_passes=2)
-    train.make_train_step(optax.sgd(0.1), window=L, passes=2, grad_passes=2)  # k = N is fine
+        train_step.make_train_step(optax.sgd(0.1), window=L, passes=1, grad_passes=2)
+    train_step.make_train_step(optax.sgd(0.1), window=L, passes=2, grad_passes=2)  # k = N is fine
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,8 +213,9 @@ def test_out_of_range_ids_inside_jit_give_nan_on_both_sides():
 
 def test_a_schedule_is_taken_one_way_by_every_entry_point(params):
     """`schedule=` or its fields as keywords, not both; unknown fields are named."""
-    from sleep_consolidation import diagnostics, evaluation
+    from sleep_consolidation.analysis import diagnostics
     from sleep_consolidation.tasks import make_task
+    from sleep_consolidation.training import evaluation
 
     toks = jnp.zeros((B, 2 * L), jnp.int32)
     task = make_task("recall")
@@ -259,10 +260,10 @@ def test_a_window_with_no_full_window_before_the_answers_is_refused():
             match=rf"window={window} leaves no full window before "
             r"the answers: sequence length 16, answers at positions 12\.\.15",
         ):
-            train.resolve_config(c)
+            run_config.resolve_config(c)
     c = recall.get_config("tiny")
     c.window = 15  # the answer at 15 follows a consolidated window: allowed
-    train.resolve_config(c)
+    run_config.resolve_config(c)
 
 
 def test_forward_and_evaluate_refuse_sleep_that_cannot_reach_an_output(params):
@@ -280,9 +281,9 @@ def test_forward_and_evaluate_refuse_sleep_that_cannot_reach_an_output(params):
     assert sc.forward(params, toks, L, 2, positions=(0, 2)).shape == (B, 2, CFG.vocab_size)
     # evaluate knows the task's answers: recall tiny answers at 12..15 of 16 tokens.
     from experiments.configs import recall
-    from sleep_consolidation import evaluation
+    from sleep_consolidation.training import evaluation
 
-    spec = train.resolve_config(recall.get_config("tiny"))
+    spec = run_config.resolve_config(recall.get_config("tiny"))
     model = sc.init_params(spec.model_config, jax.random.key(0))
     batch = spec.task.eval_batch(0, 2)
     with pytest.raises(ValueError, match=r"window=16 leaves no full window before the answers"):
@@ -300,26 +301,26 @@ def test_an_absurd_learning_rate_is_refused(field):
     # 1e39 is Inf in float32: the first update would write non-finite parameters.
     with pytest.raises(ValueError, match=rf"invalid config: {field} must be a finite number "
                        r"in \(0.0, 1000.0\], got 1e\+39"):  # fmt: skip
-        train.resolve_config(_tiny_run_config(**{field: 1e39}))
+        run_config.resolve_config(_tiny_run_config(**{field: 1e39}))
 
 
 def test_sizes_known_to_exceed_the_machine_are_refused_before_compiling(monkeypatch):
     from experiments.configs import recall
-    from sleep_consolidation import run_config
+    from sleep_consolidation.training import run_config
 
     c = recall.get_config("tiny")
     c.batch_size = 100_000_000  # 411 GiB at least: more than any machine this runs on
     message = (r"batch_size=100000000 needs at least 411\.\d GiB \(sequence length 16, "
                r"d_model 32\), more than this machine's")  # fmt: skip
     with pytest.raises(ValueError, match=message):
-        train.resolve_config(c)
+        run_config.resolve_config(c)
     monkeypatch.setattr(run_config, "host_memory_bytes", lambda: 16 * 2**30)
     c = recall.get_config("tiny")
     c.eval_size = 100_000_000  # 60 GiB at least
     with pytest.raises(ValueError, match=r"eval_size=100000000 needs at least .* 16\.0 GiB"):
-        train.resolve_config(c)
+        run_config.resolve_config(c)
     c.eval_size = 100_000  # 60 MiB
-    train.resolve_config(c)
+    run_config.resolve_config(c)
 
 
 def test_wide_out_of_range_ids_inside_jit_give_nan():
@@ -337,8 +338,8 @@ def test_wide_out_of_range_ids_inside_jit_give_nan():
 
 
 def test_evaluate_refuses_a_model_of_another_vocabulary(params):
-    from sleep_consolidation import evaluation
     from sleep_consolidation.tasks import make_task
+    from sleep_consolidation.training import evaluation
 
     task = make_task("recall", num_keys=4, num_values=4, num_pairs_values=(2,), window=4,
                      num_queries=2)  # fmt: skip

@@ -8,7 +8,8 @@ import pytest
 from conftest import tiny_config
 
 import sleep_consolidation as sc
-from sleep_consolidation import parametric, rules
+from sleep_consolidation import rules
+from sleep_consolidation.rules import parametric
 
 H, DK, DV = 2, 4, 3
 BUILTINS = ("hebbian", "gated_hebbian", "delta", "gated_delta")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation import checkpointing, curriculum, train
-from sleep_consolidation.losses import masked_cross_entropy
-from sleep_consolidation.run_log import tensorboard_tag
 from sleep_consolidation.tasks.recall import Recall
+from sleep_consolidation.training import checkpointing, curriculum, run_config, train
+from sleep_consolidation.training.losses import masked_cross_entropy
+from sleep_consolidation.training.run_log import tensorboard_tag
 from tests.conftest import attn_config, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def test_passes_at_ramps_linearly_in_n_and_then_holds():
 def test_bad_recipe_fields_are_refused_by_name(override, message):
     config = {**attn_config().to_dict(), **override}  # a mapping: no ConfigDict type check
     with pytest.raises(ValueError, match=message):
-        train.resolve_config(config)
+        run_config.resolve_config(config)
 
 
 # --- init_from ---------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_init_from_starts_from_exactly_the_source_parameters(source_run, tmp_pat
     workdir = str(tmp_path / "warm")
     train.train_and_evaluate(config, workdir)
     # The first step's loss is the source model's loss on batch 0 (before any update).
-    spec = train.resolve_config(config)
+    spec = run_config.resolve_config(config)
     source = checkpointing.load_params(source_run)
     batch = spec.task.batch(config.seed, 0, config.batch_size)
     logits = sc.forward(source, batch.tokens, spec.window, 2, schedule=spec.schedule)
@@ -242,7 +242,7 @@ def test_a_killed_warm_started_run_resumes_bit_exactly(source_run, tmp_path):
 
 
 def test_normalize_sleep_input_keeps_the_features_from_growing_pass_after_pass():
-    from sleep_consolidation import diagnostics
+    from sleep_consolidation.analysis import diagnostics
 
     cfg = sc.ModelConfig(vocab_size=16, d_model=32, num_heads=2, layout=("attn", "ssm"),
                          rule="delta")  # fmt: skip

@@ -19,8 +19,16 @@ import numpy as np
 import pytest
 from conftest import read_metrics
 
-from sleep_consolidation import checkpointing, sharding, train
 from sleep_consolidation.model import init_params
+from sleep_consolidation.training import (
+    checkpointing,
+    optimizers,
+    run_config,
+    run_dir,
+    sharding,
+    train,
+    train_step,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Max error between data-parallel and one-device training: |a - b| / max(1, |b|), i.e.
@@ -76,9 +84,9 @@ def assert_same_run(workdir, reference):
         assert max_error(a, b) <= TOL, (k, a, b)
     err = max_error(load_params(workdir), load_params(reference))
     assert err <= TOL, err
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         ev = json.load(f)["eval"]
-    with open(os.path.join(reference, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(reference, run_dir.SUMMARY_FILE)) as f:
         ev_ref = json.load(f)["eval"]
     assert set(ev) == set(ev_ref)
     for k in ev:
@@ -97,12 +105,12 @@ def assert_same_run(workdir, reference):
 )  # fmt: skip
 def test_bad_data_parallel_is_refused(value, message):
     with pytest.raises(ValueError, match=message):
-        train.resolve_config(attn_config(data_parallel=value))
+        run_config.resolve_config(attn_config(data_parallel=value))
 
 
 def test_data_parallel_values_and_device_checks(tmp_path):
     for ok in (False, True, 1, 8):
-        train.resolve_config(attn_config(data_parallel=ok))
+        run_config.resolve_config(attn_config(data_parallel=ok))
     assert sharding.mesh_from_config(False) is None
     assert sharding.mesh_from_config(1) is None
     mesh = sharding.mesh_from_config(True)
@@ -171,10 +179,10 @@ def _worker_eight(out_dir: str) -> None:
     mesh = sharding.make_data_mesh()
     assert mesh.devices.size == 8 and sharding.mesh_from_config(3).devices.size == 3
     # The one-device checkpoint restores straight into the replicated 8-device layout.
-    spec = train.resolve_config(attn_config())
-    tx = train.optimizer_from_config(attn_config())
+    spec = run_config.resolve_config(attn_config())
+    tx = optimizers.optimizer_from_config(attn_config())
     abstract = jax.eval_shape(
-        lambda: train.init_train_state(init_params(spec.model_config, jax.random.key(0)), tx)
+        lambda: train_step.init_train_state(init_params(spec.model_config, jax.random.key(0)), tx)
     )
     repl = sharding.replicated(mesh)
     with checkpointing.Checkpointer(one) as ckpt:
@@ -271,7 +279,7 @@ def test_two_processes_match_one_process(tmp_path):
             assert f"JAX process {i} of 2" in log
             assert "data-parallel over 4 devices (2 process(es))" in log
     assert "resuming" in results[0][1] and "from step 2" in results[0][1]
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         assert json.load(f)["resumed_from"] == 2
     # Written once (by process 0): one line per step, not two.
     assert [m["step"] for m in read_metrics(workdir)] == [1, 2, 3, 4]

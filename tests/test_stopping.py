@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import attn_config, read_metrics
 
-from sleep_consolidation import stopping, train
+from sleep_consolidation.training import run_config, run_dir, stopping, train
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -100,8 +100,8 @@ def test_steps_to_fraction_and_history():
 )
 def test_bad_stop_fields_are_refused(override, message):
     with pytest.raises(ValueError, match=message):
-        train.resolve_config(attn_config(**override))
-    train.resolve_config(attn_config(stop_metric="eval/loss/d=2", stop_patience=2))
+        run_config.resolve_config(attn_config(**override))
+    run_config.resolve_config(attn_config(stop_metric="eval/loss/d=2", stop_patience=2))
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -111,7 +111,7 @@ _EVERY = dict(log_every=1, eval_every=1, checkpoint_every=100, steps=12)
 
 
 def _summary(workdir):
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         return json.load(f)
 
 

@@ -153,13 +153,14 @@ def test_declared_baselines_are_taken_whole():
 
 
 def test_fake_trainer_writes_the_files_the_library_names():
-    from sleep_consolidation import checkpointing, train
+    from sleep_consolidation.training import checkpointing
+    from sleep_consolidation.training.run_dir import METRICS_FILE, SUMMARY_FILE
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     import fake_train
 
     assert (fake_train.CONFIG_FILE, fake_train.METRICS_FILE, fake_train.SUMMARY_FILE) == (
-        checkpointing.CONFIG_FILE, train.METRICS_FILE, train.SUMMARY_FILE,
+        checkpointing.CONFIG_FILE, METRICS_FILE, SUMMARY_FILE,
     )  # fmt: skip
 
 
@@ -634,7 +635,7 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     """capacity_map: 4 loads (window 2n) x N in {1, 2, 4} x 5 seeds with the stopping rule
     on; main_converged: its n = 16 load x N in {1, 4}, the very same runs."""
     from experiments.configs import sweeps
-    from sleep_consolidation import train
+    from sleep_consolidation.training import run_config
 
     def runs(name):
         return {r.name: r for r in grid.Sweep.from_config(sweeps.get_config(name)).runs()}
@@ -668,4 +669,4 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
         grid.Sweep.from_config(sweeps.main_converged()).overrides(run),
     )
     assert c.task.window == 32 and c.stop_min_steps == 2000
-    train.resolve_config(c)  # a valid run config, stopping fields included
+    run_config.resolve_config(c)  # a valid run config, stopping fields included

@@ -15,8 +15,23 @@ from conftest import attn_config, read_metrics, tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import depo, gsm, recall, rule110
-from sleep_consolidation import checkpointing, train
 from sleep_consolidation.tasks import Recall, make_task
+from sleep_consolidation.training import (
+    checkpointing,
+    evaluation,
+    optimizers,
+    run_config,
+    run_dir,
+    train,
+)
+from sleep_consolidation.training.losses import masked_cross_entropy
+from sleep_consolidation.training.train_step import (
+    NonFiniteError,
+    check_finite,
+    init_train_state,
+    make_train_step,
+    train_step_from_config,
+)
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -32,16 +47,16 @@ def test_masked_cross_entropy_ignores_unsupervised_positions():
     mask = jnp.array([[0, 1, 0, 1, 1], [0, 0, 0, 0, 1]], jnp.float32)
     nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
     want = jnp.sum(nll * mask) / 4
-    np.testing.assert_allclose(train.masked_cross_entropy(logits, targets, mask), want, rtol=1e-6)
+    np.testing.assert_allclose(masked_cross_entropy(logits, targets, mask), want, rtol=1e-6)
     poisoned = logits.at[0, 0].set(jnp.nan)  # unsupervised position
-    np.testing.assert_allclose(train.masked_cross_entropy(poisoned, targets, mask), want, rtol=1e-6)
-    assert train.masked_cross_entropy(logits, targets, jnp.zeros_like(mask)) == 0.0
+    np.testing.assert_allclose(masked_cross_entropy(poisoned, targets, mask), want, rtol=1e-6)
+    assert masked_cross_entropy(logits, targets, jnp.zeros_like(mask)) == 0.0
 
 
 def test_muon_labels_are_exactly_the_block_matrices():
     cfg = tiny_config(layout=("attn", "ssm"))
     params = jax.eval_shape(lambda: sc.init_params(cfg, jax.random.key(0)))
-    labels = train.muon_labels(params)
+    labels = optimizers.muon_labels(params)
     assert labels.config == cfg
     got = {jax.tree_util.keystr(p): lab for p, lab in jax.tree_util.tree_leaves_with_path(labels)}
     matrices = {"wq", "wk", "wv", "wo", "wg", "wa", "wb", "w1", "w2"}
@@ -60,11 +75,11 @@ def test_muon_labels_are_exactly_the_block_matrices():
 def test_train_step_jits_once_and_splits_learning_rates():
     # The loop's own program (attn_config), so the session compiles it once.
     c = attn_config()
-    spec = train.resolve_config(c)
-    tx = train.optimizer_from_config(c)
+    spec = run_config.resolve_config(c)
+    tx = optimizers.optimizer_from_config(c)
     params = sc.init_params(spec.model_config, jax.random.key(c.seed))
-    state0 = jax.device_put(train.init_train_state(params, tx), jax.devices()[0])
-    train_step = train.make_train_step(tx, window=spec.window, passes=c.passes,
+    state0 = jax.device_put(init_train_state(params, tx), jax.devices()[0])
+    train_step = make_train_step(tx, window=spec.window, passes=c.passes,
                                        schedule=spec.schedule)  # fmt: skip
     state = state0
     for step in range(3):
@@ -87,10 +102,10 @@ def test_truncated_gradients_run_and_differ_from_full():
     task = make_task("recall", num_pairs_values=(2,), num_keys=8, num_values=8, window=4,
                      num_queries=2)  # fmt: skip
     batch = task.batch(0, 0, 2)
-    tx = train.make_optimizer("adamw")
-    state = train.init_train_state(sc.init_params(cfg, jax.random.key(1)), tx)
-    full = train.make_train_step(tx, window=4, passes=3)(state, batch)
-    trunc = train.make_train_step(tx, window=4, passes=3, grad_passes=1)(state, batch)
+    tx = optimizers.make_optimizer("adamw")
+    state = init_train_state(sc.init_params(cfg, jax.random.key(1)), tx)
+    full = make_train_step(tx, window=4, passes=3)(state, batch)
+    trunc = make_train_step(tx, window=4, passes=3, grad_passes=1)(state, batch)
     assert float(full[1]["loss"]) == float(trunc[1]["loss"])  # same forward
     assert math.isfinite(float(trunc[1]["grad_norm"]))
     assert float(full[1]["grad_norm"]) != float(trunc[1]["grad_norm"])
@@ -102,19 +117,19 @@ def test_evaluate_pads_the_last_chunk_without_changing_the_metric():
                      num_queries=4)  # fmt: skip
     params = sc.init_params(cfg, jax.random.key(0))
     batch = task.eval_batch(0, 12)
-    whole = train.evaluate(params, task, batch, passes=2, batch_size=12)
-    padded = train.evaluate(params, task, batch, passes=2, batch_size=8)
+    whole = evaluation.evaluate(params, task, batch, passes=2, batch_size=12)
+    padded = evaluation.evaluate(params, task, batch, passes=2, batch_size=8)
     assert set(whole) == {"loss", "acc", "loss/d=2", "acc/d=2", "loss/d=4", "acc/d=4"}
     for k in whole:
         np.testing.assert_allclose(padded[k], whole[k], rtol=1e-5, err_msg=k)
 
 
 def test_check_finite_names_step_and_quantity():
-    train.check_finite(3, {"loss": 1.0, "grad_norm": 2.0})
-    with pytest.raises(train.NonFiniteError, match=r"grad_norm .*at step 7"):
-        train.check_finite(7, {"loss": 1.0, "grad_norm": float("inf")})
-    with pytest.raises(train.NonFiniteError, match=r"loss .*at step 2"):
-        train.check_finite(2, {"loss": float("nan"), "grad_norm": float("nan")})
+    check_finite(3, {"loss": 1.0, "grad_norm": 2.0})
+    with pytest.raises(NonFiniteError, match=r"grad_norm .*at step 7"):
+        check_finite(7, {"loss": 1.0, "grad_norm": float("inf")})
+    with pytest.raises(NonFiniteError, match=r"loss .*at step 2"):
+        check_finite(2, {"loss": float("nan"), "grad_norm": float("nan")})
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,7 +159,7 @@ def test_invalid_config_is_refused_before_compiling(tmp_path, override, message)
     c = attn_config().to_dict()
     c.update(override)
     with pytest.raises(ValueError, match=message):
-        train.resolve_config(c)
+        run_config.resolve_config(c)
     with pytest.raises(ValueError, match="invalid config"):
         train.train_and_evaluate(c, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -154,14 +169,14 @@ def test_missing_field_is_refused():
     c = attn_config().to_dict()
     del c["seed"]
     with pytest.raises(ValueError, match=r"missing field\(s\) \['seed'\]"):
-        train.resolve_config(c)
+        run_config.resolve_config(c)
 
 
 @pytest.mark.parametrize("get_config", [rule110.get_config, depo.get_config, gsm.get_config,
                                         recall.get_config])  # fmt: skip
 @pytest.mark.parametrize("arg", [None, "tiny"])
 def test_experiment_configs_resolve(get_config, arg):
-    spec = train.resolve_config(get_config(arg))
+    spec = run_config.resolve_config(get_config(arg))
     assert spec.model_config.vocab_size == spec.task.vocab_size
     assert spec.window == spec.task.default_window
 
@@ -191,7 +206,7 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, 
         # A NaN gradient under a finite loss. (A NaN token at an evicted position once did
         # it, until the step stopped computing what no answer reads.) The step still
         # updates the params; the loop must refuse to keep that state.
-        make_step = train.train_step_from_config
+        make_step = train_step_from_config
 
         def nan_grad_step(*args, **kwargs):
             step = make_step(*args, **kwargs)
@@ -205,14 +220,14 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, 
 
         monkeypatch.setattr(train, "train_step_from_config", nan_grad_step)
     workdir = str(tmp_path / "run")
-    with pytest.raises(train.NonFiniteError, match=rf"non-finite {quantity} .*at step 5") as e:
+    with pytest.raises(NonFiniteError, match=rf"non-finite {quantity} .*at step 5") as e:
         train.train_and_evaluate(attn_config(), workdir)
     assert (e.value.step, e.value.quantity) == (5, quantity)
     with checkpointing.Checkpointer(workdir) as ckpt:
         assert ckpt.all_steps() == [2, 4]
     params = checkpointing.load_params(workdir)
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
-    with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["status"] == "failed" and summary["failed_step"] == 5
     assert summary["last_checkpoint"] == 4
@@ -230,7 +245,7 @@ def test_workdir_with_a_different_model_is_refused(tmp_path):
         ({"optimizer": "adamw"}, "optimizer: saved 'muon'"),
     ]
     for override, message in conflicts:
-        with pytest.raises(train.ConfigConflictError, match=message):
+        with pytest.raises(run_dir.ConfigConflictError, match=message):
             train.train_and_evaluate(attn_config(**override), workdir)
         with open(config_path) as f:
             assert f.read() == saved  # not overwritten
@@ -275,10 +290,10 @@ def test_eval_passes_logs_other_n(tmp_path):
     summary = train.train_and_evaluate(c, workdir)
     (line,) = read_metrics(workdir)
     params = checkpointing.load_params(workdir)
-    task = train.resolve_config(c).task
+    task = run_config.resolve_config(c).task
     batch = task.eval_batch(c.seed, c.eval_size)
     for m, prefix, short in [(2, "eval/", ""), (1, "eval_N1/", "N1/"), (3, "eval_N3/", "N3/")]:
-        want = train.evaluate(params, task, batch, passes=m, batch_size=c.eval_batch_size)
+        want = evaluation.evaluate(params, task, batch, passes=m, batch_size=c.eval_batch_size)
         for k, v in want.items():
             got_line, got_summary = line[prefix + k], summary["eval"][short + k]
             if math.isnan(v):
@@ -343,14 +358,14 @@ def _saved_run(tmp_path, config, checkpoint_step=4):
     step directory), without training."""
     workdir = tmp_path / "run"
     (workdir / checkpointing.CHECKPOINT_DIR / str(checkpoint_step)).mkdir(parents=True)
-    record = train.run_record(config, train.resolve_config(config))
+    record = run_dir.run_record(config, run_config.resolve_config(config))
     with open(workdir / checkpointing.CONFIG_FILE, "w") as f:
         json.dump(record, f)
     return str(workdir)
 
 
 def _record(config):
-    return train.run_record(config, train.resolve_config(config))
+    return run_dir.run_record(config, run_config.resolve_config(config))
 
 
 @pytest.mark.parametrize(
@@ -371,10 +386,10 @@ def _record(config):
 def test_a_change_of_what_is_computed_is_refused_unless_allowed(tmp_path, override, field):
     workdir = _saved_run(tmp_path, attn_config())
     record = _record(attn_config(**override))
-    with pytest.raises(train.ConfigConflictError, match=field) as e:
-        train.check_workdir(workdir, record)
+    with pytest.raises(run_dir.ConfigConflictError, match=field) as e:
+        run_dir.check_workdir(workdir, record)
     assert "--allow_config_change" in str(e.value)
-    allowed = train.check_workdir(workdir, record, allow_config_change=True)
+    allowed = run_dir.check_workdir(workdir, record, allow_config_change=True)
     (change,) = allowed["config_changes"]
     assert change["step"] == 4 and change["allowed"] is True
     assert field.split(":")[0] in change["fields"]
@@ -385,34 +400,34 @@ def test_steps_cadence_and_eval_passes_may_change_freely(tmp_path):
     workdir = _saved_run(tmp_path, attn_config())
     free = dict(steps=12, log_every=3, eval_every=4, checkpoint_every=3, keep_checkpoints=1,
                 eval_passes=(1, 3), eval_batch_size=8)  # fmt: skip
-    record = train.check_workdir(workdir, _record(attn_config(**free)))
+    record = run_dir.check_workdir(workdir, _record(attn_config(**free)))
     (change,) = record["config_changes"]  # recorded all the same
     assert change["allowed"] is False and set(change["fields"]) == set(free)
-    same = train.check_workdir(workdir, _record(attn_config()))
+    same = run_dir.check_workdir(workdir, _record(attn_config()))
     assert "config_changes" not in same
 
 
 def test_steps_may_not_change_under_a_cosine_schedule(tmp_path):
     # Cosine decays over `steps`: more steps would raise the LR of the steps still to run.
     workdir = _saved_run(tmp_path, attn_config(lr_schedule="cosine"))
-    with pytest.raises(train.ConfigConflictError, match="steps: saved 6, requested 12"):
-        train.check_workdir(workdir, _record(attn_config(lr_schedule="cosine", steps=12)))
+    with pytest.raises(run_dir.ConfigConflictError, match="steps: saved 6, requested 12"):
+        run_dir.check_workdir(workdir, _record(attn_config(lr_schedule="cosine", steps=12)))
 
 
 def test_model_changes_are_refused_even_when_allowed_and_no_checkpoint_starts_afresh(tmp_path):
     workdir = _saved_run(tmp_path, attn_config())
     record = _record(attn_config(d_model=64))
-    with pytest.raises(train.ConfigConflictError, match="model.d_model: saved 32"):
-        train.check_workdir(workdir, record, allow_config_change=True)
+    with pytest.raises(run_dir.ConfigConflictError, match="model.d_model: saved 32"):
+        run_dir.check_workdir(workdir, record, allow_config_change=True)
     os.rmdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR, "4"))
-    assert train.check_workdir(workdir, record) == record  # nothing trained: a fresh start
+    assert run_dir.check_workdir(workdir, record) == record  # nothing trained: a fresh start
 
 
 def test_allow_config_change_continues_the_run_and_records_the_change(tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(attn_config(steps=2), workdir)
     changed = attn_config(steps=4, learning_rate=1e-3)
-    with pytest.raises(train.ConfigConflictError, match="learning_rate"):
+    with pytest.raises(run_dir.ConfigConflictError, match="learning_rate"):
         train.train_and_evaluate(changed, workdir)
     summary = train.train_and_evaluate(changed, workdir, allow_config_change=True)
     assert summary["resumed_from"] == 2 and summary["step"] == 4
@@ -428,14 +443,14 @@ def test_allow_config_change_continues_the_run_and_records_the_change(tmp_path):
 def test_lowering_steps_below_a_saved_checkpoint_is_refused(tmp_path):
     """A 16-step model must not stand as a completed 8-step run."""
     workdir = _saved_run(tmp_path, attn_config(steps=16), checkpoint_step=16)
-    with pytest.raises(train.ConfigConflictError,
+    with pytest.raises(run_dir.ConfigConflictError,
                        match=r"checkpoint at step 16, past steps=8.*steps >= 16"):  # fmt: skip
         train.Trainer(attn_config(steps=8), workdir)
-    train.check_workdir(workdir, _record(attn_config(steps=16)))  # the same steps: fine
+    run_dir.check_workdir(workdir, _record(attn_config(steps=16)))  # the same steps: fine
 
 
 def test_a_summary_is_finished_only_for_the_config_it_ended_under(tmp_path):
-    from sleep_consolidation import run_dir
+    from sleep_consolidation.training import run_dir
 
     record = _record(attn_config(steps=8))
     done = {"status": "completed", "steps": 8, "config_digest": run_dir.config_digest(
@@ -455,7 +470,7 @@ def test_train_and_evaluate_refuses_a_run_directory_another_live_process_trains(
     import subprocess
     import sys
 
-    from sleep_consolidation import run_lock
+    from sleep_consolidation.training import run_lock
 
     workdir = tmp_path / "run"
     workdir.mkdir()

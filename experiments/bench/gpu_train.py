@@ -21,9 +21,9 @@ from experiments.configs import rule110
 
 # Not in the public namespace: the config dict with every field filled, the optimizer and
 # the step exactly as the CLI builds them.
-from sleep_consolidation.optimizers import optimizer_from_config
-from sleep_consolidation.run_config import config_to_dict
-from sleep_consolidation.train_step import train_step_from_config
+from sleep_consolidation.training.optimizers import optimizer_from_config
+from sleep_consolidation.training.run_config import config_to_dict
+from sleep_consolidation.training.train_step import train_step_from_config
 
 PEAK_BF16_TFLOPS = 989.0  # H100 / H200 SXM dense bf16
 PEAK_F32_TFLOPS = 67.0  # H100 / H200 SXM f32 without tensor cores (TF32: 494.7)

@@ -1,7 +1,7 @@
 """Shared defaults of the experiment configs (rule110.py, depo.py, gsm.py, recall.py).
 
 Every field a run reads is set here, so a task config only names its task, knobs and
-budget. `sleep_consolidation.train.resolve_config` validates the result before compiling.
+budget. `sleep_consolidation.training.train.resolve_config` validates the result before compiling.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.eval_passes = ()  # extra eval N's, e.g. (1, 4, 8): logged as eval_N{M}/... (tuple)
-    # Stopping rule (sleep_consolidation/stopping.py), off by default: with stop_patience=k
+    # Stopping rule (sleep_consolidation/training/stopping.py), off by default: with stop_patience=k
     # the run stops at the first eval at or after stop_min_steps where stop_metric (None:
     # eval/acc; a loss is minimised) has not beaten its best before the last k evals by
     # more than stop_min_delta (None: 0); `steps` stays the cap. summary.json records
@@ -114,7 +114,7 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     # that run's model differs in shape or rule.
     c.init_from = config_dict.placeholder(str)
     # passes_ramp_steps=K: N grows linearly from 1 to `passes` over the first K steps
-    # (sleep_consolidation/curriculum.py); evaluation and the stopping rule use `passes`.
+    # (sleep_consolidation/training/curriculum.py); evaluation and the stopping rule use `passes`.
     c.passes_ramp_steps = config_dict.placeholder(int)
     # pass_stats_size=m: at every eval, log the mean norm of S and of h and the window-recall
     # cosine after each pass on the first m eval examples (pass_stats/... in metrics.jsonl).

@@ -1,6 +1,6 @@
 """Meta-learning the local rule: rule="parametric" (Hebbian init) trained through sleep.
 
-The rule's coefficients (sleep_consolidation/parametric.py: decay, write, write gate,
+The rule's coefficients (sleep_consolidation/rules/parametric.py: decay, write, write gate,
 erase, erase gate per head) are ordinary parameters; the outer loop learns them with the
 slow weights, AdamW at `theta_learning_rate` (fixed) so they move. `theta.jsonl` in the
 workdir logs them (and the nearest built-in rule) at step 0 and every eval.

@@ -83,7 +83,7 @@ def main_2000():
 
 
 # --- convergence-grade evidence: the capacity map and the main-job slice -------
-# Every run trains to convergence under the stopping rule (sleep_consolidation/stopping.py;
+# Every run trains to convergence under the stopping rule (sleep_consolidation/training/stopping.py;
 # its metric is the default, eval/acc, which also keeps a "/" out of the run names):
 # evaluated every 250 steps, it stops once eval/acc has not beaten its earlier best by more
 # than 0.005 over the last 4 evals, never below eval/acc 0.5 and never before step 2000
@@ -132,7 +132,7 @@ def capacity_map():
     about 3 core-hours on the 2-core CPU (experiments/capacity_map.py reports it).
 
     Report: converged accuracy and paired gain over N=1 per (n, N), with 95% intervals; set
-    beside `sleep_consolidation.capacity` (the no-learning delta rule).
+    beside `sleep_consolidation.analysis.capacity` (the no-learning delta rule).
     """
     return _converged(CAPACITY_LOADS, [1, 2, 4], est_run_s=200.0)
 

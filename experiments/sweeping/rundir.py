@@ -10,9 +10,14 @@ import json
 import os
 from typing import Any
 
-from sleep_consolidation.checkpointing import CONFIG_FILE
-from sleep_consolidation.run_dir import line_problem, summary_mismatch
-from sleep_consolidation.train import METRICS_FILE, SUMMARY_FILE, THETA_FILE
+from sleep_consolidation.training.checkpointing import CONFIG_FILE
+from sleep_consolidation.training.run_dir import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    THETA_FILE,
+    line_problem,
+    summary_mismatch,
+)
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

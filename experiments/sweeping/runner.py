@@ -26,9 +26,9 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
-from sleep_consolidation.checkpointing import CONFIG_FILE
-from sleep_consolidation.run_config import config_to_dict
-from sleep_consolidation.run_dir import only_when_it_ends
+from sleep_consolidation.training.checkpointing import CONFIG_FILE
+from sleep_consolidation.training.run_config import config_to_dict
+from sleep_consolidation.training.run_dir import only_when_it_ends
 
 RESULTS_FILE = "results.jsonl"
 SUBMITIT_DIR = "submitit"
@@ -174,7 +174,9 @@ def check_configs(planned: Sequence[PlannedRun]) -> None:
     Raises:
       ValueError: naming the first bad run, its field and how many runs are bad.
     """
-    from sleep_consolidation.run_config import resolve_config  # imports JAX: only when asked
+    from sleep_consolidation.training.run_config import (
+        resolve_config,  # imports JAX: only when asked
+    )
 
     bad = []
     for p in planned:

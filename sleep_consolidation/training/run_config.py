@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from sleep_consolidation import curriculum, estimators, stopping
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
@@ -24,9 +23,10 @@ from sleep_consolidation.config import (
     check_sleep_reaches,
     check_window_and_passes,
 )
-from sleep_consolidation.optimizers import LR_SCHEDULES, OPTIMIZERS
 from sleep_consolidation.sequence import REMAT_MODES
 from sleep_consolidation.tasks import Task, make_task
+from sleep_consolidation.training import curriculum, estimators, stopping
+from sleep_consolidation.training.optimizers import LR_SCHEDULES, OPTIMIZERS
 
 # ModelConfig fields a config sets directly (vocab_size comes from the task).
 MODEL_FIELDS = (
@@ -85,14 +85,15 @@ class RunSpec:
     window: int
 
 
-def _check_int(name, value, minimum):
+def check_int(name, value, minimum):
+    """Raises ValueError naming `name` unless `value` is an int (or numpy int) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_optional_int(name, value, minimum):
     if value is not None:
-        _check_int(name, value, minimum)
+        check_int(name, value, minimum)
 
 
 def _check_float(name, value, lo, hi=math.inf, lo_open=False):
@@ -160,14 +161,14 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     _check_float("min_lr_ratio", c["min_lr_ratio"], 0.0, 1.0)
     _check_float("clip_norm", c["clip_norm"], 0.0)
     _check_float("weight_decay", c["weight_decay"], 0.0)
-    _check_int("warmup_steps", c["warmup_steps"], 0)
-    _check_int("seed", c["seed"], 0)
+    check_int("warmup_steps", c["warmup_steps"], 0)
+    check_int("seed", c["seed"], 0)
     for name in ("batch_size", "steps", "log_every", "eval_every", "eval_size",
                  "eval_batch_size", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
-        _check_int(name, c[name], 1)
+        check_int(name, c[name], 1)
     _check_eval_passes(c["eval_passes"])
     _check_data_parallel(c["data_parallel"], c["batch_size"])
-    _check_int("microbatches", c["microbatches"], 1)
+    check_int("microbatches", c["microbatches"], 1)
     _check_stop(c, task)
     _check_recipe(c)
     if c["batch_size"] % c["microbatches"]:
@@ -197,7 +198,7 @@ def import_rule_module(name: str | None) -> None:
 
 def _check_estimator(c):
     estimators.check_estimator_options(c["estimator"], c["grad_passes"])
-    _check_int("es_pairs", c["es_pairs"], 1)
+    check_int("es_pairs", c["es_pairs"], 1)
     _check_float("es_sigma", c["es_sigma"], 0.0, lo_open=True)
     if c["es_scope"] not in estimators.ES_SCOPES:
         raise ValueError(f"es_scope must be one of {estimators.ES_SCOPES}, got {c['es_scope']!r}")
@@ -224,7 +225,7 @@ def _check_recipe(c):
         # Truncation to the last k passes is undefined while the ramp's N is below k.
         raise ValueError("passes_ramp_steps cannot be combined with grad_passes (truncation)")
     if c["pass_stats_size"] is not None:
-        _check_int("pass_stats_size", c["pass_stats_size"], 1)
+        check_int("pass_stats_size", c["pass_stats_size"], 1)
         if c["pass_stats_size"] > c["eval_size"]:
             raise ValueError(
                 f"pass_stats_size={c['pass_stats_size']} exceeds eval_size={c['eval_size']} "
@@ -236,14 +237,14 @@ def _check_eval_passes(value):
     if not isinstance(value, list | tuple):
         raise ValueError(f"eval_passes must be a list of ints >= 1, got {value!r}")
     for m in value:
-        _check_int("each of eval_passes", m, 1)
+        check_int("each of eval_passes", m, 1)
 
 
 def _check_data_parallel(value, batch_size):
     # True: every device (counted when the run starts); an int n: the first n devices.
     if value is True or value is False:
         return
-    _check_int("data_parallel (True/False or a device count)", value, 1)
+    check_int("data_parallel (True/False or a device count)", value, 1)
     if batch_size % value:
         raise ValueError(
             f"batch_size {batch_size} is not divisible by data_parallel={value} devices"

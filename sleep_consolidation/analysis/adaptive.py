@@ -28,10 +28,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import diagnostics, model, sequence
+from sleep_consolidation import model, sequence
+from sleep_consolidation.analysis import diagnostics
 from sleep_consolidation.model import Params
-from sleep_consolidation.state import MemoryState, check_state
-from sleep_consolidation.wake_sleep import _prefixes, sleep_step
+from sleep_consolidation.state import MemoryState, attention_prefixes, check_state
+from sleep_consolidation.wake_sleep import sleep_step
 
 # The fields with a leading batch axis: an example's rollback restores its slice of each.
 _BATCHED = ("fast", "fast_at_window_start", "keys", "values", "prefix_keys", "prefix_values",
@@ -58,8 +59,8 @@ def window_keys_values(params: Params, state: MemoryState) -> dict[int, tuple]:
     fast_in = dict(zip(cfg.ssm_blocks, source))
     x = model.sleep_input(sched, state.features, state.loop_input)
     # sequence's recording block loop: each ssm block's normed input, as the pass sees it
-    _, _, _, xs = sequence._blocks(
-        params, range(start, stop), x, fast_in, _prefixes(cfg, state), record=True
+    _, _, _, xs = sequence.run_blocks(
+        params, range(start, stop), x, fast_in, attention_prefixes(cfg, state), record=True
     )
     valid = (jnp.arange(state.window) < state.pos)[None, :, None, None]
     out = {}
@@ -84,7 +85,7 @@ def window_recall(params: Params, state: MemoryState) -> jax.Array:
         return jnp.zeros((B,), jnp.float32)
     # diagnostics' statistic averages over all L positions; a zeroed (unfilled) position
     # reads 0, so rescaling by L / pos gives the mean over the filled ones.
-    per_example = jax.vmap(lambda S, k, v: diagnostics._recall_stats(S[None], k[None], v[None])[0])
+    per_example = jax.vmap(lambda S, k, v: diagnostics.recall_stats(S[None], k[None], v[None])[0])
     index = {b: j for j, b in enumerate(cfg.ssm_blocks)}
     cos = [per_example(state.fast[index[b]], k, v) for b, (k, v) in kv.items()]
     scale = state.window / jnp.maximum(state.pos, 1).astype(jnp.float32)

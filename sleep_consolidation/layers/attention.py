@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_consolidation.config import ModelConfig
-from sleep_consolidation.linear import matmul_in, project
+from sleep_consolidation.layers.linear import matmul_in, project
 
 _NEG = -1e30  # finite "minus infinity": masked rows never become all -inf (each query sees itself)
 

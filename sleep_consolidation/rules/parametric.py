@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_consolidation import rules
-from sleep_consolidation.chunked import _chunk_form
+from sleep_consolidation.rules.chunked import chunk_form
 
 NAME = "parametric"
 COEFFS = ("decay", "write", "write_gate", "erase", "erase_gate")
@@ -108,7 +108,7 @@ def chunked_parametric(S0, q, k, v, alpha, beta, theta, valid, chunk_size, *, re
     """
     f32 = jnp.float32
     log_d, a, b = strengths(theta, alpha.astype(f32), beta.astype(f32))  # [B, T, H]
-    return _chunk_form(S0, q, k, v, log_d, a, b, valid, chunk_size, remat=remat)
+    return chunk_form(S0, q, k, v, log_d, a, b, valid, chunk_size, remat=remat)
 
 
 def to_parametric(params, point: str | None = None):

@@ -2,7 +2,7 @@
 
 A library module (it never reads flags): `experiments/train.py` parses the flags and calls
 `train_and_evaluate`; a notebook can use every piece on its own. The pieces live in their
-own modules and are re-exported here:
+own modules (import each name from the module that defines it):
 
     losses.py       masked_cross_entropy
     optimizers.py   make_optimizer (Muon + AdamW), its labels and the LR schedule
@@ -29,47 +29,28 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation import (
+from sleep_consolidation.analysis import diagnostics
+from sleep_consolidation.model import init_params
+from sleep_consolidation.training import (
     checkpointing,
     curriculum,
-    diagnostics,
     run_dir,
     run_lock,
     sharding,
     stopping,
 )
-from sleep_consolidation.evaluation import Evaluator, evaluate, metrics_line, summary_metrics
-from sleep_consolidation.losses import masked_cross_entropy
-from sleep_consolidation.model import init_params
-from sleep_consolidation.optimizers import (
-    LR_SCHEDULES,
-    NOT_MUON,
-    OPTIMIZERS,
-    learning_rate_schedule,
+from sleep_consolidation.training.evaluation import Evaluator, metrics_line, summary_metrics
+from sleep_consolidation.training.optimizers import (
     lr_schedule_from_config,
-    make_optimizer,
-    muon_labels,
     optimizer_from_config,
-    optimizer_labels,
 )
-from sleep_consolidation.run_config import (
-    CONFIG_FIELDS,
-    ESTIMATOR_FIELDS,
-    LOOP_FIELDS,
-    MODEL_FIELDS,
-    OPTIMIZER_FIELDS,
-    SCHEDULE_FIELDS,
-    RunSpec,
+from sleep_consolidation.training.run_config import (
     config_to_dict,
-    import_rule_module,
     resolve_config,
 )
-from sleep_consolidation.run_dir import (
+from sleep_consolidation.training.run_dir import (
     METRICS_FILE,
     SUMMARY_FILE,
-    THETA_FILE,
-    ConfigConflictError,
-    RunIOError,
     check_workdir,
     close_all,
     io_error,
@@ -77,34 +58,18 @@ from sleep_consolidation.run_dir import (
     run_record,
     write_json,
 )
-from sleep_consolidation.run_log import (
+from sleep_consolidation.training.run_log import (
     RunLog,
     StepMetrics,
     Throughput,
     has_theta,
-    theta_record,
 )
-from sleep_consolidation.train_step import (
+from sleep_consolidation.training.train_step import (
     NonFiniteError,
     TrainState,
-    check_finite,
     init_train_state,
-    make_train_step,
     train_step_from_config,
 )
-
-# The names this module always offered (tests, experiments and notebooks import them here).
-__all__ = [
-    "CONFIG_FIELDS", "ESTIMATOR_FIELDS", "LOOP_FIELDS", "LR_SCHEDULES", "METRICS_FILE",
-    "MODEL_FIELDS", "NOT_MUON", "OPTIMIZERS", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS",
-    "SUMMARY_FILE", "THETA_FILE", "ConfigConflictError", "NonFiniteError", "RunIOError", "RunSpec",
-    "TrainState", "Trainer", "check_finite", "check_workdir", "config_to_dict", "evaluate",
-    "import_rule_module", "init_train_state", "learning_rate_schedule", "make_optimizer",
-    "make_train_step", "masked_cross_entropy", "muon_labels", "optimizer_from_config",
-    "optimizer_labels", "resolve_config", "run_record", "theta_record", "train_and_evaluate",
-    "train_step_from_config",
-]  # fmt: skip
-
 
 HISTORY_KEY = "eval_history"  # the checkpoint metadata key of the stop metric's history
 

@@ -19,17 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sleep_consolidation import estimators, sharding
 from sleep_consolidation.config import (
     Schedule,
     check_grad_passes,
     check_window_and_passes,
     resolve_schedule,
 )
-from sleep_consolidation.losses import masked_cross_entropy
 from sleep_consolidation.model import Params
-from sleep_consolidation.run_config import RunSpec, _check_int
 from sleep_consolidation.sequence import REMAT_MODES, forward
+from sleep_consolidation.training import estimators, sharding
+from sleep_consolidation.training.losses import masked_cross_entropy
+from sleep_consolidation.training.run_config import RunSpec, check_int
 
 
 @flax.struct.dataclass
@@ -128,7 +128,7 @@ def make_train_step(
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
     check_grad_passes(grad_passes, passes)
-    _check_int("microbatches", microbatches, 1)
+    check_int("microbatches", microbatches, 1)
     if estimator is None:
         estimator = "full" if grad_passes is None else "truncated"
 

@@ -115,7 +115,7 @@ def hold_run(workdir: str, *, main: bool = True):
     same run directory is refused (LockedError naming the pid); a stale lock (dead pid) is
     taken over. Nested holds in one process (the command line's, then the library's) share
     the outer lock. `main=False` (a multi-host run's other processes) holds nothing."""
-    from sleep_consolidation.run_dir import io_error  # run_dir imports the whole model
+    from sleep_consolidation.training.run_dir import io_error  # run_dir imports the whole model
 
     lock = DirLock(workdir, TRAIN_LOCK_FILE, what="training run")
     if not main or os.path.abspath(lock.path) in _HELD:

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleep_consolidation import sharding
 from sleep_consolidation.config import Schedule, check_sleep_reaches, resolve_schedule
 from sleep_consolidation.model import Params
 from sleep_consolidation.sequence import forward
 from sleep_consolidation.tasks import Task
 from sleep_consolidation.tasks.base import metrics_from_sums, per_depth_sums
+from sleep_consolidation.training import sharding
 
 _EVAL_STATIC = ("window", "passes", "schedule", "depths", "positions", "per_position")
 

@@ -12,7 +12,7 @@ takes the schedule as `schedule=` or its fields as keywords, like `forward`.
 Two evaluation paths, checked against each other and against `forward` in the tests:
   * `fast_weight_change_per_pass` streams the tokens with the library's own `wake_step`,
     `sleep_step` and `evict` (one jitted program, `lax.scan` over windows and tokens);
-  * `window_loop` runs `forward`'s own window step (`sequence._window_step`, asked to
+  * `window_loop` runs `forward`'s own window step (`sequence.window_step`, asked to
     record each ssm block's input and the fast weights after every pass) and applies a hook
     to the fast weights at every window boundary (after consolidation and eviction). With
     no hook its logits equal `forward`'s.
@@ -27,13 +27,14 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import fast_weights, model, sequence
+from sleep_consolidation import model, sequence
 from sleep_consolidation.config import (
     Schedule,
     check_tokens,
     check_window_and_passes,
     resolve_schedule,
 )
+from sleep_consolidation.layers import fast_weights
 from sleep_consolidation.model import Params
 from sleep_consolidation.state import init_state
 from sleep_consolidation.tasks.base import per_depth_metrics
@@ -139,7 +140,7 @@ def roll_memory(fast: tuple) -> tuple:
 _HOOKS = {"none": None, "zero": zero_memory, "roll": roll_memory}
 
 
-def _recall_stats(S, k, v):
+def recall_stats(S, k, v):
     """Cosine and relative error of S^T k_t vs v_t: S [B,H,dk,dv]; k, v [B,T,H,d]."""
     r = jnp.einsum("bhkv,bthk->bthv", S, k)
     rn = jnp.linalg.norm(r, axis=-1)
@@ -150,12 +151,12 @@ def _recall_stats(S, k, v):
 
 
 def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, stats):
-    """`sequence._window_step` (recording when `stats`), its logits, the window's statistics
+    """`sequence.window_step` (recording when `stats`), its logits, the window's statistics
     and the boundary: mode 0 keeps the memory, 1 zeroes it, 2 rolls it over the batch; a
     static `hook` (any function of the fast-weight tuple) is applied after that."""
     cfg = params.config
     fast_start = carry.fast
-    out = sequence._window_step(
+    out = sequence.window_step(
         params, carry, toks, sched=sched, window=window, passes=passes, sleep=sleep, record=stats
     )
     carry, h = out[:2]
@@ -170,8 +171,8 @@ def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, st
         for b in cfg.ssm_blocks:
             S_pass = aux["fast"][b]  # [N, B, H, dk, dv]: S after pass 1..N (wake = pass 1)
             k, v = block_keys_values(params.blocks[b]["mixer"], cfg, aux["inputs"][b])
-            c, e = jax.vmap(lambda S, k=k, v=v: _recall_stats(S, k, v))(S_pass)
-            c0, e0 = _recall_stats(fast_start[b], k, v)
+            c, e = jax.vmap(lambda S, k=k, v=v: recall_stats(S, k, v))(S_pass)
+            c0, e0 = recall_stats(fast_start[b], k, v)
             cos.append(c), err.append(e), cos0.append(c0), err0.append(e0)
             change.append(jax.vmap(_rel_change)(S_pass[:-1], S_pass[1:]))
             s_norm.append(jnp.mean(jnp.sqrt(jnp.sum(S_pass**2, axis=(2, 3, 4))), axis=1))

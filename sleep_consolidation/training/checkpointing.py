@@ -14,6 +14,9 @@ unreadable (e.g. a truncated file) or holds non-finite numbers is moved to
 `checkpoints_corrupt/` by the training run and the previous step is used. A reader
 (`load_params`, `Checkpointer(read_only=True)`) never deletes or moves anything: it skips
 such a step, so that reading a live run is safe.
+
+Orbax is imported by the functions that use it, not on import: the run-directory code
+reads its files through this module, and `import sleep_consolidation` stays free of Orbax.
 """
 
 from __future__ import annotations
@@ -28,13 +31,12 @@ import time
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 
 from sleep_consolidation.config import ModelConfig
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.state import MemoryState
-from sleep_consolidation.train_step import NonFiniteError
+from sleep_consolidation.training.train_step import NonFiniteError
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -111,6 +113,8 @@ class Checkpointer:
         self.record = record
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
+        import orbax.checkpoint as ocp
+
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=not read_only,
@@ -155,6 +159,8 @@ class Checkpointer:
         return step
 
     def _save(self, step: int, train_state, metadata) -> None:
+        import orbax.checkpoint as ocp
+
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -203,6 +209,8 @@ class Checkpointer:
     def restore(self, abstract_state):
         """Restores the latest readable step into the structure of `abstract_state`
         (e.g. `jax.eval_shape` of the init function). Returns None if there is none."""
+        import orbax.checkpoint as ocp
+
         restored = self._restore_latest(
             ocp.args.Composite(
                 params=ocp.args.StandardRestore(abstract_state.params),
@@ -221,6 +229,8 @@ class Checkpointer:
 
     def restore_params(self, abstract_params: Params, step: int | None = None) -> Params | None:
         """Restores only the `Params` of `step` (default: the latest readable step)."""
+        import orbax.checkpoint as ocp
+
         args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
         if step is not None:
             try:
@@ -434,6 +444,8 @@ def save_memory_state(path: str | os.PathLike, state: MemoryState) -> None:
     if os.path.exists(path):
         raise FileExistsError(f"{path} already exists; give a new directory")
     os.makedirs(path)
+    import orbax.checkpoint as ocp
+
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(path, "arrays"), state)
     with open(os.path.join(path, "static.json"), "w") as f:
@@ -462,6 +474,8 @@ def load_memory_state(path: str | os.PathLike, like: MemoryState) -> MemoryState
             f"saved MemoryState static fields {saved} differ from those of `like` {want}"
         )
     abstract = jax.eval_shape(lambda: like)
+    import orbax.checkpoint as ocp
+
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(os.path.join(path, "arrays"), abstract)
 

@@ -24,11 +24,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from sleep_consolidation import parametric
 from sleep_consolidation.model import Params
-from sleep_consolidation.rules import get_rule
-from sleep_consolidation.run_dir import METRICS_FILE, THETA_FILE, append_jsonl, truncate_jsonl
-from sleep_consolidation.train_step import check_finite
+from sleep_consolidation.rules import get_rule, parametric
+from sleep_consolidation.training.run_dir import (
+    METRICS_FILE,
+    THETA_FILE,
+    append_jsonl,
+    truncate_jsonl,
+)
+from sleep_consolidation.training.train_step import check_finite
 
 
 def tensorboard_tag(key: str) -> str:

@@ -39,8 +39,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sleep_consolidation import loops
-from sleep_consolidation.linear import matmul, transposed
+from sleep_consolidation.layers import loops
+from sleep_consolidation.layers.linear import matmul, transposed
 
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
@@ -120,7 +120,7 @@ def _unit_lower_inverse_bwd(T, G):
 _unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
-def _chunk_form(S0, q, k, v, log_decay, write, erase, valid, chunk_size, *, remat):
+def chunk_form(S0, q, k, v, log_decay, write, erase, valid, chunk_size, *, remat):
     """The shared kernel: S_t = d_t S_{t-1} + k_t (a_t v_t - b_t S'^T k_t)^T per token, with
     S' = d_t S_{t-1}, in chunks (shapes as in the module docstring).
 
@@ -229,7 +229,7 @@ def _make(delta: bool, gated: bool, name: str):
         if name == "hebbian":
             beta = jnp.ones(q.shape[:3], jnp.float32)  # gates ignored; the mask still applies
         erase = beta if delta else None
-        return _chunk_form(S0, q, k, v, log_decay, beta, erase, valid, chunk_size, remat=remat)
+        return chunk_form(S0, q, k, v, log_decay, beta, erase, valid, chunk_size, remat=remat)
 
     fn.__name__ = f"chunked_{name}"
     fn.__qualname__ = fn.__name__

@@ -14,8 +14,8 @@ import jax
 import optax
 from optax.contrib import muon
 
-from sleep_consolidation import estimators
 from sleep_consolidation.model import Params
+from sleep_consolidation.training import estimators
 
 OPTIMIZERS = ("muon", "adamw")
 LR_SCHEDULES = ("constant", "cosine")

@@ -120,7 +120,7 @@ def hebbian(S, k, v, alpha, beta, theta=None):
     return S + k[:, :, None] * v[:, None, :]
 
 
-from sleep_consolidation import chunked as _chunked  # noqa: E402  (imports only jax)
+from sleep_consolidation.rules import chunked as _chunked  # noqa: E402  (imports only jax)
 
 for _name, _fn in (
     ("gated_delta", gated_delta),

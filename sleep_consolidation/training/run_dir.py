@@ -24,8 +24,8 @@ from typing import Any
 
 from absl import logging
 
-from sleep_consolidation import checkpointing
-from sleep_consolidation.run_config import MODEL_FIELDS, RunSpec, config_to_dict
+from sleep_consolidation.training import checkpointing
+from sleep_consolidation.training.run_config import MODEL_FIELDS, RunSpec, config_to_dict
 
 CONFIG_FILE = checkpointing.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"

@@ -15,12 +15,8 @@ import numpy as np
 
 from sleep_consolidation import rules
 from sleep_consolidation.config import ModelConfig
-from sleep_consolidation.linear import project
-
-
-def rms_norm(x, weight, eps: float = 1e-6):
-    x32 = x.astype(jnp.float32)
-    return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * weight
+from sleep_consolidation.layers.linear import project
+from sleep_consolidation.layers.norms import rms_norm
 
 
 def _l2_normalize(x, eps: float = 1e-6):
