@@ -72,8 +72,8 @@ def depth_and_passes(r: dict) -> tuple[int, int]:
 @functools.lru_cache(maxsize=64)
 def constant_floor(run_dir: str) -> float:
     """Exact-match accuracy of the best constant answer on the run's own eval set."""
-    from sleep_consolidation.training import evaluation
     from sleep_consolidation.tasks import make_task
+    from sleep_consolidation.training import evaluation
 
     c = _config(run_dir)
     knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in c["task"].items()}
