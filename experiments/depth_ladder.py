@@ -56,8 +56,10 @@ def load_records(paths: Sequence[str]) -> list[dict]:
 
 
 def _config(run_dir: str) -> dict:
+    """The run's flat config (config.json's "config") with the resolved task knobs."""
     with open(os.path.join(run_dir, "config.json")) as f:
-        return json.load(f)
+        recorded = json.load(f)
+    return {**recorded["config"], "task": recorded["task"]}
 
 
 def depth_and_passes(r: dict) -> tuple[int, int]:
@@ -95,7 +97,7 @@ def _cap_note(r: dict) -> str:
 
 def runs_table(records: Sequence[dict]) -> str:
     lines = [
-        "| t | N | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% | stop | train s |",
+        "| t | N | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% of final | stop | train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (*depth_and_passes(r), r["seed"])):

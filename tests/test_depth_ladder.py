@@ -72,7 +72,7 @@ def _fake_run(tmp_path, t, n, seed, acc, stop="converged"):
     task = {"name": "rule110", "num_states": 4, "width": 16, "t_values": [t],
             "boundary": "periodic"}  # fmt: skip
     (run_dir / "config.json").write_text(
-        json.dumps({"task": task, "passes": n, "seed": seed, "eval_size": 64})
+        json.dumps({"config": {"passes": n, "seed": seed, "eval_size": 64}, "task": task})
     )
     ev = {"acc": acc, **{f"acc/Q{i}": min(1.0, acc + 0.1) for i in range(1, 5)}}
     return {"run_dir": str(run_dir), "seed": seed, "status": "completed", "eval": ev,

@@ -232,6 +232,33 @@ def rule110_search_deep():
     return s
 
 
+T_STAR = 6  # from rule110_search (results/RESULTS.md "Depth"): N = 1 learns t = 4, not t = 6
+
+
+def rule110_depth():
+    """Step 2 of the ladder, the claim: N in {1, 4, 2} x seeds 0-4 at t* = 6 and the
+    ladder's neighbours t = 4 and t = 8 (one t per model), t* first and N = 2 last, so the
+    decisive comparison (N = 4 vs N = 1 at t*) is complete first. 45 runs; an N = 4 run
+    costs ~3.5x an N = 1 run (~10 min capped on one core). Confirmation: rule110_confirm."""
+    axes = {"task.t_values+passes": [
+        ((t,), n) for t in (T_STAR, 4, 8) for n in (1, 4, 2)
+    ]}  # fmt: skip
+    return _sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
+    )  # fmt: skip
+
+
+def rule110_confirm():
+    """The decisive comparison on confirmation seeds, decided before they run: N = 4 vs
+    N = 1 at t* = 6, seeds 5-9 (BUILD_NOTES.md "The depth ladder")."""
+    axes = {"task.t_values+passes": [((T_STAR,), 1), ((T_STAR,), 4)]}
+    return _sweep(
+        "experiments/configs/rule110.py", axes, seeds=[5, 6, 7, 8, 9], config_arg="depth",
+        fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
+    )  # fmt: skip
+
+
 def depo_search():
     """The Depo hop search (seeds 0-1, N = 1): is there a CPU size at which N = 1 learns
     k = 1, 2 hops and fails k >= 4, so that the frontier can move with N? depo.py:cpu
@@ -354,6 +381,8 @@ VARIANTS = {
     "rule110": rule110,
     "rule110_search": rule110_search,
     "rule110_search_deep": rule110_search_deep,
+    "rule110_depth": rule110_depth,
+    "rule110_confirm": rule110_confirm,
     "depo_search": depo_search,
     "depo": depo,
     "gsm": gsm,
