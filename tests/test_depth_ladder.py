@@ -107,7 +107,10 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
         depth_ladder.report([])
 
 
-@pytest.mark.parametrize("name", ["rule110_search", "depo_search"])
+@pytest.mark.parametrize(
+    "name",
+    ["rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls"],
+)
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
     """Every run of the new search sweeps resolves through the training validation (what
     --dry_run checks), with one t per Rule 110 model and the intended layouts."""
@@ -120,6 +123,17 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         ts = sorted({tuple(p.config["task"]["t_values"]) for p in planned})
         assert ts == [(t,) for t in sweeps.DEPTH_LADDER] and len(planned) == 12
         assert {p.config["passes"] for p in planned} == {1}
+    elif name == "rule110_depth":  # t* first, N = 2 last: the decisive pairs finish first
+        cells = [(tuple(p.config["task"]["t_values"]), p.config["passes"]) for p in planned]
+        assert cells[:10] == [((sweeps.T_STAR,), 1)] * 5 + [((sweeps.T_STAR,), 4)] * 5
+        assert len(set(cells)) == 9 and len(planned) == 45
+    elif name == "rule110_confirm":
+        assert sorted({p.run.seed for p in planned}) == [5, 6, 7, 8, 9]
+        assert {p.config["passes"] for p in planned} == {1, 4}
+    elif name == "rule110_controls":
+        steps = {p.config["steps"] for p in planned if "ssm" in p.config["layout"]}
+        assert steps == {sweeps.COMPUTE_MATCHED_STEPS}
+        assert {tuple(p.config["task"]["t_values"]) for p in planned} == {(sweeps.T_STAR,)}
     else:
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (2, 32),

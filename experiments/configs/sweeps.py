@@ -259,6 +259,28 @@ def rule110_confirm():
     )  # fmt: skip
 
 
+# N = 4's training FLOPs over N = 1's at rule110.py:depth, t = 6 (experiments/bench/flops.py
+# `model_flops_per_step`: 3.82x); the compute-matched N = 1 gets that many more steps.
+COMPUTE_MATCHED_STEPS = 23_000  # 6000 x 3.82, rounded up to an eval
+
+
+def rule110_controls():
+    """Step 2's controls at t* (seeds 0-4): N = 1 given N = 4's training FLOPs as more
+    steps (cap 23000 instead of 6000, same stopping rule), and attention only (4 attention
+    blocks) under hard eviction, which can answer from nothing but the query window: the
+    chance floor. Online depth (the blocks looped at wake time too) needs a model option
+    not built yet."""
+    axes = {"steps+layout": [
+        (COMPUTE_MATCHED_STEPS, ("attn", "ssm", "attn", "ssm")),
+        (6000, ("attn", "attn", "attn", "attn")),
+    ]}  # fmt: skip
+    return _sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed={**CONVERGED, "task.t_values": (T_STAR,)}, x_field="layout",
+        baseline={"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm")}, est_run_s=1500.0,
+    )  # fmt: skip
+
+
 def depo_search():
     """The Depo hop search (seeds 0-1, N = 1): is there a CPU size at which N = 1 learns
     k = 1, 2 hops and fails k >= 4, so that the frontier can move with N? depo.py:cpu
@@ -383,6 +405,7 @@ VARIANTS = {
     "rule110_search_deep": rule110_search_deep,
     "rule110_depth": rule110_depth,
     "rule110_confirm": rule110_confirm,
+    "rule110_controls": rule110_controls,
     "depo_search": depo_search,
     "depo": depo,
     "gsm": gsm,
