@@ -97,7 +97,8 @@ def _cap_note(r: dict) -> str:
 
 def runs_table(records: Sequence[dict]) -> str:
     lines = [
-        "| t | N | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% of final | stop | train s |",
+        "| t | N | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% of final | stop "
+        "| train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (*depth_and_passes(r), r["seed"])):

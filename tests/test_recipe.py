@@ -142,7 +142,7 @@ def test_ramp_uses_its_n_at_each_step_compiles_once_per_n_and_resumes_bit_exactl
     trainer = train.Trainer(_ramp_config(), str(tmp_path / "straight"))
     trainer.run()
     assert [m["passes"] for m in read_metrics(tmp_path / "straight")] == [1, 1, 2, 2, 3, 3]
-    assert sorted(trainer.train_steps) == [1, 2, 3]
+    assert sorted(trainer.train_steps) == [(1, "hard"), (2, "hard"), (3, "hard")]
     assert all(step._cache_size() == 1 for step in trainer.train_steps.values())
 
     original = Recall.batch
@@ -171,6 +171,81 @@ def test_the_stopping_rule_waits_for_the_ramp(tmp_path):
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["stop_reason"] == "converged"
     assert summary["step"] == 4  # the first eval once N has reached `passes`
+
+
+# --- the hard-eviction warm-up of a sliding-eviction run -----------------------------------
+
+
+def test_eviction_at_warms_up_with_hard_then_holds():
+    assert [curriculum.eviction_at(i, "sliding", 3) for i in range(5)] == ["hard"] * 3 + [
+        "sliding"
+    ] * 2
+    assert curriculum.eviction_at(0, "sliding", None) == "sliding"
+    assert curriculum.eviction_at(0, "sliding", 0) == "sliding"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"hard_eviction_steps": 4},
+            r"warm-up for sliding eviction, but the run's eviction is 'hard'",
+        ),
+        ({"hard_eviction_steps": -1, "eviction": "sliding"}, "hard_eviction_steps must be"),
+    ],
+)
+def test_a_bad_hard_eviction_warm_up_is_refused_before_compiling(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run_config.resolve_config(attn_config(**overrides))
+
+
+def _warmup_config(**overrides):
+    # Hard eviction for steps 1-3, then sliding; a checkpoint every 2 steps; N = 2.
+    fields = dict(layout=("attn", "ssm"), passes=2, eviction="sliding", hard_eviction_steps=3,
+                  log_every=1)  # fmt: skip
+    return attn_config(**{**fields, **overrides})
+
+
+def test_warm_up_uses_hard_eviction_first_compiles_once_per_mode_and_resumes_bit_exactly(
+    tmp_path, monkeypatch
+):
+    trainer = train.Trainer(_warmup_config(), str(tmp_path / "straight"))
+    trainer.run()
+    assert [m["hard_eviction"] for m in read_metrics(tmp_path / "straight")] == [1, 1, 1, 0, 0, 0]
+    assert sorted(trainer.train_steps) == [(2, "hard"), (2, "sliding")]
+    assert all(step._cache_size() == 1 for step in trainer.train_steps.values())
+    # Not a no-op: the same run without the warm-up trains other parameters.
+    plain = str(tmp_path / "plain")
+    train.train_and_evaluate(_warmup_config(hard_eviction_steps=None), plain)
+    a, b = checkpointing.load_params(tmp_path / "straight"), checkpointing.load_params(plain)
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+    original = Recall.batch
+
+    def crash_at_step_5(self, seed, step, batch_size):
+        if step == 4:  # the checkpoint of step 4 holds three hard steps and one sliding
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    resumed = str(tmp_path / "resumed")
+    monkeypatch.setattr(Recall, "batch", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(_warmup_config(), resumed)
+    monkeypatch.setattr(Recall, "batch", original)
+    summary = train.train_and_evaluate(_warmup_config(), resumed)
+    assert summary["resumed_from"] == 4
+    _assert_bit_identical(
+        checkpointing.load_params(tmp_path / "straight"), checkpointing.load_params(resumed)
+    )
+
+
+def test_the_stopping_rule_waits_for_the_eviction_warm_up(tmp_path):
+    config = _warmup_config(steps=8, eval_every=1, stop_patience=1, stop_min_delta=10.0)
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["stop_reason"] == "converged" and summary["step"] == 3
 
 
 # --- per-pass statistics -------------------------------------------------------------------

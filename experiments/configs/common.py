@@ -116,6 +116,10 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     # passes_ramp_steps=K: N grows linearly from 1 to `passes` over the first K steps
     # (sleep_consolidation/training/curriculum.py); evaluation and the stopping rule use `passes`.
     c.passes_ramp_steps = config_dict.placeholder(int)
+    # hard_eviction_steps=K (with eviction="sliding"): the first K steps train with hard
+    # eviction, the paper's warm-up for N > 1 under sliding eviction; evaluation and the
+    # stopping rule use the run's sliding eviction.
+    c.hard_eviction_steps = config_dict.placeholder(int)
     # pass_stats_size=m: at every eval, log the mean norm of S and of h and the window-recall
     # cosine after each pass on the first m eval examples (pass_stats/... in metrics.jsonl).
     c.pass_stats_size = config_dict.placeholder(int)

@@ -7,6 +7,10 @@ one train step per distinct N it uses; N at step i is a pure function of i, so a
 run uses the same N at every step as an uninterrupted one.
 
     n = passes_at(i, passes=4, ramp_steps=3000)   # 1 for i < 1000, 2 until 2000, ...
+
+The same holds for a warm-up over the eviction mode: under sliding eviction the paper
+trains N > 1 first with hard eviction ("crucial"); `eviction_at` says which mode step i
+uses, and the run compiles one step per (N, eviction) it meets.
 """
 
 from __future__ import annotations
@@ -40,3 +44,26 @@ def passes_used(steps: int, passes: int, ramp_steps: int | None) -> tuple[int, .
     """The distinct N that updates 0..steps-1 use, ascending."""
     last = min(steps, (ramp_steps or 0) + 1)  # N is constant from ramp_steps on
     return tuple(sorted({passes_at(i, passes, ramp_steps) for i in range(max(last, 1))}))
+
+
+def check_hard_eviction_steps(hard_steps, eviction: str) -> None:
+    """`hard_steps` is None (no warm-up) or an int >= 0, and only under sliding eviction
+    (under hard eviction a hard warm-up would change nothing)."""
+    if hard_steps is None:
+        return
+    if isinstance(hard_steps, bool) or not isinstance(hard_steps, int) or hard_steps < 0:
+        raise ValueError(
+            f"hard_eviction_steps must be None or an int >= 0 (steps trained with hard "
+            f"eviction before the sliding eviction of the run), got {hard_steps!r}"
+        )
+    if hard_steps and eviction != "sliding":
+        raise ValueError(
+            f"hard_eviction_steps={hard_steps} is a warm-up for sliding eviction, but the "
+            f"run's eviction is {eviction!r}: set eviction='sliding' or drop the warm-up"
+        )
+
+
+def eviction_at(step: int, eviction: str, hard_steps: int | None) -> str:
+    """The eviction mode of the optimizer update with 0-based index `step`: "hard" for the
+    first `hard_steps` updates, then the run's own `eviction`."""
+    return "hard" if hard_steps and step < hard_steps else eviction

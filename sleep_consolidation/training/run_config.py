@@ -56,9 +56,10 @@ LOOP_FIELDS = (
 )  # fmt: skip
 # Training many passes (all off by default): start from another run's final parameters
 # (`init_from`: its workdir), ramp N up from 1 over the first `passes_ramp_steps` steps
-# (curriculum.py), and log per-pass norms and recall on `pass_stats_size` eval examples
-# at every eval (diagnostics.per_pass_statistics).
-RECIPE_FIELDS = ("init_from", "passes_ramp_steps", "pass_stats_size")
+# (curriculum.py), train the first `hard_eviction_steps` steps of a sliding-eviction run
+# with hard eviction (curriculum.eviction_at), and log per-pass norms and recall on
+# `pass_stats_size` eval examples at every eval (diagnostics.per_pass_statistics).
+RECIPE_FIELDS = ("init_from", "passes_ramp_steps", "hard_eviction_steps", "pass_stats_size")
 CONFIG_FIELDS = (
     "task", *MODEL_FIELDS, *SCHEDULE_FIELDS, *OPTIMIZER_FIELDS, *LOOP_FIELDS,
     *ESTIMATOR_FIELDS, *CONFIG_FIELDS_EXTRA, *STOP_FIELDS, *RECIPE_FIELDS,
@@ -66,7 +67,7 @@ CONFIG_FIELDS = (
 # Fields a config written before they existed may lack; missing means this default (off).
 OPTIONAL_FIELDS = {
     "init_from": None, "passes_ramp_steps": None, "pass_stats_size": None,
-    "normalize_sleep_input": False,
+    "normalize_sleep_input": False, "hard_eviction_steps": None,
 }  # fmt: skip
 
 
@@ -224,6 +225,7 @@ def _check_recipe(c):
     if c["passes_ramp_steps"] and c["grad_passes"] is not None:
         # Truncation to the last k passes is undefined while the ramp's N is below k.
         raise ValueError("passes_ramp_steps cannot be combined with grad_passes (truncation)")
+    curriculum.check_hard_eviction_steps(c["hard_eviction_steps"], c["eviction"])
     if c["pass_stats_size"] is not None:
         check_int("pass_stats_size", c["pass_stats_size"], 1)
         if c["pass_stats_size"] > c["eval_size"]:

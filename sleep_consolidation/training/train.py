@@ -108,10 +108,11 @@ class Trainer:
 
         self.tx = optimizer_from_config(c)
         self.lr_fn = lr_schedule_from_config(c)
-        # One compiled step per N the run uses (one unless passes_ramp_steps is set), built
-        # when first needed: N is static under jit.
-        self.train_steps: dict[int, Any] = {}
+        # One compiled step per (N, eviction) the run uses (one unless passes_ramp_steps or
+        # hard_eviction_steps is set), built when first needed: both are static under jit.
+        self.train_steps: dict[tuple[int, str], Any] = {}
         self.ramp_steps = c["passes_ramp_steps"] or 0
+        self.hard_steps = c["hard_eviction_steps"] or 0
         if mesh is None:
             # Committed to the device like a restored state, so that a fresh and a resumed
             # run lower to the same program (and share XLA's compilation cache).
@@ -148,18 +149,19 @@ class Trainer:
         logging.info("initialised %s from the parameters of %s", self.workdir, self.c["init_from"])
         return init_train_state(params, self.tx)
 
-    def _train_step(self, passes: int):
-        """The jitted step at N = `passes` (compiled once per N)."""
-        if passes not in self.train_steps:
-            self.train_steps[passes] = train_step_from_config(
-                self.c, self.spec, self.tx, mesh=self.mesh, passes=passes
+    def _train_step(self, passes: int, eviction: str):
+        """The jitted step at N = `passes` under `eviction` (compiled once per pair)."""
+        key = (passes, eviction)
+        if key not in self.train_steps:
+            self.train_steps[key] = train_step_from_config(
+                self.c, self.spec, self.tx, mesh=self.mesh, passes=passes, eviction=eviction
             )
-        return self.train_steps[passes]
+        return self.train_steps[key]
 
     def _may_stop(self, step: int) -> bool:
-        # Never while N is still ramping up: the evals then score a model trained at fewer
-        # passes than it is evaluated at.
-        return self.stop_rule is not None and step >= self.ramp_steps
+        # Never while N is still ramping up or the eviction warming up: the evals then score
+        # a model trained otherwise than it is evaluated.
+        return self.stop_rule is not None and step >= max(self.ramp_steps, self.hard_steps)
 
     def _restore(self, ckpt: checkpointing.Checkpointer) -> tuple[TrainState, int]:
         abstract = sharding.abstract_with_sharding(
@@ -241,7 +243,8 @@ class Trainer:
             step = i + 1
             batch = self.place_batch(task.batch(c["seed"], i, c["batch_size"]))
             passes = curriculum.passes_at(i, c["passes"], self.ramp_steps)
-            state, metrics = self._train_step(passes)(state, batch)
+            eviction = curriculum.eviction_at(i, self.spec.schedule.eviction, self.hard_steps)
+            state, metrics = self._train_step(passes, eviction)(state, batch)
             step_metrics.push(step, metrics)
             if clock.mark is None:  # the first step (compilation) is startup, not training
                 step_metrics.fetch()
@@ -252,6 +255,8 @@ class Trainer:
                 continue
             line = self._line(i, step_metrics.mean(), clock)  # every step so far checked
             line["passes"] = passes  # the N of this step (the ramp's, or `passes`)
+            if self.hard_steps:  # 1 while the sliding-eviction run warms up with hard
+                line["hard_eviction"] = int(eviction == "hard")
             converged = False
             if is_eval:
                 eval_line, summary["eval"] = self._evaluate(state.params, step)

@@ -9,6 +9,7 @@ and the check that its loss and gradient norm are finite.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -203,20 +204,26 @@ def make_train_step(
     )  # fmt: skip
 
 
-def train_step_from_config(c: dict[str, Any], spec: RunSpec, tx, mesh=None, passes=None):
+def train_step_from_config(
+    c: dict[str, Any], spec: RunSpec, tx, mesh=None, passes=None, eviction=None
+):
     """`make_train_step` with every option read from a resolved config.
 
     Args:
       c: the config as a dict (`run_config.config_to_dict`); spec: `resolve_config(c)`.
       tx: the optimizer (`optimizer_from_config(c)`); mesh: as in `make_train_step`.
       passes: N of this step (a curriculum's); None: the config's `passes`.
+      eviction: the eviction mode of this step (a warm-up's); None: the schedule's.
 
     Returns:
       the jitted train step.
     """
     passes = c["passes"] if passes is None else passes
+    schedule = spec.schedule
+    if eviction is not None and eviction != schedule.eviction:
+        schedule = dataclasses.replace(schedule, eviction=eviction)
     return make_train_step(
-        tx, window=spec.window, passes=passes, schedule=spec.schedule, remat=c["remat"],
+        tx, window=spec.window, passes=passes, schedule=schedule, remat=c["remat"],
         grad_passes=c["grad_passes"], estimator=c["estimator"], es_pairs=c["es_pairs"],
         es_sigma=c["es_sigma"], es_scope=c["es_scope"], seed=c["seed"], mesh=mesh,
         loss_positions=spec.task.answer_positions, microbatches=c["microbatches"],
