@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from experiments.configs.sweeps import PLATEAU_FLOOR
+from experiments.configs.sweep_spec import PLATEAU_FLOOR
 from experiments.sweeping import stats
 from experiments.sweeping.rundir import RunDir
 

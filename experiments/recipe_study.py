@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.configs.sweeps import CONVERGED
+from experiments.configs.sweep_spec import CONVERGED
 from experiments.recipes import (
     RECIPES,
     check_recipes,

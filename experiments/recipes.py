@@ -2,7 +2,7 @@
 and the paired report (the entry point and its run-book: `experiments/recipe_study.py`).
 
 Every run is recall:capacity at one load n (window 2n, delta rule, d_k = 16) trained to
-convergence under the capacity map's stopping rule (`sweeps.CONVERGED`: eval every 250
+convergence under the capacity map's stopping rule (`sweep_spec.CONVERGED`: eval every 250
 steps, cap 6000), with the per-pass statistics logged at every eval. A recipe is a set of
 config overrides at one N; a warm-started recipe (`warm_from`) starts each seed from the
 final parameters of that seed's run of another recipe, so it waits for that run. Runs go
@@ -18,7 +18,7 @@ import os
 import subprocess
 import time
 
-from experiments.configs.sweeps import CONVERGED, PLATEAU_FLOOR
+from experiments.configs.sweep_spec import CONVERGED, PLATEAU_FLOOR
 from experiments.sweeping import grid, launch, stats
 from experiments.sweeping.rundir import RunDir
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from experiments import recipes as rs
-from experiments.configs.sweeps import CONVERGED
+from experiments.configs.sweep_spec import CONVERGED
 
 
 def test_the_queue_lists_recipe_seed_pairs_in_order_and_refuses_bad_entries():

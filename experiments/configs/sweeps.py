@@ -12,49 +12,33 @@ Variants (each function's docstring says what it asks):
   capacity_map_low / capacity_map_high   the map in two parts: n <= 16, and n = 32.
   capacity_map_n8   the map's N = 8 column at n in {16, 8, 4}, hardest load first.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
+  rule110_search rule110_search_deep rule110_depth rule110_confirm rule110_controls
+  depo_search       the Rule 110 depth ladder and the Depo hop search (depth_sweeps.py).
   eval_n rules reset reinject truncation compute_matched bounds
                     beyond the paper, on recall:capacity, 3 seeds each (share their runs
                     with the main job through --runs_dir).
 """
 
-from ml_collections import ConfigDict, config_dict
+# The depth ladder's sweeps and constants, so that `sweeps.py:<name>` and `sweeps.T_STAR`
+# & co. keep naming them (documented commands, the depth-ladder tests).
+from experiments.configs.depth_sweeps import (  # noqa: F401
+    COMPUTE_MATCHED_STEPS,
+    DEPTH_LADDER,
+    T_STAR,
+    depo_search,
+    rule110_confirm,
+    rule110_controls,
+    rule110_depth,
+    rule110_search,
+    rule110_search_deep,
+)
+from experiments.configs.sweep_spec import CONVERGED, make_sweep
 
 _RECALL = "experiments/configs/recall.py"
 
 
-def _tuples(x):
-    """Lists -> tuples, so that the command line can override them (--sweep.seeds=0,1,2)."""
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def _sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
-    c = ConfigDict()
-    c.config = config
-    c.config_arg = config_arg
-    # Dotted keys name task knobs (task.window); ConfigDict refuses them unless told.
-    c.axes = ConfigDict({k: _tuples(v) for k, v in axes.items()}, allow_dotted_keys=True)
-    c.fixed = ConfigDict({k: _tuples(v) for k, v in (fixed or {}).items()}, allow_dotted_keys=True)
-    c.seeds = _tuples(seeds)
-    # Seeds decided before they run that confirm the verdict: the report says "helps" or
-    # "hurts" only if the paired interval excludes 0 on `seeds` and on these alike.
-    c.confirm_seeds = _tuples(extra.pop("confirm_seeds", ()))
-    c.parallel = 2
-    c.frontier = config_dict.placeholder(float)  # set: also tabulate the depth frontier
-    c.est_run_s = config_dict.placeholder(float)  # seconds per run, for the first ETA
-    # Set whole: ConfigDict.update would merge a given baseline into this default.
-    c.baseline = ConfigDict(
-        {k: _tuples(v) for k, v in extra.pop("baseline", {"passes": 1}).items()},
-        allow_dotted_keys=True,
-    )
-    c.x_field = "passes"
-    c.metric = "acc"
-    c.interval = "t"  # the report's 95% interval: "t" (paired t) or "bootstrap"
-    c.update(extra)
-    return c
-
-
 def tiny():
-    return _sweep(
+    return make_sweep(
         "experiments/configs/recall.py",
         {"passes": [1, 2]},
         seeds=[0],
@@ -77,39 +61,19 @@ def main_2000():
 
     6 runs, 2 at a time (one per core); about 11 min on a 2-core CPU.
     """
-    return _sweep(
+    return make_sweep(
         _RECALL, {"passes": [1, 2, 4]}, seeds=[0, 1], config_arg="capacity", est_run_s=220.0
     )
 
 
 # --- convergence-grade evidence: the capacity map and the main-job slice -------
-# Every run trains to convergence under the stopping rule (sleep_consolidation/training/stopping.py;
-# its metric is the default, eval/acc, which also keeps a "/" out of the run names):
-# evaluated every 250 steps, it stops once eval/acc has not beaten its earlier best by more
-# than 0.005 over the last 4 evals, never below eval/acc 0.5 and never before step 2000
-# (at n = 32 a run sits on a loss plateau near chance for ~1500 steps before it learns,
-# and a flat stretch there is not convergence), capped at 6000 steps (a run that hits the
-# cap is flagged unconverged in the report). One load per model. The window is 2n, so the
-# pairs fill the first window exactly and a step costs in proportion to the load (T = 4n):
-# the fast weights see the same n pairs whatever the padding, and a fixed window 64 made
-# the map cost ~20 h on 2 cores. A run of the same config is found by its config.json, so
-# the sweeps share their runs through --runs_dir.
+# Every run trains to convergence under the stopping rule (`CONVERGED`, sweep_spec.py). One
+# load per model. The window is 2n, so the pairs fill the first window exactly and a step
+# costs in proportion to the load (T = 4n): the fast weights see the same n pairs whatever
+# the padding, and a fixed window 64 made the map cost ~20 h on 2 cores. A run of the same
+# config is found by its config.json, so the sweeps share their runs through --runs_dir.
 
 CAPACITY_LOADS = (4, 8, 16, 32)  # pairs n against head dimension d_k = 16: n/d_k 0.25..2
-PLATEAU_FLOOR = 0.5  # eval/acc below it: still on the loss plateau (~0.09 here), not converged
-CONVERGED = {
-    "steps": 6000,
-    "eval_every": 250,
-    "checkpoint_every": 500,
-    "eval_passes": (),  # the eval at extra N would cost ~10% of the run at this eval cadence
-    "stop_patience": 4,
-    "stop_min_delta": 0.005,
-    "stop_min_steps": 2000,
-    # ... and never while eval/acc is still below 0.5: a run on the plateau (~0.09 here) is
-    # flat but has not converged (n=16, N=4 seeds 1-2 "converged" at 0.17 and 0.09 without
-    # this floor); it trains on to the cap and is flagged unconverged if it never gets there.
-    "stop_min_value": PLATEAU_FLOOR,
-}
 
 
 def _load_axis(loads):
@@ -120,7 +84,7 @@ def _load_axis(loads):
 def _converged(loads, passes, est_run_s):
     """recall:capacity at these loads (window 2n) x N, seeds 0-4, under the stopping rule."""
     axes = {**_load_axis(loads), "passes": list(passes)}
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=dict(CONVERGED),
         est_run_s=est_run_s,
     )  # fmt: skip
@@ -181,7 +145,7 @@ def converged_pilot():
         steps=5000, eval_every=250, checkpoint_every=500, eval_passes=(), stop_patience=4,
         stop_min_delta=0.005, stop_min_steps=1000,
     )  # fmt: skip
-    return _sweep(
+    return make_sweep(
         _RECALL, {"passes": [1, 4]}, seeds=[0, 1, 2, 3, 4], config_arg="capacity", fixed=fixed,
         est_run_s=240.0,
     )  # fmt: skip
@@ -192,119 +156,18 @@ def converged_pilot():
 
 def rule110():
     """Rule 110 (4 states x 8 bits, t in {1,2,3,4} per example): accuracy vs t at every N."""
-    return _sweep(
+    return make_sweep(
         "experiments/configs/rule110.py", {"passes": [1, 2, 4]}, seeds=[0, 1, 2], config_arg="cpu"
     )
 
 
-# --- the depth ladder (Rule 110 beyond memorisation; results/RESULTS.md "Depth") ---------
-# rule110.py:depth: 4 states of 16 bits (window 16), one t per model (bit 0 after t steps
-# depends on 2t + 1 bits: at t >= 5, more than 2000 patterns), 4 blocks attn-GDN-attn-GDN
-# at d = 32, trained under the capacity map's stopping rule (eval/acc floor 0.5: a run
-# that stays near the constant answer trains to the 6000-step cap and is flagged capped).
-# t = 0 is the retrieval-only control: each state's own first bit, no computation.
-
-DEPTH_LADDER = (0, 1, 2, 4, 6, 8)
-
-
-def _depth_axis(ts):
-    return {"task.t_values": [(t,) for t in ts]}
-
-
-def rule110_search():
-    """Step 1 of the ladder: N = 1 alone on seeds 0-1 at t in {0, 1, 2, 4, 6, 8}, to find
-    t*, the shallowest t at which N = 1 stays near the constant answer while a shallower t
-    is learned. Compared with the t = 0 control (retrieval only). ~8 min a capped run on
-    one core; 12 runs."""
-    return _sweep(
-        "experiments/configs/rule110.py", _depth_axis(DEPTH_LADDER), seeds=[0, 1],
-        config_arg="depth", fixed=dict(CONVERGED), baseline={"task.t_values": (0,)},
-        x_field="task.t_values", est_run_s=400.0,
-    )  # fmt: skip
-
-
-def rule110_search_deep():
-    """The t* search continued deeper (decided at 22:48 UTC 2026-12-03, before any t >= 6
-    result, once N = 1 had learned t = 4 on seed 0): t in {12, 16}, N = 1, seeds 0-1. Run
-    only if N = 1 learns t = 8 on both seeds; shares rule110_search's --runs_dir."""
-    s = rule110_search()
-    s.axes = ConfigDict(_depth_axis((12, 16)), allow_dotted_keys=True)
-    return s
-
-
-T_STAR = 6  # from rule110_search (results/RESULTS.md "Depth"): N = 1 learns t = 4, not t = 6
-
-
-def rule110_depth():
-    """Step 2 of the ladder, the claim: N in {1, 4, 2} x seeds 0-4 at t* = 6 and the
-    ladder's neighbours t = 4 and t = 8 (one t per model), t* first and N = 2 last, so the
-    decisive comparison (N = 4 vs N = 1 at t*) is complete first. 45 runs; an N = 4 run
-    costs ~3.5x an N = 1 run (~10 min capped on one core). Confirmation: rule110_confirm."""
-    axes = {"task.t_values+passes": [
-        ((t,), n) for t in (T_STAR, 4, 8) for n in (1, 4, 2)
-    ]}  # fmt: skip
-    return _sweep(
-        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
-        fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
-    )  # fmt: skip
-
-
-def rule110_confirm():
-    """The decisive comparison on confirmation seeds, decided before they run: N = 4 vs
-    N = 1 at t* = 6, seeds 5-9 (BUILD_NOTES.md "The depth ladder")."""
-    axes = {"task.t_values+passes": [((T_STAR,), 1), ((T_STAR,), 4)]}
-    return _sweep(
-        "experiments/configs/rule110.py", axes, seeds=[5, 6, 7, 8, 9], config_arg="depth",
-        fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
-    )  # fmt: skip
-
-
-# N = 4's training FLOPs over N = 1's at rule110.py:depth, t = 6 (experiments/bench/flops.py
-# `model_flops_per_step`: 3.82x); the compute-matched N = 1 gets that many more steps.
-COMPUTE_MATCHED_STEPS = 23_000  # 6000 x 3.82, rounded up to an eval
-
-
-def rule110_controls():
-    """Step 2's controls at t* (seeds 0-4): N = 1 given N = 4's training FLOPs as more
-    steps (cap 23000 instead of 6000, same stopping rule), and attention only (4 attention
-    blocks) under hard eviction, which can answer from nothing but the query window: the
-    chance floor. Online depth (the blocks looped at wake time too) needs a model option
-    not built yet."""
-    axes = {"steps+layout": [
-        (COMPUTE_MATCHED_STEPS, ("attn", "ssm", "attn", "ssm")),
-        (6000, ("attn", "attn", "attn", "attn")),
-    ]}  # fmt: skip
-    return _sweep(
-        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
-        fixed={**CONVERGED, "task.t_values": (T_STAR,)}, x_field="layout",
-        baseline={"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm")}, est_run_s=1500.0,
-    )  # fmt: skip
-
-
-def depo_search():
-    """The Depo hop search (seeds 0-1, N = 1): is there a CPU size at which N = 1 learns
-    k = 1, 2 hops and fails k >= 4, so that the frontier can move with N? depo.py:cpu
-    (8-node cycles, 1-token names, k ~ U{1..4} per query) with the paper's 4-block layout
-    against the 2-block one, and a wider model (d = 64), each to the 6000-step cap under
-    the stopping rule without its 0.5 floor (accuracy is mixed over k). 6 runs."""
-    fixed = {**CONVERGED, "stop_min_value": None}
-    axes = {
-        "layout+d_model": [
-            (("attn", "ssm"), 32),
-            (("attn", "ssm", "attn", "ssm"), 32),
-            (("attn", "ssm", "attn", "ssm"), 64),
-        ]
-    }
-    return _sweep(
-        "experiments/configs/depo.py", axes, seeds=[0, 1], config_arg="cpu", fixed=fixed,
-        baseline={"layout": ("attn", "ssm"), "d_model": 32}, x_field="d_model", frontier=0.5,
-        est_run_s=600.0,
-    )  # fmt: skip
+# The depth ladder (rule110_search ... rule110_controls) and depo_search are declared in
+# depth_sweeps.py; imported above so that `sweeps.py:<name>` runs them too.
 
 
 def depo():
     """Depo (8-node cycles, k <= 4 hops): the hop frontier vs N (accuracy per k)."""
-    return _sweep(
+    return make_sweep(
         "experiments/configs/depo.py", {"passes": [1, 2, 4]}, seeds=[0, 1, 2], config_arg="cpu",
         frontier=0.5,
     )  # fmt: skip
@@ -312,7 +175,7 @@ def depo():
 
 def gsm():
     """gsm (mod 7, 1-4 operations, question evicted before the answer): accuracy per op count."""
-    return _sweep(
+    return make_sweep(
         "experiments/configs/gsm.py", {"passes": [1, 2, 4]}, seeds=[0, 1, 2], config_arg="cpu"
     )
 
@@ -327,13 +190,13 @@ _SEEDS = [0, 1, 2]
 def eval_n():
     """Train-N vs eval-N: train at N in {1, 2, 4}; every run is also evaluated at N in
     {1, 2, 4, 8} (recall:capacity's eval_passes; summary.json keys `N{M}/acc/d=..`)."""
-    return _sweep(_RECALL, {"passes": [1, 2, 4]}, seeds=_SEEDS, config_arg="capacity")
+    return make_sweep(_RECALL, {"passes": [1, 2, 4]}, seeds=_SEEDS, config_arg="capacity")
 
 
 def rules():
     """Rule ablation at N=2: the four built-in rules, against delta (the base config's)."""
     axes = {"rule": ["delta", "gated_delta", "gated_hebbian", "hebbian"], "passes": [2]}
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=_SEEDS, config_arg="capacity", baseline={"rule": "delta"},
         x_field="rule",
     )  # fmt: skip
@@ -342,7 +205,7 @@ def rules():
 def reset():
     """Carry vs reset of the fast weights between passes, at N=2 (N=1 is the baseline)."""
     axes = {"passes+reset_between_passes": [(1, False), (2, False), (2, True)]}
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
         baseline={"passes": 1, "reset_between_passes": False},
     )  # fmt: skip
@@ -351,7 +214,7 @@ def reset():
 def reinject():
     """Embedding re-injection into every sleep pass on (the base config) vs off, at N=2."""
     axes = {"passes+reinject_embedding": [(1, True), (2, True), (2, False)]}
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
         baseline={"passes": 1, "reinject_embedding": True},
     )  # fmt: skip
@@ -362,7 +225,7 @@ def truncation():
     axes = {
         "passes+estimator+grad_passes": [(1, "full", None), (4, "full", None), (4, "truncated", 1)]
     }
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
         baseline={"passes": 1, "estimator": "full", "grad_passes": None},
     )  # fmt: skip
@@ -372,7 +235,7 @@ def compute_matched():
     """N=1 given N=4's training compute (2x the steps: the wall-time ratio of an N=4 to an
     N=1 run of the main job on this CPU, 362 s / 183 s) against N=4 at the normal budget."""
     axes = {"passes+steps": [(1, 2000), (1, 4000), (4, 2000)]}
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=_SEEDS, config_arg="capacity", baseline={"passes": 1, "steps": 2000}
     )
 
@@ -389,7 +252,7 @@ def bounds():
             (("attn", "attn"), None, 1),
         ]
     }
-    return _sweep(
+    return make_sweep(
         _RECALL, axes, seeds=_SEEDS, config_arg="capacity",
         baseline={"layout": ("attn", "ssm"), "window": None, "passes": 1}, x_field="window",
     )  # fmt: skip

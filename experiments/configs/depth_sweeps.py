@@ -1,0 +1,137 @@
+"""The Rule 110 depth ladder and the Depo hop search (results/RESULTS.md "Depth";
+BUILD_NOTES.md "The depth ladder"), run as
+`python -m experiments.sweep --sweep=experiments/configs/depth_sweeps.py:<name> --workdir=...`
+(sweeps.py lists them too, under the same names).
+
+Variants (each function's docstring says what it asks):
+  rule110_search       step 1: N = 1 alone at t in {0, 1, 2, 4, 6, 8}, to find t*.
+  rule110_search_deep  the t* search continued at t in {12, 16}.
+  rule110_depth        step 2, the claim: N in {1, 4, 2} x seeds 0-4 at t* and its neighbours.
+  rule110_confirm      N = 4 vs N = 1 at t* on confirmation seeds 5-9.
+  rule110_controls     compute-matched N = 1 and attention-only at t*.
+  depo_search          is there a CPU size at which the Depo hop frontier can move with N?
+"""
+
+from ml_collections import ConfigDict
+
+from experiments.configs.sweep_spec import CONVERGED, make_sweep
+
+# rule110.py:depth: 4 states of 16 bits (window 16), one t per model (bit 0 after t steps
+# depends on 2t + 1 bits: at t >= 5, more than 2000 patterns), 4 blocks attn-GDN-attn-GDN
+# at d = 32, trained under the capacity map's stopping rule (eval/acc floor 0.5: a run
+# that stays near the constant answer trains to the 6000-step cap and is flagged capped).
+# t = 0 is the retrieval-only control: each state's own first bit, no computation.
+
+DEPTH_LADDER = (0, 1, 2, 4, 6, 8)
+
+
+def _depth_axis(ts):
+    return {"task.t_values": [(t,) for t in ts]}
+
+
+def rule110_search():
+    """Step 1 of the ladder: N = 1 alone on seeds 0-1 at t in {0, 1, 2, 4, 6, 8}, to find
+    t*, the shallowest t at which N = 1 stays near the constant answer while a shallower t
+    is learned. Compared with the t = 0 control (retrieval only). ~8 min a capped run on
+    one core; 12 runs."""
+    return make_sweep(
+        "experiments/configs/rule110.py", _depth_axis(DEPTH_LADDER), seeds=[0, 1],
+        config_arg="depth", fixed=dict(CONVERGED), baseline={"task.t_values": (0,)},
+        x_field="task.t_values", est_run_s=400.0,
+    )  # fmt: skip
+
+
+def rule110_search_deep():
+    """The t* search continued deeper (decided at 22:48 UTC 2026-12-03, before any t >= 6
+    result, once N = 1 had learned t = 4 on seed 0): t in {12, 16}, N = 1, seeds 0-1. Run
+    only if N = 1 learns t = 8 on both seeds; shares rule110_search's --runs_dir."""
+    s = rule110_search()
+    s.axes = ConfigDict(_depth_axis((12, 16)), allow_dotted_keys=True)
+    return s
+
+
+T_STAR = 6  # from rule110_search (results/RESULTS.md "Depth"): N = 1 learns t = 4, not t = 6
+
+
+def rule110_depth():
+    """Step 2 of the ladder, the claim: N in {1, 4, 2} x seeds 0-4 at t* = 6 and the
+    ladder's neighbours t = 4 and t = 8 (one t per model), t* first and N = 2 last, so the
+    decisive comparison (N = 4 vs N = 1 at t*) is complete first. 45 runs; an N = 4 run
+    costs ~3.5x an N = 1 run (~10 min capped on one core). Confirmation: rule110_confirm."""
+    axes = {"task.t_values+passes": [
+        ((t,), n) for t in (T_STAR, 4, 8) for n in (1, 4, 2)
+    ]}  # fmt: skip
+    return make_sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
+    )  # fmt: skip
+
+
+def rule110_confirm():
+    """The decisive comparison on confirmation seeds, decided before they run: N = 4 vs
+    N = 1 at t* = 6, seeds 5-9 (BUILD_NOTES.md "The depth ladder")."""
+    axes = {"task.t_values+passes": [((T_STAR,), 1), ((T_STAR,), 4)]}
+    return make_sweep(
+        "experiments/configs/rule110.py", axes, seeds=[5, 6, 7, 8, 9], config_arg="depth",
+        fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
+    )  # fmt: skip
+
+
+# N = 4's training FLOPs over N = 1's at rule110.py:depth, t = 6 (experiments/bench/flops.py
+# `model_flops_per_step`: 3.82x); the compute-matched N = 1 gets that many more steps.
+COMPUTE_MATCHED_STEPS = 23_000  # 6000 x 3.82, rounded up to an eval
+
+
+def rule110_controls():
+    """Step 2's controls at t* (seeds 0-4): N = 1 given N = 4's training FLOPs as more
+    steps (cap 23000 instead of 6000, same stopping rule), and attention only (4 attention
+    blocks) under hard eviction, which can answer from nothing but the query window: the
+    chance floor. Online depth (the blocks looped at wake time too) needs a model option
+    not built yet."""
+    axes = {"steps+layout": [
+        (COMPUTE_MATCHED_STEPS, ("attn", "ssm", "attn", "ssm")),
+        (6000, ("attn", "attn", "attn", "attn")),
+    ]}  # fmt: skip
+    return make_sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed={**CONVERGED, "task.t_values": (T_STAR,)}, x_field="layout",
+        baseline={"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm")}, est_run_s=1500.0,
+    )  # fmt: skip
+
+
+def depo_search():
+    """The Depo hop search (seeds 0-1, N = 1): is there a CPU size at which N = 1 learns
+    k = 1, 2 hops and fails k >= 4, so that the frontier can move with N? depo.py:cpu
+    (8-node cycles, 1-token names, k ~ U{1..4} per query) with the paper's 4-block layout
+    against the 2-block one, and a wider model (d = 64), each to the 6000-step cap under
+    the stopping rule without its 0.5 floor (accuracy is mixed over k). 6 runs."""
+    fixed = {**CONVERGED, "stop_min_value": None}
+    axes = {
+        "layout+d_model": [
+            (("attn", "ssm"), 32),
+            (("attn", "ssm", "attn", "ssm"), 32),
+            (("attn", "ssm", "attn", "ssm"), 64),
+        ]
+    }
+    return make_sweep(
+        "experiments/configs/depo.py", axes, seeds=[0, 1], config_arg="cpu", fixed=fixed,
+        baseline={"layout": ("attn", "ssm"), "d_model": 32}, x_field="d_model", frontier=0.5,
+        est_run_s=600.0,
+    )  # fmt: skip
+
+
+VARIANTS = {
+    "rule110_search": rule110_search,
+    "rule110_search_deep": rule110_search_deep,
+    "rule110_depth": rule110_depth,
+    "rule110_confirm": rule110_confirm,
+    "rule110_controls": rule110_controls,
+    "depo_search": depo_search,
+}
+
+
+def get_config(arg=None):
+    name = arg or "rule110_depth"
+    if name not in VARIANTS:
+        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(sorted(VARIANTS))}")
+    return VARIANTS[name]()
