@@ -6,8 +6,7 @@ docs/performance.md.
     python -m experiments.benchmark --out=/tmp/r.json --md=/tmp/r.md
 
 Writes a JSON record (`--out`, default benchmarks/results.json) and a markdown table (`--md`,
-default: the JSON path with a .md suffix). Sections (modules of experiments/bench/; research:
-bench_research.py):
+default: the JSON path with a .md suffix). Sections (one module each in experiments/bench/):
 
   ceiling  f32 matmul GFLOP/s (n = 1024..2048): the roof every fraction is reported against.
   wake     tokens/s: a Python loop of jitted `wake_step` (docs/design.md's loop) vs `stream` (one
@@ -20,7 +19,7 @@ bench_research.py):
            time, peak temporary memory (XLA's memory_analysis), plain vs rematerialised.
   research the CLI's train step for the CPU-scale configs (recall:capacity, rule110:cpu,
            depo:cpu) vs the reference step: tokens/s, model FLOP/s, share of the matmul
-           ceiling and a profile breakdown (bench_research.py). Run it on one core:
+           ceiling and a profile breakdown (bench/research.py). Run it on one core:
            taskset -c 0 python -m experiments.benchmark --sections=ceiling,research
 
 How it times: experiments/bench/measure.py. The sizes of each mode: `suite.PRESETS`.

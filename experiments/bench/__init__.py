@@ -5,8 +5,8 @@
   flops.py        FLOP formulas (rule scan and chunk form, a whole train step)
   inputs.py       random tokens, model parameters, the rule's q/k/v/gates
   suite.py        the CPU benchmark: presets, the section runner, its report
-  ceiling.py, wake.py, latency.py, sleep.py, training.py: one section each (run + markdown);
-                  the research section is experiments/bench_research.py
+  ceiling.py, wake.py, latency.py, sleep.py, training.py, research.py: one section each
+                  (run + markdown)
   targets.py      docs/performance.md's targets: verdicts and their table
   gpu_suite.py    the GPU check: options, the part runner, its report
   gpu_stream.py, gpu_sleep.py, fla_compare.py, gpu_train.py: one part each (run + markdown)

@@ -23,7 +23,7 @@ def chunk_flops(L, d, H, B, C):
 
 def model_flops_per_step(c: dict, spec: Any) -> float:
     """Training FLOPs of one step of config dict `c` resolved to `spec` (a RunSpec), from
-    formulas (the counting rules are in experiments/bench_research.py's docstring)."""
+    formulas (the counting rules are in experiments/bench/research.py's docstring)."""
     cfg, task = spec.model_config, spec.task
     D, H, dh = cfg.d_model, cfg.num_heads, cfg.dh
     T, L, N = task.seq_len, spec.window, c["passes"]

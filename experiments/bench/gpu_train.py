@@ -176,7 +176,7 @@ def mib(b) -> str:
 
 def markdown(sec: dict) -> list[str]:
     lines = [f"## Train step: {sec['config']} (built as experiments.train builds it)", "",
-             f"MFU = model FLOPs (bench_research.model_flops_per_step) / time / peak; "
+             f"MFU = model FLOPs (bench/flops.py model_flops_per_step) / time / peak; "
              f"peaks {sec['peaks_tflops']['bf16']} TFLOP/s (dense bf16) and "
              f"{sec['peaks_tflops']['f32']} TFLOP/s (f32, no tensor cores). Peak bytes: "
              "the device's peak_bytes_in_use"

@@ -10,8 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from experiments import bench_research
-from experiments.bench import ceiling, latency, measure, sleep, targets, training, wake
+from experiments.bench import ceiling, latency, measure, research, sleep, targets, training, wake
 
 SECTIONS = ("ceiling", "wake", "latency", "sleep", "train", "research")
 
@@ -104,7 +103,7 @@ _RUNS: dict[str, Callable[..., dict]] = {
     "latency": lambda p, reps, ceil, log: latency.run(p, reps),
     "sleep": lambda p, reps, ceil, log: sleep.run(p, reps, ceil),
     "train": lambda p, reps, ceil, log: training.run(p, reps),
-    "research": lambda p, reps, ceil, log: bench_research.bench_research(p, reps, ceil, log),
+    "research": lambda p, reps, ceil, log: research.run(p, reps, ceil, log),
 }
 
 
@@ -165,9 +164,7 @@ def to_markdown(res: dict) -> str:
         "latency": latency.markdown,
         "sleep": sleep.markdown,
         "train": training.markdown,
-        "research": lambda sec: (
-            [""] + bench_research.to_markdown(sec, res.get("ceiling", {}).get("gflops"))
-        ),
+        "research": lambda sec: [""] + research.markdown(sec, res.get("ceiling", {}).get("gflops")),
     }
     for sec, part in parts.items():
         if sec in res:

@@ -64,7 +64,7 @@ def _step(config, passes: int, reference: bool):
     return c, spec, compiled, state, batch
 
 
-def bench_research(p, reps, ceiling_gflops, log=print):
+def run(p, reps, ceiling_gflops, log=print):
     """Rows of (config, N): tokens/s and model GFLOP/s of the fast and reference steps,
     the fraction of the matmul ceiling, the host/data cost and the profile breakdown."""
     rows = []
@@ -115,7 +115,8 @@ def bench_research(p, reps, ceiling_gflops, log=print):
     return {"rows": rows}
 
 
-def to_markdown(sec: dict, ceiling_gflops) -> list[str]:
+def markdown(sec: dict, ceiling_gflops) -> list[str]:
+    """The section's two tables: throughput against the reference, and the time breakdown."""
     cats = step_profile.CATEGORIES
     lines = [
         "## Research-scale train step (what `experiments.train` runs for the CPU configs)",
@@ -123,7 +124,7 @@ def to_markdown(sec: dict, ceiling_gflops) -> list[str]:
         "fast = the library's default step (chunked rule, short loops unrolled, logits at "
         "the answer positions only, the config's micro-batches); reference = lax.scan "
         "everywhere, per-token rule, logits everywhere, one batch. Model FLOPs from formulas "
-        f"(bench_research.py docstring); ceiling: {ceiling_gflops and round(ceiling_gflops)} "
+        f"(bench/research.py docstring); ceiling: {ceiling_gflops and round(ceiling_gflops)} "
         "GFLOP/s (the f32 matmul section, same process).",
         "",
         "| config | N | M | fast ms (min-max) | reference ms | speedup | tokens/s | "
