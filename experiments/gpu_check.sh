@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one go (issue 10, item 4; what it measures: experiments/gpu_check.py).
+# The GPU check in one go on a machine without network access (what it measures:
+# experiments/gpu_check.py).
 #
 #   bash experiments/gpu_check.sh [OUT_DIR] [extra gpu_check flags]   # default benchmarks/gpu
 #
