@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from sleep_consolidation.training.checkpointing import CONFIG_FILE
+from sleep_consolidation.training.checkpoint_files import CONFIG_FILE
 from sleep_consolidation.training.run_dir import (
     METRICS_FILE,
     SUMMARY_FILE,

@@ -26,7 +26,7 @@ from experiments.sweeping import grid, progress
 from experiments.sweeping.launch import STDOUT_FILE, Launcher
 from experiments.sweeping.lock import DirLock
 from experiments.sweeping.rundir import RunDir
-from sleep_consolidation.training.checkpointing import CONFIG_FILE
+from sleep_consolidation.training.checkpoint_files import CONFIG_FILE
 from sleep_consolidation.training.run_config import config_to_dict
 from sleep_consolidation.training.run_dir import only_when_it_ends
 

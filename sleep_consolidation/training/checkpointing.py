@@ -15,8 +15,10 @@ unreadable (e.g. a truncated file) or holds non-finite numbers is moved to
 (`load_params`, `Checkpointer(read_only=True)`) never deletes or moves anything: it skips
 such a step, so that reading a live run is safe.
 
-Orbax is imported by the functions that use it, not on import: the run-directory code
-reads its files through this module, and `import sleep_consolidation` stays free of Orbax.
+Orbax is imported by the functions that use it, not on import, so that
+`import sleep_consolidation` stays free of Orbax. Reading what a run's files hold without
+Orbax (the file names, config.json, the record saved with a step): `checkpoint_files.py`;
+starting a run from another run's parameters: `init_from.py`.
 """
 
 from __future__ import annotations
@@ -33,37 +35,23 @@ from typing import Any
 import jax
 from absl import logging
 
-from sleep_consolidation.config import ModelConfig
 from sleep_consolidation.model import Params, init_params
 from sleep_consolidation.state import MemoryState
+from sleep_consolidation.training.checkpoint_files import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    CORRUPT_DIR,
+    RECORD_KEY,
+    model_config_from_dict,
+    read_run_config,
+    read_saved_record,
+    read_step_metadata,
+)
 from sleep_consolidation.training.train_step import NonFiniteError
 
-CHECKPOINT_DIR = "checkpoints"
-CORRUPT_DIR = "checkpoints_corrupt"
-CONFIG_FILE = "config.json"
 # What a checkpoint write failure's message says -> its errno (the rest: EIO).
 _ERRNOS = (("No space left", errno.ENOSPC), ("Permission denied", errno.EACCES),
            ("Read-only file system", errno.EROFS), ("Disk quota", errno.EDQUOT))  # fmt: skip
-RECORD_KEY = "run_record"  # the key of a step's custom metadata that holds the run record
-# Orbax's per-step metadata file (orbax-checkpoint 0.12.x), read directly: the manager's
-# `metadata()` also inspects every item and warns about each.
-_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
-
-
-def read_step_metadata(directory: str, step: int) -> dict[str, Any]:
-    """The metadata saved with checkpoint `step` under `directory` ({} if none)."""
-    try:
-        with open(os.path.join(directory, str(step), _STEP_METADATA_FILE)) as f:
-            custom = json.load(f).get("custom_metadata")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return custom if isinstance(custom, dict) else {}
-
-
-def read_saved_record(directory: str, step: int) -> dict[str, Any] | None:
-    """The run record saved with checkpoint `step` under `directory`, or None."""
-    record = read_step_metadata(directory, step).get(RECORD_KEY)
-    return record if isinstance(record, dict) else None
 
 
 class CheckpointError(ValueError):
@@ -328,44 +316,11 @@ class Checkpointer:
 # ---------------------------------------------------------------------------------------
 
 
-def read_run_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """The saved `config.json` of a run as a dict, or None if there is none.
-
-    Raises:
-      ValueError: it does not parse, or is not a run record (a dict with `config` and
-        `model_config` dicts); the message names the file.
-    """
-    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        try:
-            saved = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(saved, dict) or not all(
-        isinstance(saved.get(k), dict) for k in ("config", "model_config")
-    ):
-        what = type(saved).__name__ if not isinstance(saved, dict) else f"keys {sorted(saved)}"
-        raise ValueError(
-            f"{path} is not a run record (a dict with 'config' and 'model_config' dicts; "
-            f"got {what})"
-        )
-    return saved
-
-
 def _list(directory: str) -> list[str]:
     try:
         return os.listdir(directory)
     except OSError:
         return []
-
-
-def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """Rebuilds a `ModelConfig` from its JSON form (lists back to tuples)."""
-    d = dict(d)
-    d["layout"] = tuple(d["layout"])
-    return ModelConfig(**d)
 
 
 def load_params(workdir: str | os.PathLike, step: int | None = None) -> Params:
@@ -478,67 +433,3 @@ def load_memory_state(path: str | os.PathLike, like: MemoryState) -> MemoryState
 
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(os.path.join(path, "arrays"), abstract)
-
-
-# ---------------------------------------------------------------------------------------
-# Starting a run from another run's parameters (config.init_from)
-# ---------------------------------------------------------------------------------------
-
-# ModelConfig fields that do not change the parameters: how the model is computed.
-_NOT_IN_PARAMS = ("impl", "chunk_size", "compute_dtype")
-
-
-def check_init_source(source: str | os.PathLike, model_config: ModelConfig, workdir) -> None:
-    """Checks, before anything is compiled, that run `source` can initialise a run of
-    `model_config` in `workdir`: it is another run's directory, with a config.json and a
-    checkpoint, and its model has the same parameter shapes and rule.
-
-    Raises:
-      ValueError: naming `source` and what is wrong (each differing field with both values).
-    """
-    source = os.fspath(source)
-    where = f"init_from={source!r}"
-    if os.path.realpath(source) == os.path.realpath(os.fspath(workdir)):
-        raise ValueError(f"{where} is this run's own workdir; name another run's workdir")
-    try:
-        saved = read_run_config(source)
-    except ValueError as e:
-        raise ValueError(f"{where}: its {CONFIG_FILE} is unreadable ({e})") from e
-    if saved is None or "model_config" not in saved:
-        raise ValueError(
-            f"{where} is not a run directory: no {CONFIG_FILE} with a model_config entry"
-        )
-    theirs = dict(saved["model_config"])
-    theirs["layout"] = tuple(theirs.get("layout", ()))
-    ours = {k: v for k, v in vars(model_config).items()}
-    differ = [
-        f"{k}: source {theirs.get(k)!r}, this run {ours[k]!r}"
-        for k in ours
-        if k not in _NOT_IN_PARAMS and theirs.get(k) != ours[k]
-    ]
-    if differ:
-        raise ValueError(
-            f"{where} holds a model of another shape or rule ({'; '.join(differ)}); "
-            "its parameters cannot initialise this one"
-        )
-    directory = os.path.join(source, CHECKPOINT_DIR)
-    steps = [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
-    if not steps:
-        raise ValueError(f"{where} has no checkpoint in {directory}")
-
-
-def load_init_params(source: str | os.PathLike, like: Params) -> Params:
-    """The latest parameters of run `source` (`load_params`), carrying the config of `like`
-    (this run's, which may differ from the source's in `impl` or `chunk_size` only), checked
-    to have `like`'s structure, shapes and dtypes.
-
-    Raises:
-      ValueError: the restored parameters do not match `like`.
-    """
-    params = load_params(source).replace(config=like.config)
-    got = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), params)
-    want = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), like)
-    if got != want:
-        raise ValueError(f"init_from={os.fspath(source)!r}: its parameters do not match this "
-                         "model's shapes")  # fmt: skip
-    return params

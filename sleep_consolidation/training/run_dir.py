@@ -24,10 +24,10 @@ from typing import Any
 
 from absl import logging
 
-from sleep_consolidation.training import checkpointing
+from sleep_consolidation.training import checkpoint_files
 from sleep_consolidation.training.run_config import MODEL_FIELDS, RunSpec, config_to_dict
 
-CONFIG_FILE = checkpointing.CONFIG_FILE
+CONFIG_FILE = checkpoint_files.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
 THETA_FILE = "theta.jsonl"  # rule="parametric": describe_theta per ssm layer at eval steps
 SUMMARY_FILE = "summary.json"
@@ -85,7 +85,7 @@ def latest_checkpoint_on_disk(workdir: str) -> int | None:
     """The newest finished checkpoint step under `workdir` (Orbax renames a step's
     directory to its number when the step is complete), or None."""
     try:
-        names = os.listdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
+        names = os.listdir(os.path.join(workdir, checkpoint_files.CHECKPOINT_DIR))
     except OSError:
         return None
     return max((int(n) for n in names if n.isdigit()), default=None)
@@ -260,7 +260,7 @@ def check_workdir(
     path = os.path.join(workdir, CONFIG_FILE)
     _check_steps_reach_the_checkpoint(workdir, record)
     try:
-        saved = checkpointing.read_run_config(workdir)
+        saved = checkpoint_files.read_run_config(workdir)
     except ValueError as e:  # written atomically, so never torn by this code
         raise ConfigConflictError(
             f"{path} is unreadable ({e}); fix it, or delete it to restore it from the run "
@@ -344,13 +344,13 @@ def _confirmed_by_checkpoints(workdir: str, saved: dict[str, Any] | None):
 
 
 def _newest_saved_record(workdir: str) -> tuple[int | None, dict[str, Any] | None]:
-    directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    directory = os.path.join(workdir, checkpoint_files.CHECKPOINT_DIR)
     try:
         steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
     except OSError:
         return None, None
     for step in steps:
-        record = checkpointing.read_saved_record(directory, step)
+        record = checkpoint_files.read_saved_record(directory, step)
         if record is not None:
             return step, record
     return None, None

@@ -34,11 +34,13 @@ from sleep_consolidation.model import init_params
 from sleep_consolidation.training import (
     checkpointing,
     curriculum,
+    init_from,
     run_dir,
     run_lock,
     sharding,
     stopping,
 )
+from sleep_consolidation.training.checkpoint_files import CONFIG_FILE
 from sleep_consolidation.training.evaluation import Evaluator, metrics_line, summary_metrics
 from sleep_consolidation.training.optimizers import (
     lr_schedule_from_config,
@@ -90,7 +92,7 @@ class Trainer:
         self.c = c = config_to_dict(config)
         self.workdir = workdir = os.fspath(workdir)
         if c["init_from"] is not None:  # before anything is written or compiled
-            checkpointing.check_init_source(c["init_from"], spec.model_config, workdir)
+            init_from.check_init_source(c["init_from"], spec.model_config, workdir)
         self.mesh = mesh = sharding.mesh_from_config(c["data_parallel"])
         if mesh is not None:
             sharding.check_batch_size(c["batch_size"], mesh)
@@ -101,7 +103,7 @@ class Trainer:
                 workdir, run_record(config, spec), allow_config_change=allow_config_change
             )
             if self.main:
-                write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), record)
+                write_json(os.path.join(workdir, CONFIG_FILE), record)
             self.record = record  # saved with every checkpoint too: the run's identity
         except OSError as e:
             raise io_error(e, workdir) from e
@@ -145,7 +147,7 @@ class Trainer:
         if self.c["init_from"] is None:
             return self._init_state()
         like = jax.eval_shape(self._init_state).params
-        params = checkpointing.load_init_params(self.c["init_from"], like)
+        params = init_from.load_init_params(self.c["init_from"], like)
         logging.info("initialised %s from the parameters of %s", self.workdir, self.c["init_from"])
         return init_train_state(params, self.tx)
 
