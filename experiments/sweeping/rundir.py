@@ -11,11 +11,11 @@ import os
 from typing import Any
 
 from sleep_consolidation.training.checkpoint_files import CONFIG_FILE
+from sleep_consolidation.training.json_io import line_problem
 from sleep_consolidation.training.run_dir import (
     METRICS_FILE,
     SUMMARY_FILE,
     THETA_FILE,
-    line_problem,
     summary_mismatch,
 )
 

@@ -26,12 +26,8 @@ import numpy as np
 
 from sleep_consolidation.model import Params
 from sleep_consolidation.rules import get_rule, parametric
-from sleep_consolidation.training.run_dir import (
-    METRICS_FILE,
-    THETA_FILE,
-    append_jsonl,
-    truncate_jsonl,
-)
+from sleep_consolidation.training.json_io import append_jsonl, truncate_jsonl
+from sleep_consolidation.training.run_dir import METRICS_FILE, THETA_FILE
 from sleep_consolidation.training.train_step import check_finite
 
 

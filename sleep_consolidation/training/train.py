@@ -42,6 +42,7 @@ from sleep_consolidation.training import (
 )
 from sleep_consolidation.training.checkpoint_files import CONFIG_FILE
 from sleep_consolidation.training.evaluation import Evaluator, metrics_line, summary_metrics
+from sleep_consolidation.training.json_io import read_jsonl, write_json
 from sleep_consolidation.training.optimizers import (
     lr_schedule_from_config,
     optimizer_from_config,
@@ -56,9 +57,7 @@ from sleep_consolidation.training.run_dir import (
     check_workdir,
     close_all,
     io_error,
-    read_jsonl,
     run_record,
-    write_json,
 )
 from sleep_consolidation.training.run_log import (
     RunLog,
