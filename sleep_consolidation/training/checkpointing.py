@@ -312,7 +312,7 @@ class Checkpointer:
 
 
 # ---------------------------------------------------------------------------------------
-# Run config and notebook helpers
+# Notebook helpers: a run's trained parameters, a streaming MemoryState
 # ---------------------------------------------------------------------------------------
 
 
