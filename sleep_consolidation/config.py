@@ -136,7 +136,7 @@ class Schedule:
 
     Every entry point takes a schedule the same way, `schedule=` or these fields as keywords
     (`resolve_schedule`). The window L and the pass count N stay outside it, as arguments of
-    their own (checked by `check_window_and_passes`), because they are not the same kind of
+    their own (checked by `check_loop`), because they are not the same kind of
     knob: L is an array shape (`MemoryState.window` is `features.shape[1]`, and a copy in the
     static schedule could disagree with it), and N is not a property of a state at all but a
     count of `sleep_step` calls its caller makes (by hand in a notebook, or `stream`'s
@@ -210,10 +210,23 @@ def resolve_schedule(schedule: Schedule | None, kwargs: dict) -> Schedule:
     return Schedule(**kwargs)
 
 
-def check_window_and_passes(window, passes) -> None:
-    """Validates the two schedule integers shared by `forward` and the streaming API."""
-    _check_int("window", window, 1)
-    _check_int("passes", passes, 1)
+# How the training form recomputes activations in backprop (`forward`'s `remat`).
+REMAT_MODES = ("none", "pass", "window")
+
+
+def check_loop(window, passes, *, remat="none", grad_passes=None, prefix="") -> None:
+    """The one check of the window loop's arguments, for every entry point (`forward`,
+    `make_train_step`, the run config, the diagnostics): window and passes ints >= 1,
+    `remat` one of `REMAT_MODES`, `grad_passes` None or in [1, passes]. `prefix` (e.g.
+    "config.") is put before the field names in the messages."""
+    try:
+        _check_int("window", window, 1)
+        _check_int("passes", passes, 1)
+        check_grad_passes(grad_passes, passes)
+    except ValueError as e:
+        raise ValueError(f"{prefix}{e}") from None
+    if remat not in REMAT_MODES:
+        raise ValueError(f"{prefix}remat must be one of {REMAT_MODES}, got {remat!r}")
 
 
 def _describe_positions(positions) -> str:

@@ -19,11 +19,9 @@ import numpy as np
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
-    check_grad_passes,
+    check_loop,
     check_sleep_reaches,
-    check_window_and_passes,
 )
-from sleep_consolidation.sequence import REMAT_MODES
 from sleep_consolidation.tasks import Task, make_task
 from sleep_consolidation.training import curriculum, estimators, stopping
 from sleep_consolidation.training.optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -141,11 +139,8 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     schedule = Schedule(**{f: c[f] for f in SCHEDULE_FIELDS})
     schedule.loop_range(model_config)
     window = task.default_window if c["window"] is None else c["window"]
-    check_window_and_passes(window, c["passes"])
+    check_loop(window, c["passes"], remat=c["remat"], grad_passes=c["grad_passes"])
     check_sleep_reaches(window, task.seq_len, task.answer_positions)
-    check_grad_passes(c["grad_passes"], c["passes"])
-    if c["remat"] not in REMAT_MODES:
-        raise ValueError(f"config.remat must be one of {REMAT_MODES}, got {c['remat']!r}")
     if c["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {c['optimizer']!r}")
     if c["lr_schedule"] not in LR_SCHEDULES:
