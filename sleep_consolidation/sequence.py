@@ -162,7 +162,14 @@ def window_step(
         params, range(0, start), model.embed(params, toks), fast, prefix, record
     )
     loop_input = h
-    h, fast, kv_loop, xs_loop = run_blocks(params, looped, h, fast, prefix, record, out_looped)
+    h, fast, kv_loop, xs_loop = run_blocks(
+        params, looped, h, fast, prefix, record, out_looped if sched.wake_passes == 1 else None
+    )
+    for k in range(1, sched.wake_passes):  # online depth: the looped blocks again, at wake
+        x = model.sleep_input(sched, h, loop_input)
+        source = {**fast, **{b: fast_start[b] for b in looped_ssm}}
+        out = out_looped if k == sched.wake_passes - 1 else None
+        h, fast, kv_loop, xs_loop = run_blocks(params, looped, x, source, prefix, record, out)
     features = h
     h, fast, kv_post, xs_post = run_blocks(
         params, range(stop, n_blocks), h, fast, prefix, record, out_post
@@ -306,7 +313,7 @@ def forward(
     cfg = params.config
     schedule = resolve_schedule(schedule, schedule_kwargs)
     check_static(window=window, passes=passes, grad_passes=grad_passes)
-    check_loop(window, passes, remat=remat, grad_passes=grad_passes)
+    check_loop(window, passes, remat=remat, grad_passes=grad_passes, schedule=schedule)
     schedule.loop_range(cfg)
     check_tokens(tokens, cfg.vocab_size, rank=2)
     B, T = tokens.shape

@@ -67,6 +67,11 @@ def init_state(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     schedule.loop_range(cfg)  # validates loop_blocks against the layout
+    if schedule.wake_passes > 1:
+        raise ValueError(
+            f"wake_passes={schedule.wake_passes} (online depth) has a training form only: "
+            "use forward (the streaming form would keep one fast-weight state per run)"
+        )
     B, L, H, dh, D = batch_size, window, cfg.num_heads, cfg.dh, cfg.d_model
     P = L - 1 if schedule.eviction == "sliding" else 0
     zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
