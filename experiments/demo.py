@@ -52,7 +52,7 @@ def main(argv):
                 changes.append(
                     [
                         float(jnp.linalg.norm(a - b) / (jnp.linalg.norm(b) + 1e-12))
-                        for a, b in zip(state.fast, before)
+                        for a, b in zip(state.fast.values(), before.values())
                     ]
                 )
             state = evict(state)

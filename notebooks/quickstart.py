@@ -62,10 +62,14 @@ print("tokens", batch.tokens.shape, "example:", np.asarray(batch.tokens[0]))
 #
 # `wake_step` reads one token (one pass, one prediction). When `window_full(state)`, we call
 # `sleep_step` `N-1` times ourselves and record the relative change of `S` per pass, then
-# `evict`.
+# `evict`. The state keeps per-block arrays in dicts keyed by block index: `state.fast[b]` is
+# the fast-weight matrix S of ssm block `b` (`params.config.ssm_blocks` lists them).
 
 # %%
 wake, sleep, evict = jax.jit(sc.wake_step), jax.jit(sc.sleep_step), jax.jit(sc.evict)
+
+
+ssm = params.config.ssm_blocks[0]  # the (first) fast-weight block
 
 
 def stream(params, tokens, passes):
@@ -77,10 +81,10 @@ def stream(params, tokens, passes):
         if sc.window_full(state):
             per_pass = []
             for _ in range(passes - 1):
-                before = state.fast[0]
+                before = state.fast[ssm]
                 state = sleep(params, state)
                 per_pass.append(
-                    float(jnp.linalg.norm(state.fast[0] - before) / jnp.linalg.norm(before))
+                    float(jnp.linalg.norm(state.fast[ssm] - before) / jnp.linalg.norm(before))
                 )
             changes.append(per_pass)
             state = evict(state)
@@ -88,7 +92,7 @@ def stream(params, tokens, passes):
 
 
 logits_stream, changes, state = stream(params, batch.tokens, N)
-print("fast weights S:", state.fast[0].shape, "(batch, heads, d_k, d_v)")
+print(f"fast weights S of block {ssm}:", state.fast[ssm].shape, "(batch, heads, d_k, d_v)")
 print("relative change of S per sleep pass, per window:\n", changes.round(4))
 
 # %%

@@ -133,10 +133,17 @@ class Schedule:
         unit RMS per position, the scale of the embeddings the wake pass reads: the
         features otherwise grow pass after pass (normalisation between loops, as looped
         models use). Parameter-free.
+      wake_passes: K >= 1, the online-depth control: at wake, the looped blocks run K times
+        over the window, every run from the fast weights the window started with and
+        reading the previous run's output (plus the wake input under re-injection), the
+        logits read after the last. Causal (each run reads only earlier positions), so the
+        same depth is spent online on every token instead of offline in sleep. Training
+        form only (`forward`; the streaming form would keep K fast-weight states per block)
+        and only with passes = 1.
 
     Every entry point takes a schedule the same way, `schedule=` or these fields as keywords
     (`resolve_schedule`). The window L and the pass count N stay outside it, as arguments of
-    their own (checked by `check_window_and_passes`), because they are not the same kind of
+    their own (checked by `check_loop`), because they are not the same kind of
     knob: L is an array shape (`MemoryState.window` is `features.shape[1]`, and a copy in the
     static schedule could disagree with it), and N is not a property of a state at all but a
     count of `sleep_step` calls its caller makes (by hand in a notebook, or `stream`'s
@@ -149,6 +156,7 @@ class Schedule:
     reinject_embedding: bool = False
     loop_blocks: tuple[int, int] | None = None
     normalize_sleep_input: bool = False
+    wake_passes: int = 1
 
     def __post_init__(self):
         if self.eviction not in EVICTIONS:
@@ -163,6 +171,7 @@ class Schedule:
                     f"loop_blocks must be (start, stop) ints or None, got {self.loop_blocks!r}"
                 )
             object.__setattr__(self, "loop_blocks", lb)
+        _check_int("wake_passes", self.wake_passes, 1)
 
     def loop_range(self, cfg: ModelConfig) -> tuple[int, int]:
         """The looped block range [start, stop) for `cfg`, validated against its layout."""
@@ -210,10 +219,29 @@ def resolve_schedule(schedule: Schedule | None, kwargs: dict) -> Schedule:
     return Schedule(**kwargs)
 
 
-def check_window_and_passes(window, passes) -> None:
-    """Validates the two schedule integers shared by `forward` and the streaming API."""
-    _check_int("window", window, 1)
-    _check_int("passes", passes, 1)
+# How the training form recomputes activations in backprop (`forward`'s `remat`).
+REMAT_MODES = ("none", "pass", "window")
+
+
+def check_loop(window, passes, *, remat="none", grad_passes=None, prefix="", schedule=None) -> None:
+    """The one check of the window loop's arguments, for every entry point (`forward`,
+    `make_train_step`, the run config, the diagnostics): window and passes ints >= 1,
+    `remat` one of `REMAT_MODES`, `grad_passes` None or in [1, passes]. `prefix` (e.g.
+    "config.") is put before the field names in the messages. Given `schedule`, its
+    `wake_passes` > 1 (online depth) is refused with passes > 1."""
+    try:
+        _check_int("window", window, 1)
+        _check_int("passes", passes, 1)
+        check_grad_passes(grad_passes, passes)
+    except ValueError as e:
+        raise ValueError(f"{prefix}{e}") from None
+    if remat not in REMAT_MODES:
+        raise ValueError(f"{prefix}remat must be one of {REMAT_MODES}, got {remat!r}")
+    if schedule is not None and schedule.wake_passes > 1 and passes > 1:
+        raise ValueError(
+            f"{prefix}wake_passes={schedule.wake_passes} (online depth) needs passes=1, got "
+            f"passes={passes}: it is the control that spends the depth at wake, not in sleep"
+        )
 
 
 def _describe_positions(positions) -> str:

@@ -15,17 +15,14 @@ import jax.numpy as jnp
 from sleep_consolidation import model
 from sleep_consolidation.config import (
     Schedule,
-    check_grad_passes,
+    check_loop,
     check_sleep_reaches,
     check_tokens,
-    check_window_and_passes,
     resolve_schedule,
 )
 from sleep_consolidation.layers import attention, loops
 from sleep_consolidation.layers.norms import rms_norm
 from sleep_consolidation.model import Params
-
-REMAT_MODES = ("none", "pass", "window")
 
 
 def check_positions(positions, length: int) -> tuple[int, ...] | None:
@@ -41,6 +38,37 @@ def check_positions(positions, length: int) -> tuple[int, ...] | None:
     if any(isinstance(p, bool) for p in positions):
         raise ValueError(f"positions must be ints, got {positions!r}")
     return out
+
+
+# --- answer positions ---------------------------------------------------------------------
+# Only the positions a loss reads (a task's answer positions) need logits. Two savings,
+# both planned here: the unembedding runs at those positions only (`forward` gathers them),
+# and in the last window, whose stack output nothing else reads when no sleep pass follows
+# that reads it, the last block's residual and MLP run there only (`model.window_pass`'s
+# `out_positions`).
+
+
+def split_positions(positions, first_last: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(early, late): `positions` in the windows before `first_last` (read from their
+    outputs) and, window-relative, in the last window, which then computes its output there
+    only. late is None (the last window computes every position, and `forward` gathers)
+    when no position is in it or `positions` is unsorted (the output order must be kept)."""
+    if positions is None:
+        return (), None
+    late = tuple(p - first_last for p in positions if p >= first_last)
+    if not late or positions != tuple(sorted(positions)):
+        return positions, None
+    return positions[: len(positions) - len(late)], late
+
+
+def last_block_positions(out_positions, *, sleep, passes, stop, n_blocks):
+    """Where `window_step` may compute its last block at `out_positions` only:
+    (looped, post), the positions for the looped segment's `window_pass` or for the one
+    after it (one of them None, or both). Not when a sleep pass follows and reads the
+    looped blocks' full output (the last block looped, N > 1)."""
+    if out_positions is None or (sleep and passes > 1 and stop == n_blocks):
+        return None, None
+    return (out_positions, None) if stop == n_blocks else (None, out_positions)
 
 
 @flax.struct.dataclass
@@ -126,21 +154,27 @@ def window_step(
     n_blocks = len(cfg.layout)
     if record and out_positions is not None:
         raise ValueError("out_positions cannot be used with record")
-    # The last block's output is read by the sleep passes when it is looped and any follow.
-    reduce = out_positions is not None and (not sleep or passes == 1 or stop < n_blocks)
-    out_looped = out_positions if reduce and stop == n_blocks else None
-    out_post = out_positions if reduce and stop < n_blocks else None
+    out_looped, out_post = last_block_positions(
+        out_positions, sleep=sleep, passes=passes, stop=stop, n_blocks=n_blocks
+    )
 
     h, fast, kv, xs = run_blocks(
         params, range(0, start), model.embed(params, toks), fast, prefix, record
     )
     loop_input = h
-    h, fast, kv_loop, xs_loop = run_blocks(params, looped, h, fast, prefix, record, out_looped)
+    h, fast, kv_loop, xs_loop = run_blocks(
+        params, looped, h, fast, prefix, record, out_looped if sched.wake_passes == 1 else None
+    )
+    for k in range(1, sched.wake_passes):  # online depth: the looped blocks again, at wake
+        x = model.sleep_input(sched, h, loop_input)
+        source = {**fast, **{b: fast_start[b] for b in looped_ssm}}
+        out = out_looped if k == sched.wake_passes - 1 else None
+        h, fast, kv_loop, xs_loop = run_blocks(params, looped, x, source, prefix, record, out)
     features = h
     h, fast, kv_post, xs_post = run_blocks(
         params, range(stop, n_blocks), h, fast, prefix, record, out_post
     )
-    if out_positions is not None and not reduce:
+    if out_positions is not None and out_looped is None and out_post is None:
         h = model.take_positions(h, out_positions)
     kv = {**kv, **kv_loop, **kv_post}
     xs = {**xs, **xs_loop, **xs_post}
@@ -267,23 +301,20 @@ def forward(
       grad_passes: if set, differentiate only the last k passes of each window's
         consolidation (truncated backprop); None = full backprop through every pass.
       return_fast: also return the fast weights after the sequence (a last full window is
-        then consolidated too), as a tuple ordered like `cfg.ssm_blocks`.
+        then consolidated too), {ssm block: S} as `MemoryState.fast`.
       positions: static tuple of positions to return logits for (e.g. a task's
         `answer_positions`); None = every position. Only these pay for the unembedding,
         which dominates the loss at research scale (V > D, few answer tokens).
 
     Returns:
-      logits [B, T, V] float32, or [B, len(positions), V] (and the fast-weight tuple if
+      logits [B, T, V] float32, or [B, len(positions), V] (and the fast-weight dict if
       `return_fast`).
     """
     cfg = params.config
     schedule = resolve_schedule(schedule, schedule_kwargs)
     check_static(window=window, passes=passes, grad_passes=grad_passes)
-    check_window_and_passes(window, passes)
+    check_loop(window, passes, remat=remat, grad_passes=grad_passes, schedule=schedule)
     schedule.loop_range(cfg)
-    if remat not in REMAT_MODES:
-        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-    check_grad_passes(grad_passes, passes)
     check_tokens(tokens, cfg.vocab_size, rank=2)
     B, T = tokens.shape
     if T < 1:
@@ -310,12 +341,7 @@ def forward(
     )
     if remat == "window":
         step = jax.checkpoint(step, static_argnums=(2, 3))
-    # Positions asked for in the last window are passed to it, so that its last block
-    # computes its output there only (sorted positions: the early ones come first).
-    first_last = n_scan * L
-    late = tuple(p - first_last for p in positions or () if p >= first_last)
-    if not late or positions != tuple(sorted(positions)):
-        late = None
+    early, late = split_positions(positions, n_scan * L)
     carry = init_carry(cfg, B, L, schedule)
     pieces = []
     if n_scan:
@@ -328,7 +354,6 @@ def forward(
     last = tokens[:, n_scan * L :]
     carry, h = step(carry, last, return_fast and last.shape[1] == L, late)
     if late is not None:
-        early = positions[: len(positions) - len(late)]
         pieces = [model.take_positions(pieces[0], early)] if early else []
     pieces.append(h)
     h = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
@@ -336,5 +361,5 @@ def forward(
         h = model.take_positions(h, positions)
     logits = model.logits(params, h)
     if return_fast:
-        return logits, tuple(carry.fast[b] for b in cfg.ssm_blocks)
+        return logits, carry.fast
     return logits

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
-    check_window_and_passes,
+    check_loop,
     resolve_schedule,
 )
 
@@ -23,18 +23,17 @@ from sleep_consolidation.config import (
 class MemoryState:
     """Streaming state of a batch of streams that advance together.
 
-    Tuples are ordered like `cfg.ssm_blocks` (fast, fast_at_window_start, conv) or
-    `cfg.attn_blocks` (keys, values, prefix_keys, prefix_values).
+    Per-block fields are dicts keyed by block index, as in the training form's
+    `sequence.WindowCarry` and `model.window_pass`: {ssm block: ...} for `fast`,
+    `fast_at_window_start` and `conv`; {attn block: ...} for `kv` and `prefix`.
     """
 
-    fast: tuple[jax.Array, ...]  # [B, H, dh, dh] float32 per ssm block: the fast weights S
-    fast_at_window_start: tuple[jax.Array, ...]  # S when the window opened (reset option)
-    keys: tuple[jax.Array, ...]  # [B, L, H, dh] rotated keys of the window, per attn block
-    values: tuple[jax.Array, ...]  # [B, L, H, dh]
-    prefix_keys: tuple[jax.Array, ...]  # [B, P, H, dh]; P = L-1 (sliding) or 0 (hard)
-    prefix_values: tuple[jax.Array, ...]
-    prefix_valid: jax.Array  # [P] bool
-    conv: tuple[jax.Array, ...]  # [B, K-1, 3 H dh] short-conv inputs, per ssm block
+    fast: dict  # {ssm block: S [B, H, dh, dh] float32}: the fast weights
+    fast_at_window_start: dict  # {ssm block: S when the window opened} (reset option)
+    kv: dict  # {attn block: (keys, values)}, each [B, L, H, dh], rotated, of the window
+    prefix: dict  # {attn block: (keys [B, P, H, dh], values, valid [P] bool)}; P = L-1
+    # under sliding eviction, 0 under hard: the kept KV, as `WindowCarry.prefix`
+    conv: dict  # {ssm block: [B, K-1, 3 H dh] short-conv inputs}
     features: jax.Array  # [B, L, D] output of the looped blocks at each window position
     loop_input: jax.Array  # [B, L, D] input of the looped blocks at wake (for re-injection)
     pos: jax.Array  # int32 scalar: filled positions of the current window
@@ -64,24 +63,26 @@ def init_state(
         reset_between_passes=..., reinject_embedding=..., loop_blocks=...).
     """
     schedule = resolve_schedule(schedule, schedule_kwargs)
-    check_window_and_passes(window, 1)
+    check_loop(window, 1)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     schedule.loop_range(cfg)  # validates loop_blocks against the layout
+    if schedule.wake_passes > 1:
+        raise ValueError(
+            f"wake_passes={schedule.wake_passes} (online depth) has a training form only: "
+            "use forward (the streaming form would keep one fast-weight state per run)"
+        )
     B, L, H, dh, D = batch_size, window, cfg.num_heads, cfg.dh, cfg.d_model
     P = L - 1 if schedule.eviction == "sliding" else 0
-    n_ssm, n_attn = len(cfg.ssm_blocks), len(cfg.attn_blocks)
     zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
-    fast = tuple(zeros(B, H, dh, dh) for _ in range(n_ssm))
+    fast = {b: zeros(B, H, dh, dh) for b in cfg.ssm_blocks}
+    empty = zeros(B, P, H, dh)
     return MemoryState(
         fast=fast,
         fast_at_window_start=fast,
-        keys=tuple(zeros(B, L, H, dh) for _ in range(n_attn)),
-        values=tuple(zeros(B, L, H, dh) for _ in range(n_attn)),
-        prefix_keys=tuple(zeros(B, P, H, dh) for _ in range(n_attn)),
-        prefix_values=tuple(zeros(B, P, H, dh) for _ in range(n_attn)),
-        prefix_valid=jnp.zeros((P,), bool),
-        conv=tuple(zeros(B, cfg.conv_size - 1, 3 * H * dh) for _ in range(n_ssm)),
+        kv={b: (zeros(B, L, H, dh), zeros(B, L, H, dh)) for b in cfg.attn_blocks},
+        prefix={b: (empty, empty, jnp.zeros((P,), bool)) for b in cfg.attn_blocks},
+        conv={b: zeros(B, cfg.conv_size - 1, 3 * H * dh) for b in cfg.ssm_blocks},
         features=zeros(B, L, D),
         loop_input=zeros(B, L, D),
         pos=jnp.zeros((), jnp.int32),
@@ -90,20 +91,11 @@ def init_state(
     )
 
 
-def attention_prefixes(cfg: ModelConfig, state: MemoryState) -> dict:
-    """{attn block: (prefix keys, prefix values, prefix valid)}: the sliding prefix each
-    attention block of `cfg` reads, in the form `model.window_pass` takes."""
-    return {
-        b: (state.prefix_keys[j], state.prefix_values[j], state.prefix_valid)
-        for j, b in enumerate(cfg.attn_blocks)
-    }
-
-
 def check_state(state, cfg: ModelConfig | None = None, *, caller: str = "state") -> None:
     """Host-side check (shapes only, so it also runs at trace time under jit) that `state` is
     a `MemoryState` whose arrays fit together and, given `cfg`, fit that model config: the
-    layer counts, batch, heads, head width, d_model, conv width, window and prefix length,
-    and the static `rope_base`.
+    blocks, batch, heads, head width, d_model, conv width, window and prefix length, and
+    the static `rope_base`.
 
     Raises:
       ValueError: naming the first mismatched field and the shape it should have (a state
@@ -125,12 +117,16 @@ def check_state(state, cfg: ModelConfig | None = None, *, caller: str = "state")
     pos_shape, pos_dtype = tuple(jnp.shape(state.pos)), jnp.result_type(state.pos)
     if pos_shape != () or not jnp.issubdtype(pos_dtype, jnp.integer):
         fail(f"state.pos must be an integer scalar, got shape {pos_shape} dtype {pos_dtype}")
-    n_ssm, n_attn = len(state.fast), len(state.keys)
+    fields = ("fast", "fast_at_window_start", "conv", "kv", "prefix")
+    for name in fields:
+        if not isinstance(getattr(state, name), dict):
+            fail(f"state.{name} must be a dict keyed by block index")
+    ssm, attn = sorted(state.fast), sorted(state.kv)
     if cfg is not None:
-        if n_ssm != len(cfg.ssm_blocks):
-            fail(f"state.fast has {n_ssm} layer(s) but the model has {len(cfg.ssm_blocks)} ssm")
-        if n_attn != len(cfg.attn_blocks):
-            fail(f"state.keys has {n_attn} layer(s) but the model has {len(cfg.attn_blocks)} attn")
+        if ssm != list(cfg.ssm_blocks):
+            fail(f"state.fast has blocks {ssm} but the model's ssm blocks are {cfg.ssm_blocks}")
+        if attn != list(cfg.attn_blocks):
+            fail(f"state.kv has blocks {attn} but the model's attn blocks are {cfg.attn_blocks}")
         if D != cfg.d_model:
             fail(f"state.features has d_model {D} but the model config has {cfg.d_model}")
         if state.rope_base != cfg.rope_base:
@@ -139,34 +135,31 @@ def check_state(state, cfg: ModelConfig | None = None, *, caller: str = "state")
         source = "the model config"
     else:  # no config (evict): the state must agree with itself
         dims = lambda x, n: tuple(jnp.shape(x)) if jnp.ndim(x) == n else (-1,) * n
-        if n_ssm:  # [B, H, dh, dh]
-            _, H, _, dh = dims(state.fast[0], 4)
+        if ssm:  # [B, H, dh, dh]
+            _, H, _, dh = dims(state.fast[ssm[0]], 4)
         else:  # [B, L, H, dh] (or no layers at all: nothing to compare)
-            _, _, H, dh = dims(state.keys[0], 4) if n_attn else (0, 0, 0, 0)
-        K = dims(state.conv[0], 3)[1] + 1 if state.conv else 1
-        source = "the state's own features and first layer"
+            _, _, H, dh = dims(state.kv[attn[0]][0], 4) if attn else (0, 0, 0, 0)
+        K = dims(state.conv[ssm[0]], 3)[1] + 1 if ssm and ssm[0] in state.conv else 1
+        source = "the state's own features and first block"
+    for name, blocks, of in (("fast_at_window_start", ssm, "fast"), ("conv", ssm, "fast"),
+                             ("prefix", attn, "kv")):  # fmt: skip
+        if sorted(getattr(state, name)) != blocks:
+            fail(f"state.{name} has blocks {sorted(getattr(state, name))}, state.{of} has {blocks}")
     P = L - 1 if state.schedule.eviction == "sliding" else 0
-    want = {
-        "loop_input": (B, L, D),
-        "prefix_valid": (P,),
-        **{f"fast[{j}]": (B, H, dh, dh) for j in range(n_ssm)},
-        **{f"fast_at_window_start[{j}]": (B, H, dh, dh) for j in range(n_ssm)},
-        **{f"conv[{j}]": (B, K - 1, 3 * H * dh) for j in range(n_ssm)},
-        **{f"keys[{j}]": (B, L, H, dh) for j in range(n_attn)},
-        **{f"values[{j}]": (B, L, H, dh) for j in range(n_attn)},
-        **{f"prefix_keys[{j}]": (B, P, H, dh) for j in range(n_attn)},
-        **{f"prefix_values[{j}]": (B, P, H, dh) for j in range(n_attn)},
-    }
-    for name, n in (("fast_at_window_start", n_ssm), ("conv", n_ssm)):
-        if len(getattr(state, name)) != n:
-            fail(f"state.{name} has {len(getattr(state, name))} layer(s), state.fast has {n}")
-    for name in ("values", "prefix_keys", "prefix_values"):
-        if len(getattr(state, name)) != n_attn:
-            fail(f"state.{name} has {len(getattr(state, name))} layer(s), state.keys has {n_attn}")
-    for name, shape in want.items():
-        field, _, idx = name.partition("[")
-        leaf = getattr(state, field)
-        leaf = leaf[int(idx[:-1])] if idx else leaf
+    want = {"loop_input": ((B, L, D), state.loop_input)}
+    for b in ssm:
+        want[f"fast[{b}]"] = ((B, H, dh, dh), state.fast[b])
+        want[f"fast_at_window_start[{b}]"] = ((B, H, dh, dh), state.fast_at_window_start[b])
+        want[f"conv[{b}]"] = ((B, K - 1, 3 * H * dh), state.conv[b])
+    for b in attn:
+        if len(state.kv[b]) != 2 or len(state.prefix[b]) != 3:
+            fail(f"state.kv[{b}] must be (keys, values), state.prefix[{b}] (keys, values, valid)")
+        want[f"kv[{b}][0]"] = ((B, L, H, dh), state.kv[b][0])
+        want[f"kv[{b}][1]"] = ((B, L, H, dh), state.kv[b][1])
+        want[f"prefix[{b}][0]"] = ((B, P, H, dh), state.prefix[b][0])
+        want[f"prefix[{b}][1]"] = ((B, P, H, dh), state.prefix[b][1])
+        want[f"prefix[{b}][2]"] = ((P,), state.prefix[b][2])
+    for name, (shape, leaf) in want.items():
         if tuple(jnp.shape(leaf)) != shape:
             fail(
                 f"state.{name} has shape {tuple(jnp.shape(leaf))}, expected {shape} from "

@@ -18,7 +18,7 @@ from sleep_consolidation import model
 from sleep_consolidation.config import check_tokens
 from sleep_consolidation.layers import attention
 from sleep_consolidation.model import Params
-from sleep_consolidation.state import MemoryState, attention_prefixes, check_state
+from sleep_consolidation.state import MemoryState, check_state
 
 
 def window_full(state: MemoryState) -> jax.Array:
@@ -52,11 +52,7 @@ def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, 
         raise ValueError("wake_step on a full window: call sleep_step (optional) and evict first")
     start, stop = state.schedule.loop_range(cfg)
     i = state.pos
-    ssm_idx = {b: j for j, b in enumerate(cfg.ssm_blocks)}
-    attn_idx = {b: j for j, b in enumerate(cfg.attn_blocks)}
-    fast, conv = list(state.fast), list(state.conv)
-    keys, values = list(state.keys), list(state.values)
-    prefixes = attention_prefixes(cfg, state)
+    fast, conv, kv = dict(state.fast), dict(state.conv), dict(state.kv)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], i, axis=1)
 
     h = model.embed(params, tokens)
@@ -64,24 +60,14 @@ def wake_step(params: Params, state: MemoryState, tokens) -> tuple[MemoryState, 
     for b in range(len(cfg.layout)):
         if b == start:
             loop_input = put(loop_input, h)
-        if b in ssm_idx:
-            j = ssm_idx[b]
-            h, fast[j], _, conv[j] = model.block_step(params, b, h, i, fast[j], None, None, conv[j])
+        if b in fast:
+            h, fast[b], _, conv[b] = model.block_step(params, b, h, i, fast[b], None, None, conv[b])
         else:
-            j = attn_idx[b]
-            h, _, (keys[j], values[j]), _ = model.block_step(
-                params, b, h, i, None, (keys[j], values[j]), prefixes[b], None
-            )
+            h, _, kv[b], _ = model.block_step(params, b, h, i, None, kv[b], state.prefix[b], None)
         if b == stop - 1:
             features = put(features, h)
     new_state = state.replace(
-        fast=tuple(fast),
-        conv=tuple(conv),
-        keys=tuple(keys),
-        values=tuple(values),
-        features=features,
-        loop_input=loop_input,
-        pos=i + 1,
+        fast=fast, conv=conv, kv=kv, features=features, loop_input=loop_input, pos=i + 1
     )
     overfull = i >= state.window  # only possible inside jit (else refused above)
     return new_state, jnp.where(overfull, jnp.nan, model.logits(params, h))
@@ -101,17 +87,12 @@ def sleep_step(params: Params, state: MemoryState) -> MemoryState:
     looped = range(start, stop)
     valid = jnp.arange(state.window) < state.pos
     source = state.fast_at_window_start if sched.reset_between_passes else state.fast
-    fast_in = {b: source[j] for j, b in enumerate(cfg.ssm_blocks) if b in looped}
+    fast_in = {b: source[b] for b in source if b in looped}
     x = model.sleep_input(sched, state.features, state.loop_input)
-    prefixes = attention_prefixes(cfg, state)
-    h, fast_out, kv = model.window_pass(params, looped, x, fast_in, prefixes, valid)
-    fast = tuple(fast_out.get(b, state.fast[j]) for j, b in enumerate(cfg.ssm_blocks))
-    keys = tuple(kv[b][0] if b in kv else state.keys[j] for j, b in enumerate(cfg.attn_blocks))
-    values = tuple(kv[b][1] if b in kv else state.values[j] for j, b in enumerate(cfg.attn_blocks))
+    h, fast, kv = model.window_pass(params, looped, x, fast_in, state.prefix, valid)
     return state.replace(
-        fast=fast,
-        keys=keys,
-        values=values,
+        fast={**state.fast, **fast},
+        kv={**state.kv, **kv},
         features=jnp.where(valid[None, :, None], h, 0.0),
     )
 
@@ -127,16 +108,9 @@ def evict(state: MemoryState) -> MemoryState:
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state)
     new = zeros.replace(fast=state.fast, fast_at_window_start=state.fast)
     if state.schedule.eviction == "sliding":
-        slid = [
-            attention.slide_prefix(pk, pv, state.prefix_valid, k, v, state.pos, state.rope_base)
-            for pk, pv, k, v in zip(
-                state.prefix_keys, state.prefix_values, state.keys, state.values
-            )
-        ]
-        if slid:
-            new = new.replace(
-                prefix_keys=tuple(s[0] for s in slid),
-                prefix_values=tuple(s[1] for s in slid),
-                prefix_valid=slid[0][2],
-            )
+        prefix = {
+            b: attention.slide_prefix(*state.prefix[b], *state.kv[b], state.pos, state.rope_base)
+            for b in state.prefix
+        }
+        new = new.replace(prefix=prefix)
     return new

@@ -110,13 +110,13 @@ def _last_k_loss_by_hand(params, tokens, window, passes, k, eviction):
         if (t + 1) % window or t == T - 1:  # `forward` consolidates windows with a successor
             continue
         if n_free > 0:
-            prefix = {f: getattr(state, f) for f in ("prefix_keys", "prefix_values")}
-            frozen, frozen_params = sg(state).replace(**prefix), sg(params)
+            prefix = state.prefix
+            frozen, frozen_params = sg(state).replace(prefix=prefix), sg(params)
             for _ in range(n_free):
                 frozen = sc.sleep_step(frozen_params, frozen)
             start = state.fast_at_window_start
-            fast = tuple(a + sg(b - a) for a, b in zip(start, frozen.fast))
-            state = frozen.replace(fast=fast, fast_at_window_start=start, **prefix)
+            fast = {b: start[b] + sg(frozen.fast[b] - start[b]) for b in start}
+            state = frozen.replace(fast=fast, fast_at_window_start=start, prefix=prefix)
         for _ in range(passes - 1 - max(n_free, 0)):
             state = sc.sleep_step(params, state)
         state = sc.evict(state)

@@ -99,18 +99,18 @@ def _other(**kw):
 
 
 MISFITS = {  # a state built for another config -> the field the message names
-    "heads": (lambda: sc.init_state(_other(num_heads=4), B, L), r"state\.fast\[0\] has shape"),
-    "head_dim": (lambda: sc.init_state(_other(head_dim=2), B, L), r"state\.fast\[0\] has shape"),
+    "heads": (lambda: sc.init_state(_other(num_heads=4), B, L), r"state\.fast\[1\] has shape"),
+    "head_dim": (lambda: sc.init_state(_other(head_dim=2), B, L), r"state\.fast\[1\] has shape"),
     "d_model": (lambda: sc.init_state(_other(d_model=16), B, L), r"state\.features has d_model"),
-    "conv_size": (lambda: sc.init_state(_other(conv_size=2), B, L), r"state\.conv\[0\]"),
+    "conv_size": (lambda: sc.init_state(_other(conv_size=2), B, L), r"state\.conv\[1\]"),
     "rope_base": (lambda: sc.init_state(_other(rope_base=99.0), B, L), r"state\.rope_base"),
     "missing ssm layer": (
         lambda: sc.init_state(_other(layout=("attn",)), B, L),
-        r"state\.fast has 0 layer\(s\) but the model has 1 ssm",
+        r"state\.fast has blocks \[\] but the model's ssm blocks are \(1,\)",
     ),
     "extra attn layer": (
         lambda: sc.init_state(_other(layout=("attn", "ssm", "attn")), B, L),
-        r"state\.keys has 2 layer\(s\) but the model has 1 attn",
+        r"state\.kv has blocks \[0, 2\] but the model's attn blocks are \(0,\)",
     ),
 }
 
@@ -127,25 +127,32 @@ def test_a_state_of_another_config_is_refused_naming_the_field(params, what):
         sc.stream(params, state, jnp.zeros((B, 2), jnp.int32))
 
 
-def _replace_first(state, field, new_leaf):
-    return state.replace(**{field: (new_leaf, *getattr(state, field)[1:])})
+def _replace_block(state, field, block, new_leaf):
+    return state.replace(**{field: {**getattr(state, field), block: new_leaf}})
 
 
 def test_a_state_whose_arrays_disagree_is_refused_by_every_step(params):
     good = sc.init_state(CFG, B, L)
     check_state(good, CFG)
     check_state(good)
+    k = good.kv[0][0]
     bad = {
-        "fast[0]": _replace_first(good, "fast", jnp.zeros((B + 1, 2, 4, 4))),  # other batch
-        "fast_at_window_start[0]": _replace_first(
-            good, "fast_at_window_start", jnp.zeros((B, 2, 4, 5))
+        "fast[1]": _replace_block(good, "fast", 1, jnp.zeros((B + 1, 2, 4, 4))),  # other batch
+        "fast_at_window_start[1]": _replace_block(
+            good, "fast_at_window_start", 1, jnp.zeros((B, 2, 4, 5))
         ),
-        "keys[0]": _replace_first(good, "keys", jnp.zeros((B, L + 1, 2, 4))),  # other window
-        "values[0]": _replace_first(good, "values", jnp.zeros((B, L, 2, 4, 1))),
+        "kv[0][0]": _replace_block(good, "kv", 0, (jnp.zeros((B, L + 1, 2, 4)), k)),  # window
+        "kv[0][1]": _replace_block(good, "kv", 0, (k, jnp.zeros((B, L, 2, 4, 1)))),
         "loop_input": good.replace(loop_input=jnp.zeros((B, L + 2, 8))),
-        "prefix_valid": good.replace(prefix_valid=jnp.zeros((L - 1,), bool)),  # sliding's P
+        "prefix[0][2]": _replace_block(
+            good,
+            "prefix",
+            0,
+            (*good.prefix[0][:2], jnp.zeros((L - 1,), bool)),  # sliding's P
+        ),
         "pos": good.replace(pos=jnp.zeros((B,), jnp.int32)),
-        "conv": good.replace(conv=()),
+        "conv has blocks []": good.replace(conv={}),
+        "fast must be a dict": good.replace(fast=(good.fast[1],)),  # the old tuple form
     }
     tok = jnp.zeros((B,), jnp.int32)
     for field, state in bad.items():
@@ -163,8 +170,10 @@ def test_a_state_whose_arrays_disagree_is_refused_by_every_step(params):
 def test_a_sliding_state_keeps_its_prefix_length(params):
     sliding = sc.init_state(CFG, B, L, eviction="sliding")
     check_state(sliding, CFG)
-    hard_prefix = sliding.replace(prefix_valid=jnp.zeros((0,), bool))
-    with pytest.raises(ValueError, match=r"state\.prefix_valid has shape \(0,\), expected \(2,\)"):
+    keys, values, _ = sliding.prefix[0]
+    hard_prefix = _replace_block(sliding, "prefix", 0, (keys, values, jnp.zeros((0,), bool)))
+    want = r"state\.prefix\[0\]\[2\] has shape \(0,\), expected \(2,\)"
+    with pytest.raises(ValueError, match=want):
         sc.evict(hard_prefix)
 
 
@@ -178,7 +187,7 @@ def test_a_state_of_another_batch_is_refused(params):
 
 def test_the_state_checks_run_at_trace_time_under_jit(params):
     state = sc.init_state(_other(num_heads=4), B, L)
-    with pytest.raises(ValueError, match=r"wake_step: state\.fast\[0\]"):
+    with pytest.raises(ValueError, match=r"wake_step: state\.fast\[1\]"):
         jax.jit(sc.wake_step)(params, state, jnp.zeros((B,), jnp.int32))
 
 

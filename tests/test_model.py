@@ -34,8 +34,9 @@ def test_design_contract_snippet_runs_as_written():
             for _ in range(N - 1):
                 state = sc.sleep_step(params, state)
             state = sc.evict(state)
-    chex.assert_shape(state.fast, ((B, 2, 32, 32),) * 2)
-    assert all(s.dtype == jnp.float32 for s in state.fast)
+    assert sorted(state.fast) == [1, 3]  # keyed by ssm block index
+    chex.assert_shape(list(state.fast.values()), ((B, 2, 32, 32),) * 2)
+    assert all(s.dtype == jnp.float32 for s in state.fast.values())
     assert state.pos.shape == () and sc.window_full(state).shape == ()
 
 

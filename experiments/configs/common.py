@@ -55,6 +55,7 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.reinject_embedding = False
     c.loop_blocks = config_dict.placeholder(tuple)  # None: all blocks; else (start, stop)
     c.normalize_sleep_input = False  # each sleep pass reads its input at unit RMS
+    c.wake_passes = 1  # K > 1: the looped blocks run K times at wake (online depth; N = 1)
     c.grad_passes = config_dict.placeholder(int)  # k: last k passes (estimator="truncated")
     c.remat = "none"  # "pass" or "window" to bound memory at large N
     # Meta-gradient estimator (estimators.py): "full" (backprop through every pass),

@@ -31,12 +31,12 @@ import jax.numpy as jnp
 from sleep_consolidation import model, sequence
 from sleep_consolidation.analysis import diagnostics
 from sleep_consolidation.model import Params
-from sleep_consolidation.state import MemoryState, attention_prefixes, check_state
+from sleep_consolidation.state import MemoryState, check_state
 from sleep_consolidation.wake_sleep import sleep_step
 
-# The fields with a leading batch axis: an example's rollback restores its slice of each.
-_BATCHED = ("fast", "fast_at_window_start", "keys", "values", "prefix_keys", "prefix_values",
-            "conv", "features", "loop_input")  # fmt: skip
+# The fields a sleep pass may change (all with a leading batch axis): an example's rollback
+# restores its slice of each. The prefix and conv buffers are not touched by sleep.
+_SLEPT = ("fast", "kv", "features")
 
 
 def _looped_ssm(cfg, state) -> list[int]:
@@ -56,11 +56,11 @@ def window_keys_values(params: Params, state: MemoryState) -> dict[int, tuple]:
     sched = state.schedule
     start, stop = sched.loop_range(cfg)
     source = state.fast_at_window_start if sched.reset_between_passes else state.fast
-    fast_in = dict(zip(cfg.ssm_blocks, source))
+    fast_in = dict(source)
     x = model.sleep_input(sched, state.features, state.loop_input)
     # sequence's recording block loop: each ssm block's normed input, as the pass sees it
     _, _, _, xs = sequence.run_blocks(
-        params, range(start, stop), x, fast_in, attention_prefixes(cfg, state), record=True
+        params, range(start, stop), x, fast_in, state.prefix, record=True
     )
     valid = (jnp.arange(state.window) < state.pos)[None, :, None, None]
     out = {}
@@ -86,8 +86,7 @@ def window_recall(params: Params, state: MemoryState) -> jax.Array:
     # diagnostics' statistic averages over all L positions; a zeroed (unfilled) position
     # reads 0, so rescaling by L / pos gives the mean over the filled ones.
     per_example = jax.vmap(lambda S, k, v: diagnostics.recall_stats(S[None], k[None], v[None])[0])
-    index = {b: j for j, b in enumerate(cfg.ssm_blocks)}
-    cos = [per_example(state.fast[index[b]], k, v) for b, (k, v) in kv.items()]
+    cos = [per_example(state.fast[b], k, v) for b, (k, v) in kv.items()]
     scale = state.window / jnp.maximum(state.pos, 1).astype(jnp.float32)
     return jnp.mean(jnp.stack(cos), axis=0) * scale
 
@@ -98,7 +97,7 @@ def _select(keep, new: MemoryState, old: MemoryState) -> MemoryState:
     def pick(a, b):
         return jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
-    fields = {f: jax.tree_util.tree_map(pick, getattr(new, f), getattr(old, f)) for f in _BATCHED}
+    fields = {f: jax.tree_util.tree_map(pick, getattr(new, f), getattr(old, f)) for f in _SLEPT}
     return old.replace(**fields)
 
 

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from sleep_consolidation import model, sequence
 from sleep_consolidation.config import (
     Schedule,
+    check_loop,
     check_tokens,
-    check_window_and_passes,
     resolve_schedule,
 )
 from sleep_consolidation.layers import fast_weights
@@ -79,7 +79,7 @@ def _stream_changes(params, tokens, window, passes, schedule):
 
     def sleep(s, _):
         s_new = sleep_step(params, s)
-        ch = [_rel_change(a, b) for a, b in zip(s.fast, s_new.fast)]
+        ch = [_rel_change(s.fast[b], s_new.fast[b]) for b in cfg.ssm_blocks]
         return s_new, _stack_layers(ch, n_ssm, ())
 
     def per_window(s, toks_w):
@@ -98,7 +98,7 @@ def fast_weight_change_per_pass(
 
     Streams `tokens` with `wake_step` / `sleep_step` / `evict` (jitted). For full window w,
     sleep pass p (p = 2..N, i.e. index p-2) and ssm layer j the entry is
-    mean_b ||S_after - S_before||_F / ||S_before||_F, with S_before = `state.fast[j]` just
+    mean_b ||S_after - S_before||_F / ||S_before||_F, with S_before = `state.fast[b]` just
     before that `sleep_step` (the previous pass's result) and the norm over [H, dk, dv] of
     example b. Layers outside `loop_blocks` do not sleep (change 0).
 
@@ -109,7 +109,7 @@ def fast_weight_change_per_pass(
       float32 [num_windows = T // L, N - 1, num_ssm_layers].
     """
     sched = resolve_schedule(schedule, schedule_kwargs)
-    check_window_and_passes(window, passes)
+    check_loop(window, passes)
     check_tokens(tokens, params.config.vocab_size, rank=2)
     _check_full_window(tokens, window)
     sched.loop_range(params.config)
@@ -127,14 +127,14 @@ def block_keys_values(mixer: dict, cfg, x):
     return k, v
 
 
-def zero_memory(fast: tuple) -> tuple:
+def zero_memory(fast: dict) -> dict:
     """Boundary hook: no memory crosses the boundary."""
-    return tuple(jnp.zeros_like(s) for s in fast)
+    return jax.tree_util.tree_map(jnp.zeros_like, fast)
 
 
-def roll_memory(fast: tuple) -> tuple:
+def roll_memory(fast: dict) -> dict:
     """Boundary hook: example b gets the (real, consolidated) memory of example b-1."""
-    return tuple(jnp.roll(s, 1, axis=0) for s in fast)
+    return jax.tree_util.tree_map(lambda s: jnp.roll(s, 1, axis=0), fast)
 
 
 _HOOKS = {"none": None, "zero": zero_memory, "roll": roll_memory}
@@ -153,7 +153,7 @@ def recall_stats(S, k, v):
 def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, stats):
     """`sequence.window_step` (recording when `stats`), its logits, the window's statistics
     and the boundary: mode 0 keeps the memory, 1 zeroes it, 2 rolls it over the batch; a
-    static `hook` (any function of the fast-weight tuple) is applied after that."""
+    static `hook` (any function of the fast-weight dict) is applied after that."""
     cfg = params.config
     fast_start = carry.fast
     out = sequence.window_step(
@@ -186,14 +186,13 @@ def _window(params, carry, toks, mode, *, sched, window, passes, sleep, hook, st
             "h_norm": aux["h_norm"],
         }
 
-    S = tuple(carry.fast[b] for b in cfg.ssm_blocks)
-    S = tuple(
-        jnp.where(mode == 1, zero, jnp.where(mode == 2, rolled, s))
-        for s, zero, rolled in zip(S, zero_memory(S), roll_memory(S))
-    )
+    S = jax.tree_util.tree_map(
+        lambda s, zero, rolled: jnp.where(mode == 1, zero, jnp.where(mode == 2, rolled, s)),
+        carry.fast, zero_memory(carry.fast), roll_memory(carry.fast),
+    )  # fmt: skip
     if hook is not None:
-        S = tuple(hook(S))
-    carry = carry.replace(fast={**carry.fast, **dict(zip(cfg.ssm_blocks, S))})
+        S = dict(hook(S))
+    carry = carry.replace(fast=S)
     return carry, logits, stats_out
 
 
@@ -221,7 +220,7 @@ def _loop(params, tokens, mode, *, window, passes, schedule, hook, stats):
         _, lg, _ = step(params, carry, tokens[:, n_scan * L :], mode, sleep=False)
         pieces.append(lg)
     logits = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
-    return logits, out, tuple(carry.fast[b] for b in cfg.ssm_blocks)
+    return logits, out, carry.fast
 
 
 def window_loop(
@@ -244,17 +243,16 @@ def window_loop(
       boundary: what happens to the fast weights after each window's consolidation and
         eviction, before the next window: None / "none" (nothing: the logits equal
         `forward`'s), "zero" (`zero_memory`), "roll" (`roll_memory`: the memory of another
-        example of the batch), or a function of the tuple of fast weights (static: pass the
-        same function object to avoid recompiling).
+        example of the batch), or a function of the fast weights {ssm block: S} returning
+        the same structure (static: pass the same function object to avoid recompiling).
       stats: also compute, per full window, the statistics of `recall_of_evicted_window`
         and the per-pass change ("change" [W, N-1, n_ssm]).
 
     Returns:
-      (logits [B, T, V], stats dict or None, final fast weights tuple ordered like
-      `cfg.ssm_blocks`).
+      (logits [B, T, V], stats dict or None, final fast weights {ssm block: S}).
     """
     sched = resolve_schedule(schedule, schedule_kwargs)
-    check_window_and_passes(window, passes)
+    check_loop(window, passes)
     cfg = params.config
     sched.loop_range(cfg)
     check_tokens(tokens, cfg.vocab_size, rank=2)

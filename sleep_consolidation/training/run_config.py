@@ -19,11 +19,9 @@ import numpy as np
 from sleep_consolidation.config import (
     ModelConfig,
     Schedule,
-    check_grad_passes,
+    check_loop,
     check_sleep_reaches,
-    check_window_and_passes,
 )
-from sleep_consolidation.sequence import REMAT_MODES
 from sleep_consolidation.tasks import Task, make_task
 from sleep_consolidation.training import curriculum, estimators, stopping
 from sleep_consolidation.training.optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -35,7 +33,7 @@ MODEL_FIELDS = (
 )  # fmt: skip
 SCHEDULE_FIELDS = (
     "eviction", "reset_between_passes", "reinject_embedding", "loop_blocks",
-    "normalize_sleep_input",
+    "normalize_sleep_input", "wake_passes",
 )  # fmt: skip
 OPTIMIZER_FIELDS = (
     "optimizer", "learning_rate", "adam_learning_rate", "theta_learning_rate", "lr_schedule",
@@ -67,7 +65,7 @@ CONFIG_FIELDS = (
 # Fields a config written before they existed may lack; missing means this default (off).
 OPTIONAL_FIELDS = {
     "init_from": None, "passes_ramp_steps": None, "pass_stats_size": None,
-    "normalize_sleep_input": False, "hard_eviction_steps": None,
+    "normalize_sleep_input": False, "hard_eviction_steps": None, "wake_passes": 1,
 }  # fmt: skip
 
 
@@ -141,11 +139,10 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
     schedule = Schedule(**{f: c[f] for f in SCHEDULE_FIELDS})
     schedule.loop_range(model_config)
     window = task.default_window if c["window"] is None else c["window"]
-    check_window_and_passes(window, c["passes"])
+    check_loop(
+        window, c["passes"], remat=c["remat"], grad_passes=c["grad_passes"], schedule=schedule
+    )
     check_sleep_reaches(window, task.seq_len, task.answer_positions)
-    check_grad_passes(c["grad_passes"], c["passes"])
-    if c["remat"] not in REMAT_MODES:
-        raise ValueError(f"config.remat must be one of {REMAT_MODES}, got {c['remat']!r}")
     if c["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {c['optimizer']!r}")
     if c["lr_schedule"] not in LR_SCHEDULES:
@@ -168,6 +165,11 @@ def _resolve_config(c: dict[str, Any]) -> RunSpec:
                  "eval_batch_size", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
         check_int(name, c[name], 1)
     _check_eval_passes(c["eval_passes"])
+    if schedule.wake_passes > 1 and any(m > 1 for m in c["eval_passes"]):
+        raise ValueError(
+            f"wake_passes={schedule.wake_passes} (online depth) runs with passes=1 only; "
+            f"eval_passes={list(c['eval_passes'])} asks for more"
+        )
     _check_data_parallel(c["data_parallel"], c["batch_size"])
     check_int("microbatches", c["microbatches"], 1)
     _check_stop(c, task)

@@ -22,12 +22,11 @@ import optax
 
 from sleep_consolidation.config import (
     Schedule,
-    check_grad_passes,
-    check_window_and_passes,
+    check_loop,
     resolve_schedule,
 )
 from sleep_consolidation.model import Params
-from sleep_consolidation.sequence import REMAT_MODES, forward
+from sleep_consolidation.sequence import forward
 from sleep_consolidation.training import estimators, sharding
 from sleep_consolidation.training.losses import masked_cross_entropy
 from sleep_consolidation.training.run_config import RunSpec, check_int
@@ -125,10 +124,7 @@ def make_train_step(
       metrics are device scalars `loss`, `grad_norm` (before clipping), `token_acc`.
     """
     schedule = resolve_schedule(schedule, schedule_kwargs)
-    check_window_and_passes(window, passes)
-    if remat not in REMAT_MODES:
-        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-    check_grad_passes(grad_passes, passes)
+    check_loop(window, passes, remat=remat, grad_passes=grad_passes)
     check_int("microbatches", microbatches, 1)
     if estimator is None:
         estimator = "full" if grad_passes is None else "truncated"
