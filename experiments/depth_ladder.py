@@ -10,9 +10,11 @@ Reads the records of one or more sweeps over `task.t_values` (one t per model) a
   * every run: exact-match accuracy, per-query accuracy Q1..Q4, the constant-answer floor at
     its t (`evaluation.constant_answer_accuracy` on the run's own eval set), steps and
     whether it converged or hit the cap;
-  * per (t, N): mean accuracy and the paired gain over N = 1 (95% paired t-interval and
-    sign counts) on the seeds both have;
-  * the t-frontier per (N, seed): the largest t of the ladder whose model reaches the
+  * per (t, arm): mean accuracy and the paired gain over N = 1 (95% paired t-interval and
+    sign counts) on the seeds both have; an arm is N, plus what a control changes from the
+    ladder's model (`LADDER_MODEL`: more steps, another layout, looping at wake);
+  * per control arm: N = 4's paired gain over it (what sleep buys against the control);
+  * the t-frontier per (arm, seed): the largest t of the ladder whose model reaches the
     threshold, with every shallower t of the ladder reaching it too.
 The t = 0 rows are the retrieval-only control: a ladder counts only where N = 1 at t = 0
 answers near 1.
@@ -34,7 +36,12 @@ from experiments.sweeping import stats
 FRONTIER = 0.5  # exact-match accuracy a t must reach to count as learned (fixed in advance)
 CONTROL_MIN = 0.95  # the t = 0 control must reach this at N = 1 for the ladder to count
 
+# The ladder's own model (rule110.py:depth with the ladder's stopping rule); a run that
+# differs in one of these fields is a control, named after the difference.
+LADDER_MODEL = {"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm"), "wake_passes": 1}
+
 flags.DEFINE_list("results", None, "results.jsonl files of the ladder's sweeps")
+flags.DEFINE_list("runs", None, "or: directories of run directories (read while sweeps run)")
 flags.DEFINE_string("out", None, "report directory (depth_ladder.md)")
 flags.DEFINE_float("frontier", FRONTIER, "accuracy that counts a depth as learned")
 
@@ -55,6 +62,26 @@ def load_records(paths: Sequence[str]) -> list[dict]:
     return out
 
 
+def records_from_runs(parents: Sequence[str]) -> list[dict]:
+    """The completed runs under these directories (each child a run directory), read from
+    their summary.json as the sweep's results.jsonl would hold them: for a report while the
+    sweeps still run (they write results.jsonl when they end)."""
+    from experiments.sweeping.runner import run_record
+
+    out = []
+    for parent in parents:
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"--runs: no such directory {parent!r}")
+        for name in sorted(os.listdir(parent)):
+            run_dir = os.path.join(parent, name)
+            if not os.path.exists(os.path.join(run_dir, "config.json")):
+                continue
+            r = run_record(run_dir, seed=_config(run_dir)["seed"])
+            if r["status"] == "completed":
+                out.append(r)
+    return out
+
+
 def _config(run_dir: str) -> dict:
     """The run's flat config (config.json's "config") with the resolved task knobs."""
     with open(os.path.join(run_dir, "config.json")) as f:
@@ -62,13 +89,32 @@ def _config(run_dir: str) -> dict:
     return {**recorded["config"], "task": recorded["task"]}
 
 
-def depth_and_passes(r: dict) -> tuple[int, int]:
-    """(t, N) of a run, from its recorded config (one t per model in the ladder)."""
+def arm_of(c: dict) -> str:
+    """A run's arm: its N, plus what it changes from `LADDER_MODEL` (e.g. "1 (cap 23000)",
+    "1 (4 wake runs)", "1 (attn+attn+attn+attn)"); a config lacking a field has its default."""
+    changes = []
+    if c.get("wake_passes", 1) != LADDER_MODEL["wake_passes"]:
+        changes.append(f"{c['wake_passes']} wake runs")
+    if c.get("steps", LADDER_MODEL["steps"]) != LADDER_MODEL["steps"]:
+        changes.append(f"cap {c['steps']}")
+    if tuple(c.get("layout", LADDER_MODEL["layout"])) != LADDER_MODEL["layout"]:
+        changes.append("+".join(c["layout"]))
+    return f"{c['passes']}" + (f" ({', '.join(changes)})" if changes else "")
+
+
+def depth_and_arm(r: dict) -> tuple[int, str]:
+    """(t, arm) of a run, from its recorded config (one t per model in the ladder)."""
     c = _config(r["run_dir"])
     ts = tuple(c["task"]["t_values"])
     if len(ts) != 1:
         raise ValueError(f"{r['run_dir']}: the ladder needs one t per model, got {ts}")
-    return int(ts[0]), int(c["passes"])
+    return int(ts[0]), arm_of(c)
+
+
+def _arm_key(arm: str):
+    """Sort order: plain N first by N, then the controls."""
+    n, _, rest = arm.partition(" ")
+    return (bool(rest), int(n), rest)
 
 
 @functools.lru_cache(maxsize=64)
@@ -97,12 +143,12 @@ def _cap_note(r: dict) -> str:
 
 def runs_table(records: Sequence[dict]) -> str:
     lines = [
-        "| t | N | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% of final | stop "
+        "| t | arm (N) | seed | acc | Q1 | Q2 | Q3 | Q4 | constant | steps to 90% of final | stop "
         "| train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(records, key=lambda r: (*depth_and_passes(r), r["seed"])):
-        t, n = depth_and_passes(r)
+    for r in sorted(records, key=lambda r: (*_sort_key(*depth_and_arm(r)), r["seed"])):
+        t, n = depth_and_arm(r)
         ev = r["eval"]
         qs = " | ".join(_f(ev.get(f"acc/Q{i}")) for i in range(1, 5))
         lines.append(
@@ -113,59 +159,73 @@ def runs_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _by_cell(records) -> dict[tuple[int, int], dict[int, dict]]:
-    cells: dict[tuple[int, int], dict[int, dict]] = {}
+def _sort_key(t, arm):
+    return (t, *_arm_key(arm))
+
+
+def _by_cell(records) -> dict[tuple[int, str], dict[int, dict]]:
+    cells: dict[tuple[int, str], dict[int, dict]] = {}
     for r in records:
-        cells.setdefault(depth_and_passes(r), {})[r["seed"]] = r
+        cells.setdefault(depth_and_arm(r), {})[r["seed"]] = r
     return cells
 
 
+def _pair_row(t, arm, runs, other, other_name) -> str | None:
+    """One row: `arm` against `other` at depth t on the seeds both have (None if none)."""
+    seeds = sorted(set(runs) & set(other))
+    if not seeds:
+        return None
+    acc = [runs[s]["eval"].get("acc") for s in seeds]
+    acc_o = [other[s]["eval"].get("acc") for s in seeds]
+    s = stats.paired_summary(stats.paired_differences(acc, acc_o))
+    capped = sum(x.get("stop_reason") != "converged" for s_ in seeds for x in (runs[s_], other[s_]))
+    return (
+        f"| {t} | {arm} | {other_name} | {','.join(map(str, seeds))} | {np.mean(acc):.3f} | "
+        f"{np.mean(acc_o):.3f} | {s.fmt()} | {capped} of {2 * len(seeds)} |"
+    )
+
+
 def gains_table(records: Sequence[dict]) -> str:
-    """Per (t, N > 1): mean accuracy and the paired gain over N = 1 at the same t."""
+    """Per (t, arm other than N = 1): mean accuracy and the paired gain over N = 1 at the
+    same t; then, per control arm, N = 4's paired gain over that control."""
     cells = _by_cell(records)
     lines = [
-        f"| t | N | seeds | acc mean | N=1 mean | gain over N=1 ({stats.describe_method('t')}) "
-        "| capped runs in the pairs |",
-        "|---|---|---|---|---|---|---|",
+        f"| t | arm | against | seeds | arm mean | against mean | gain "
+        f"({stats.describe_method('t')}) | capped runs in the pairs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (t, n), runs in sorted(cells.items()):
-        base = cells.get((t, 1), {})
-        seeds = sorted(set(runs) & set(base))
-        if n == 1 or not seeds:
-            continue
-        acc = [runs[s]["eval"].get("acc") for s in seeds]
-        acc1 = [base[s]["eval"].get("acc") for s in seeds]
-        s = stats.paired_summary(stats.paired_differences(acc, acc1))
-        capped = sum(
-            x.get("stop_reason") != "converged" for s_ in seeds for x in (runs[s_], base[s_])
-        )
-        lines.append(
-            f"| {t} | {n} | {','.join(map(str, seeds))} | {np.mean(acc):.3f} | "
-            f"{np.mean(acc1):.3f} | {s.fmt()} | {capped} of {2 * len(seeds)} |"
-        )
-    return "\n".join(lines)
+    ordered = sorted(cells.items(), key=lambda kv: _sort_key(*kv[0]))
+    for (t, arm), runs in ordered:
+        if arm != "1":
+            lines.append(_pair_row(t, arm, runs, cells.get((t, "1"), {}), "1"))
+    for (t, arm), runs in ordered:
+        if " " in arm and (t, "4") in cells:  # a control: what N = 4 buys against it
+            lines.append(_pair_row(t, "4", cells[(t, "4")], runs, arm))
+    return "\n".join(line for line in lines if line is not None)
 
 
 def frontier_table(records: Sequence[dict], threshold: float) -> str:
-    """Per (N, seed): the largest t of the ladder reached (acc >= threshold at it and at
-    every shallower t of the ladder that seed trained at that N)."""
+    """Per (arm, seed): the largest t of the ladder reached (acc >= threshold at it and at
+    every shallower t of the ladder that seed trained in that arm)."""
     cells = _by_cell(records)
     ladder = sorted({t for t, _ in cells if t > 0})
     lines = [
         f"t-frontier: the largest t in {ladder} with exact-match acc >= {threshold:g} at it and "
-        "every shallower t (per seed; 0 = not even the shallowest).",
+        "every shallower t the seed trained at (per seed; 0 = not even the shallowest).",
         "",
-        "| N | per seed (seed: frontier) | mean |",
+        "| arm (N) | per seed (seed: frontier) | mean |",
         "|---|---|---|",
     ]
-    for n in sorted({n for _, n in cells}):
+    for n in sorted({n for _, n in cells if " " not in n}, key=_arm_key):  # controls: t* only
         seeds = sorted({s for (t, m), runs in cells.items() if m == n and t > 0 for s in runs})
         fronts = []
         for seed in seeds:
             front = 0
             for t in ladder:
                 r = cells.get((t, n), {}).get(seed)
-                if r is None or (r["eval"].get("acc") or 0.0) < threshold:
+                if r is None:  # not trained at this t: the frontier reads the ts it has
+                    continue
+                if (r["eval"].get("acc") or 0.0) < threshold:
                     break
                 front = t
             fronts.append(front)
@@ -176,7 +236,7 @@ def frontier_table(records: Sequence[dict], threshold: float) -> str:
 
 def control_line(records: Sequence[dict]) -> str:
     """Whether the retrieval-only control holds: N = 1 at t = 0 answers near 1."""
-    runs = _by_cell(records).get((0, 1), {})
+    runs = _by_cell(records).get((0, "1"), {})
     if not runs:
         return "No t = 0 control run: the ladder cannot show that storage works."
     accs = {s: r["eval"].get("acc") for s, r in sorted(runs.items())}
@@ -196,7 +256,7 @@ def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
                 control_line(records),
                 "## Every run",
                 runs_table(records),
-                "## Gain over N = 1 per depth",
+                "## Gain over N = 1 per depth, and of N = 4 over each control",
                 gains_table(records),
                 "## t-frontier",
                 frontier_table(records, threshold),
@@ -209,9 +269,12 @@ def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS.results:
-        raise app.UsageError("--results is required (the ladder sweeps' results.jsonl)")
-    text = report(load_records(flags.FLAGS.results), flags.FLAGS.frontier)
+    if not flags.FLAGS.results and not flags.FLAGS.runs:
+        raise app.UsageError("give --results (the sweeps' results.jsonl) or --runs")
+    records = load_records(flags.FLAGS.results or [])
+    seen = {r["run_dir"] for r in records}
+    records += [r for r in records_from_runs(flags.FLAGS.runs or []) if r["run_dir"] not in seen]
+    text = report(records, flags.FLAGS.frontier)
     print(text)
     if flags.FLAGS.out:
         os.makedirs(flags.FLAGS.out, exist_ok=True)

@@ -3,6 +3,8 @@ and the ladder config (results/RESULTS.md, "Depth")."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -63,16 +65,19 @@ def test_depth_config_is_the_ladder_model():
         rule110.get_config("deep")
 
 
-def _fake_run(tmp_path, t, n, seed, acc, stop="converged"):
-    """A completed run record of the ladder with its config.json on disk."""
+def _fake_run(tmp_path, t, n, seed, acc, stop="converged", **changes):
+    """A completed run record of the ladder with its config.json on disk (`changes`: a
+    control's config fields, e.g. wake_passes=4)."""
     import json
 
-    run_dir = tmp_path / f"t{t}_n{n}_s{seed}"
+    run_dir = tmp_path / f"t{t}_n{n}_s{seed}{''.join(map(str, changes.values()))}"
     run_dir.mkdir()
     task = {"name": "rule110", "num_states": 4, "width": 16, "t_values": [t],
             "boundary": "periodic"}  # fmt: skip
     (run_dir / "config.json").write_text(
-        json.dumps({"config": {"passes": n, "seed": seed, "eval_size": 64}, "task": task})
+        json.dumps(
+            {"config": {"passes": n, "seed": seed, "eval_size": 64, **changes}, "task": task}
+        )
     )
     ev = {"acc": acc, **{f"acc/Q{i}": min(1.0, acc + 0.1) for i in range(1, 5)}}
     return {"run_dir": str(run_dir), "seed": seed, "status": "completed", "eval": ev,
@@ -92,10 +97,17 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
         for (t, n), per_seed in accs.items()
         for s, a in enumerate(per_seed)
     ]
+    # Two controls at t = 2: online depth and more steps (N = 1 both).
+    records += [_fake_run(tmp_path, 2, 1, s, a, wake_passes=4) for s, a in enumerate((0.5, 0.7))]
+    records += [_fake_run(tmp_path, 2, 1, s, 0.6, steps=23000) for s in (0, 1)]
     text = depth_ladder.report(records)
     assert "seed 0: 1.000, seed 1: 0.990; holds" in text
     # t = 2, N = 4 against N = 1: differences +0.1 and +0.3 -> mean +0.2, two positive.
-    assert "| 2 | 4 | 0,1 | 0.650 | 0.450 | +0.200 [" in text and "2+ 0- 0=" in text
+    assert "| 2 | 4 | 1 | 0,1 | 0.650 | 0.450 | +0.200 [" in text and "2+ 0- 0=" in text
+    # The online control against N = 1 (-0.1, +0.4), and N = 4 against it (+0.2, -0.1).
+    assert "| 2 | 1 (4 wake runs) | 1 | 0,1 | 0.600 | 0.450 | +0.150 [" in text
+    assert "| 2 | 4 | 1 (4 wake runs) | 0,1 | 0.650 | 0.600 | +0.050 [" in text
+    assert "| 2 | 4 | 1 (cap 23000) | 0,1 | 0.650 | 0.600 | +0.050 [" in text
     # Frontiers: N = 1 seed 0 reaches t = 2, seed 1 t = 1; N = 4 seed 0 t = 4, seed 1 t = 2.
     assert "| 1 | 0:2 1:1 | 1.50 |" in text
     assert "| 4 | 0:4 1:2 | 3.00 |" in text
@@ -140,3 +152,20 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
             (4, 32),
             (4, 64),
         }
+
+
+def test_a_report_reads_run_directories_while_the_sweeps_run(tmp_path):
+    import json
+
+    from experiments import depth_ladder
+
+    done = _fake_run(tmp_path, 6, 1, 0, 0.2)
+    running = _fake_run(tmp_path, 6, 4, 0, 0.0)
+    for r, status in ((done, "completed"), (running, "running")):
+        summary = {"status": status, "eval": r["eval"], "stop_reason": "step_cap"}
+        (tmp_path / os.path.basename(r["run_dir"]) / "summary.json").write_text(json.dumps(summary))
+    (records,) = [depth_ladder.records_from_runs([str(tmp_path)])]
+    assert [r["run_dir"] for r in records] == [done["run_dir"]]
+    assert records[0]["eval"]["acc"] == 0.2 and records[0]["seed"] == 0
+    with pytest.raises(FileNotFoundError, match="--runs"):
+        depth_ladder.records_from_runs([str(tmp_path / "nope")])

@@ -9,6 +9,7 @@ Variants (each function's docstring says what it asks):
   rule110_depth        step 2, the claim: N in {1, 4, 2} x seeds 0-4 at t* and its neighbours.
   rule110_confirm      N = 4 vs N = 1 at t* on confirmation seeds 5-9.
   rule110_controls     compute-matched N = 1 and attention-only at t*.
+  rule110_online       N = 1 with the blocks looped 4 times at wake (online depth) at t*.
   depo_search          is there a CPU size at which the Depo hop frontier can move with N?
 """
 
@@ -86,8 +87,7 @@ def rule110_controls():
     """Step 2's controls at t* (seeds 0-4): N = 1 given N = 4's training FLOPs as more
     steps (cap 23000 instead of 6000, same stopping rule), and attention only (4 attention
     blocks) under hard eviction, which can answer from nothing but the query window: the
-    chance floor. Online depth (the blocks looped at wake time too) needs a model option
-    not built yet."""
+    chance floor. Online depth is `rule110_online`."""
     axes = {"steps+layout": [
         (COMPUTE_MATCHED_STEPS, ("attn", "ssm", "attn", "ssm")),
         (6000, ("attn", "attn", "attn", "attn")),
@@ -96,6 +96,19 @@ def rule110_controls():
         "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
         fixed={**CONVERGED, "task.t_values": (T_STAR,)}, x_field="layout",
         baseline={"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm")}, est_run_s=1500.0,
+    )  # fmt: skip
+
+
+def rule110_online():
+    """The online-depth control at t* (seeds 0-4): N = 1 with the blocks looped 4 times at
+    wake on every token (`wake_passes=4`, each run from the window's incoming fast weights),
+    the depth that N = 4 spends offline spent online instead, at 4x the wake cost. Paired
+    with `rule110_depth`'s N = 4 and N = 1 runs of the same seeds."""
+    axes = {"wake_passes": [4]}
+    return make_sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed={**CONVERGED, "task.t_values": (T_STAR,)}, x_field="wake_passes",
+        est_run_s=4000.0,
     )  # fmt: skip
 
 

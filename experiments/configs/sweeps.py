@@ -13,6 +13,7 @@ Variants (each function's docstring says what it asks):
   capacity_map_n8   the map's N = 8 column at n in {16, 8, 4}, hardest load first.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
   rule110_search rule110_search_deep rule110_depth rule110_confirm rule110_controls
+  rule110_online
   depo_search       the Rule 110 depth ladder and the Depo hop search (depth_sweeps.py).
   eval_n rules reset reinject truncation compute_matched bounds
                     beyond the paper, on recall:capacity, 3 seeds each (share their runs
@@ -29,6 +30,7 @@ from experiments.configs.depth_sweeps import (  # noqa: F401
     rule110_confirm,
     rule110_controls,
     rule110_depth,
+    rule110_online,
     rule110_search,
     rule110_search_deep,
 )
@@ -269,6 +271,7 @@ VARIANTS = {
     "rule110_depth": rule110_depth,
     "rule110_confirm": rule110_confirm,
     "rule110_controls": rule110_controls,
+    "rule110_online": rule110_online,
     "depo_search": depo_search,
     "depo": depo,
     "gsm": gsm,

@@ -330,20 +330,22 @@ def _launch_all(planned, sweep, workdir, launcher, train_command, train_flags, c
         view.log(f"failed runs (see their {STDOUT_FILE}): {failed}")
 
 
+def run_record(run_dir: str, seed: int, point: str = "", overrides=None) -> dict:
+    """A run's record as results.jsonl holds it, from its summary.json."""
+    s = RunDir(run_dir).summary() or {}
+    return {"point": point, "overrides": dict(overrides or {}), "seed": seed,
+            "status": s.get("status", "missing"), "eval": s.get("eval", {}),
+            # every process's training time (a resumed run's too)
+            "train_s": s.get("train_s_total", s.get("train_s")),
+            "wall_s": s.get("wall_s"), "run_dir": run_dir,
+            # The stopping rule's outcome (train.py); None for older runs.
+            **{k: s.get(k) for k in ("converged", "stop_reason", "stopped_at",
+                                     "steps_to_90pct")}}  # fmt: skip
+
+
 def collect_results(workdir: str, planned: Sequence[PlannedRun]) -> list[dict]:
     """One record per run from its summary.json; rewrites `<workdir>/results.jsonl`."""
-    records = []
-    for p in planned:
-        s = RunDir(p.run_dir).summary() or {}
-        records.append({"point": p.run.point_name, "overrides": dict(p.run.point),
-                        "seed": p.run.seed, "status": s.get("status", "missing"),
-                        "eval": s.get("eval", {}),
-                        # every process's training time (a resumed run's too)
-                        "train_s": s.get("train_s_total", s.get("train_s")),
-                        "wall_s": s.get("wall_s"), "run_dir": p.run_dir,
-                        # The stopping rule's outcome (train.py); None for older runs.
-                        **{k: s.get(k) for k in ("converged", "stop_reason", "stopped_at",
-                                                 "steps_to_90pct")}})  # fmt: skip
+    records = [run_record(p.run_dir, p.run.seed, p.run.point_name, p.run.point) for p in planned]
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, RESULTS_FILE)
     with open(path + ".tmp", "w") as f:
