@@ -121,8 +121,11 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls"],
-)
+    [
+        "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
+        "rule110_online",
+    ],
+)  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
     """Every run of the new search sweeps resolves through the training validation (what
     --dry_run checks), with one t per Rule 110 model and the intended layouts."""
@@ -146,6 +149,9 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         steps = {p.config["steps"] for p in planned if "ssm" in p.config["layout"]}
         assert steps == {sweeps.COMPUTE_MATCHED_STEPS}
         assert {tuple(p.config["task"]["t_values"]) for p in planned} == {(sweeps.T_STAR,)}
+    elif name == "rule110_online":  # the online-depth control, paired by seed with N = 4
+        assert {(p.config["passes"], p.config["wake_passes"]) for p in planned} == {(1, 4)}
+        assert sorted(p.run.seed for p in planned) == [0, 1, 2, 3, 4]
     else:
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (2, 32),

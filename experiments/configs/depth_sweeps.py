@@ -139,6 +139,7 @@ VARIANTS = {
     "rule110_depth": rule110_depth,
     "rule110_confirm": rule110_confirm,
     "rule110_controls": rule110_controls,
+    "rule110_online": rule110_online,
     "depo_search": depo_search,
 }
 
