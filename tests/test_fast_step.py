@@ -108,17 +108,26 @@ def test_forward_positions_equal_the_full_logits():
         sc.forward(params, tokens, window=8, passes=2, positions=(16,))
 
 
+# Positions asked for: in the last window only (its last block at those positions only);
+# in both (early ones gathered, then the last window's); unsorted, and early only (the
+# last window whole, then gathered).
+ALL_POSITIONS = ((12, 13, 15), (0, 5, 6, 7, 12, 15), (15, 3), (2, 4))
+MIXED = ((0, 5, 6, 7, 12, 15),)  # by default (one compile per tuple); the rest -m slow
+
+
 @pytest.mark.parametrize(
-    "passes, loop_blocks, remat",
+    "passes, loop_blocks, remat, positions",
     [
-        (2, (0, 2), "none"),  # the last block after the looped range
+        (2, (0, 2), "none", MIXED),  # the last block after the looped range
         # (the looped-range case is the fast step's own, tested against the reference above)
-        pytest.param(1, None, "none", marks=pytest.mark.slow),
-        pytest.param(2, None, "none", marks=pytest.mark.slow),
-        pytest.param(2, (1, 3), "window", marks=pytest.mark.slow),
+        pytest.param(2, (0, 2), "none", ALL_POSITIONS[:1] + ALL_POSITIONS[2:],
+                     marks=pytest.mark.slow),
+        pytest.param(1, None, "none", ALL_POSITIONS, marks=pytest.mark.slow),
+        pytest.param(2, None, "none", ALL_POSITIONS, marks=pytest.mark.slow),
+        pytest.param(2, (1, 3), "window", ALL_POSITIONS, marks=pytest.mark.slow),
     ],
-)
-def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks, remat):
+)  # fmt: skip
+def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks, remat, positions):
     """The last window's last block runs its residual and MLP at the asked positions only
     (where no sleep pass reads its output): logits and gradients as from the full pass."""
     cfg = sc.ModelConfig(
@@ -130,7 +139,7 @@ def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks
     kw = dict(window=8, passes=passes, loop_blocks=loop_blocks, remat=remat)
     fwd = jax.jit(lambda p, pos: sc.forward(p, tokens, positions=pos, **kw), static_argnums=1)
     full = fwd(params, None)
-    for pos in ((12, 13, 15), (0, 5, 6, 7, 12, 15), (15, 3), (2, 4)):
+    for pos in positions:
         np.testing.assert_allclose(fwd(params, pos), full[:, list(pos)], rtol=1e-5, atol=1e-5)
     pos = (3, 9, 10, 14)
     grad = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p)))))(params)
