@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import sleep_consolidation as sc
-from experiments.configs import recall
+from experiments.configs import common, recall
 
 _init_jit = jax.jit(sc.init_params, static_argnums=0)
 
@@ -78,6 +78,17 @@ def read_metrics(workdir):
     """A run's metrics.jsonl as a list of dicts."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def ssm_run_config(**overrides):
+    """Recall tiny with 2 pairs of 4 keys and 4 values, window 4, and a model of one
+    fast-weight block (d_model 8, mlp_ratio 1): the smallest run config with a fast-weight
+    layer (the run-config checks of test_input_checks and test_estimators)."""
+    c = common.base_config("recall")
+    common.make_tiny(c, num_pairs_values=(2,), num_keys=4, num_values=4, window=4, num_queries=2)
+    c.update(d_model=8, layout=("ssm",), mlp_ratio=1)
+    c.update(overrides)
+    return c
 
 
 @pytest.fixture(scope="module")

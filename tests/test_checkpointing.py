@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import attn_config
+from conftest import attn_config, read_metrics
 
 import sleep_consolidation as sc
 from sleep_consolidation.tasks import Recall
@@ -32,11 +32,6 @@ def assert_trees_equal(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, run_dir.METRICS_FILE)) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow

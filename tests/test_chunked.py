@@ -3,11 +3,12 @@
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init
+from conftest import init, random_tokens, tiny_config
 
 import sleep_consolidation as sc
 from sleep_consolidation import rules
@@ -41,9 +42,19 @@ def _rel(a, b):
     return 0.0 if scale == 0 else float(np.max(np.abs(a - b)) / scale)
 
 
-@pytest.mark.parametrize("name", BUILTINS)
 # (7, 16): a chunk longer than the sequence is cut to it (one chunk of 7, no padding).
-@pytest.mark.parametrize("T,C,masked", [(32, 8, False), (37, 16, True), (7, 16, True)])
+SHAPES = [(32, 8, False), (37, 16, True), (7, 16, True)]
+# By default the paper's rule at every shape and the others at the masked, padded one (the
+# rules share `chunk_form`; they differ in its decay and erase inputs); the rest -m slow.
+_GRID = [
+    pytest.param(name, *shape, marks=()
+                 if name == "gated_delta" or shape == (37, 16, True) else pytest.mark.slow)
+    for name in BUILTINS
+    for shape in SHAPES
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,T,C,masked", _GRID)
 def test_chunked_matches_scan(name, T, C, masked):
     rule = rules.get_rule(name)
     assert rule.chunked is chunked.CHUNKED[name]
@@ -95,12 +106,58 @@ def test_invalid_positions_leave_state_unchanged(name):
     assert _rel(o, o_ref) <= 1e-5 and _rel(S, S_ref) <= 1e-5
 
 
-def test_remat_flag_and_jit():
+def _tree_max_abs(tree):
+    return max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(tree))
+
+
+# Checkpointing cannot change a forward (the same program runs), only what backprop keeps
+# and recomputes: the remat tests compare gradients. Tolerance: under remat the backward
+# recomputes the forward inside a different XLA program (other fusions; under forward's
+# remat the pass loop also stays a lax.scan instead of being unrolled), so float32 sums
+# are reordered; a few ulp per op over the chunks/windows/passes stays far below 1e-5
+# relative, while a wrong recomputation (a stale carry, a dropped pass) is O(1) off.
+def test_rule_remat_gives_the_same_gradients():
+    """`remat=True` (jax.checkpoint on the chunk body) vs False: the same gradients wrt
+    every input, under jit."""
     args = _inputs(20, seed=4)
-    f = jax.jit(lambda *a: chunked.gated_delta(*a, None, None, 8, remat=False))
-    g = jax.jit(lambda *a: chunked.gated_delta(*a, None, None, 8, remat=True))
-    for x, y in zip(f(*args), g(*args), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+    rng = np.random.default_rng(12)
+    r_o = jnp.asarray(rng.standard_normal((B, 20, H, DV)), jnp.float32)
+    r_s = jnp.asarray(rng.standard_normal((B, H, DK, DV)), jnp.float32)
+
+    def grads(remat):
+        def loss(*a):
+            o, S = chunked.gated_delta(*a, None, None, 8, remat=remat)
+            return jnp.sum(o * r_o) + jnp.sum(S * r_s)
+
+        return jax.jit(jax.grad(loss, argnums=range(6)))(*args)
+
+    want = grads(False)
+    assert _tree_max_abs(want) > 1e-3  # a gradient that can differ
+    chex.assert_trees_all_close(grads(True), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # three compiled gradients through sleep (~30 s idle); CI runs -m slow
+def test_forward_remat_gives_the_same_gradients():
+    """`forward(..., remat=...)` "none" vs "pass" vs "window" with the chunked rule: the
+    same gradients wrt the params of a loss over three windows (two consolidated with
+    N=2 passes), so the recomputed sleep passes are on the gradient's path. (The scan rule
+    with attention too: test_model.py's slow test_remat_gives_same_gradients.)"""
+    cfg = tiny_config(layout=("ssm",), impl="chunked", chunk_size=2)
+    params = init(cfg, 0)
+    toks = random_tokens(5, 2, 11)
+    readout = jnp.asarray(np.random.default_rng(13).standard_normal((2, 11, 11)), jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def grads(p, remat):
+        loss = lambda p: jnp.sum(sc.forward(p, toks, window=4, passes=2, remat=remat) * readout)
+        return jax.grad(loss)(p)
+
+    want = grads(params, "none")
+    assert _tree_max_abs(want.blocks[0]["mixer"]) > 1e-3  # the fast-weight layer's gradient
+    # atol: these gradients are O(1-10) (a sum over 2*11*11 readout terms), so entries that
+    # cancel to ~0 carry the absolute rounding of that scale (1.4e-6 seen); 1e-5 of it.
+    for remat in ("pass", "window"):
+        chex.assert_trees_all_close(grads(params, remat), want, rtol=1e-5, atol=1e-5)
 
 
 def test_chunk_size_checked():
@@ -126,7 +183,7 @@ def test_user_rule_without_chunked_form_falls_back_to_scan():
         vocab_size=7, d_model=8, num_heads=2, layout=("ssm",), rule=name, impl="chunked"
     )
     params = init(cfg, 0)
-    toks = jnp.asarray(np.random.default_rng(1).integers(0, 7, (1, 6)), jnp.int32)
+    toks = random_tokens(1, 1, 6, vocab=7)
     fwd = jax.jit(functools.partial(sc.forward, window=3, passes=2))
     ref = fwd(params.replace(config=dataclasses.replace(cfg, impl="scan")), toks)
     np.testing.assert_array_equal(fwd(params, toks), ref)
@@ -143,7 +200,7 @@ def test_forward_chunked_equals_scan(name):
     # gated_delta (the paper's rule) over three windows (6, 6, 3: consolidation, eviction and
     # a partial window); the others over one window that is consolidated (return_fast).
     T = 15 if name == "gated_delta" else 6
-    toks = jnp.asarray(np.random.default_rng(8).integers(0, 13, (2, T)), jnp.int32)
+    toks = random_tokens(8, 2, T, vocab=13)
     fwd = jax.jit(functools.partial(sc.forward, window=6, passes=2, return_fast=True))
     ref, fast_ref = fwd(params, toks)
     got, fast = fwd(params_chunked, toks)

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import ssm_run_config
 
 import sleep_consolidation as sc
-from experiments.configs import common
 from sleep_consolidation.tasks import make_task
 from sleep_consolidation.training import estimators, optimizers, run_config, run_dir, train
 
@@ -259,12 +259,8 @@ def test_theta_learning_rate_gets_its_own_label():
 
 
 def _tiny_config(**overrides):
-    c = common.base_config("recall")
-    common.make_tiny(c, num_pairs_values=(2,), num_keys=4, num_values=4, window=4, num_queries=2)
-    c.update(d_model=8, layout=("ssm",), mlp_ratio=1, batch_size=8, steps=4, log_every=2,
-             eval_every=2, eval_size=16, checkpoint_every=4)  # fmt: skip
-    c.update(overrides)
-    return c
+    run = dict(batch_size=8, steps=4, log_every=2, eval_every=2, eval_size=16, checkpoint_every=4)
+    return ssm_run_config(**{**run, **overrides})
 
 
 def test_config_validates_estimator_fields():

@@ -4,12 +4,12 @@ The fast path = unrolled short loops (`loops.scan`), the chunked rule, logits on
 task's answer positions, fused input projections, and gradient accumulation over
 micro-batches. The reference = `lax.scan` everywhere (no unrolling), the per-token rule,
 logits at every position, one batch. They must agree in loss and gradients (float
-tolerance: the sums are reordered), for every built-in rule and N in {1, 2, 3}.
+tolerance: the sums are reordered), for every built-in rule and N in {1, 2, 3}. Its pieces
+have their own tests too: test_loops.py, test_linear.py, test_chunked.py.
 """
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation.layers import fast_weights, linear, loops
+from sleep_consolidation.layers import fast_weights, loops
 from sleep_consolidation.tasks import make_task
 from sleep_consolidation.training import train_step
 
@@ -96,26 +96,6 @@ def test_microbatches_must_divide_the_batch():
         train_step.make_train_step(optax.sgd(1.0), window=8, microbatches=0)
 
 
-@pytest.mark.parametrize("n", [0, 1, 3, 9])
-def test_loops_scan_matches_lax_scan(n):
-    xs = jnp.arange(max(n, 1) * 3, dtype=jnp.float32).reshape(max(n, 1), 3)[:n]
-
-    def f(c, x):
-        return c * 0.5 + jnp.sin(x), (c.sum(), x * c)
-
-    def total(c0, fn):
-        c, (s, y) = fn(f, c0, xs)
-        return c.sum() + s.sum() + y.sum()
-
-    c0 = jnp.ones(3)
-    ref = jax.value_and_grad(lambda c: total(c, jax.lax.scan))(c0)
-    got = jax.value_and_grad(lambda c: total(c, loops.scan))(c0)
-    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
-    np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
-    carry, ys = loops.scan(lambda c, _: (c + 1, None), 0.0, None, length=3)
-    assert float(carry) == 3.0 and ys is None
-
-
 @pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_forward_positions_equal_the_full_logits():
     params = _params("gated_delta", "chunked")
@@ -128,17 +108,26 @@ def test_forward_positions_equal_the_full_logits():
         sc.forward(params, tokens, window=8, passes=2, positions=(16,))
 
 
+# Positions asked for: in the last window only (its last block at those positions only);
+# in both (early ones gathered, then the last window's); unsorted, and early only (the
+# last window whole, then gathered).
+ALL_POSITIONS = ((12, 13, 15), (0, 5, 6, 7, 12, 15), (15, 3), (2, 4))
+MIXED = ((0, 5, 6, 7, 12, 15),)  # by default (one compile per tuple); the rest -m slow
+
+
 @pytest.mark.parametrize(
-    "passes, loop_blocks, remat",
+    "passes, loop_blocks, remat, positions",
     [
-        (2, (0, 2), "none"),  # the last block after the looped range
+        (2, (0, 2), "none", MIXED),  # the last block after the looped range
         # (the looped-range case is the fast step's own, tested against the reference above)
-        pytest.param(1, None, "none", marks=pytest.mark.slow),
-        pytest.param(2, None, "none", marks=pytest.mark.slow),
-        pytest.param(2, (1, 3), "window", marks=pytest.mark.slow),
+        pytest.param(2, (0, 2), "none", ALL_POSITIONS[:1] + ALL_POSITIONS[2:],
+                     marks=pytest.mark.slow),
+        pytest.param(1, None, "none", ALL_POSITIONS, marks=pytest.mark.slow),
+        pytest.param(2, None, "none", ALL_POSITIONS, marks=pytest.mark.slow),
+        pytest.param(2, (1, 3), "window", ALL_POSITIONS, marks=pytest.mark.slow),
     ],
-)
-def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks, remat):
+)  # fmt: skip
+def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks, remat, positions):
     """The last window's last block runs its residual and MLP at the asked positions only
     (where no sleep pass reads its output): logits and gradients as from the full pass."""
     cfg = sc.ModelConfig(
@@ -150,7 +139,7 @@ def test_last_block_at_positions_only_equals_the_full_logits(passes, loop_blocks
     kw = dict(window=8, passes=passes, loop_blocks=loop_blocks, remat=remat)
     fwd = jax.jit(lambda p, pos: sc.forward(p, tokens, positions=pos, **kw), static_argnums=1)
     full = fwd(params, None)
-    for pos in ((12, 13, 15), (0, 5, 6, 7, 12, 15), (15, 3), (2, 4)):
+    for pos in positions:
         np.testing.assert_allclose(fwd(params, pos), full[:, list(pos)], rtol=1e-5, atol=1e-5)
     pos = (3, 9, 10, 14)
     grad = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p)))))(params)
@@ -168,62 +157,6 @@ def test_fused_projection_equals_separate_matmuls():
     want_u = jnp.concatenate([x @ p["wq"], x @ p["wk"], x @ p["wv"]], -1)
     for got, want in ((u, want_u), (z_g, x @ p["wg"]), (z_a, x @ p["wa"]), (z_b, x @ p["wb"])):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("shape_in, d_out", [((2, 5, 16), 64), ((7, 64), 16), ((3, 4, 8), 8)])
-def test_linear_equals_the_plain_matmul_in_value_and_gradients(shape_in, d_out):
-    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, shape_in)
-    w = jax.random.normal(kw, (shape_in[-1], d_out))
-    g = jax.random.normal(kg, (*shape_in[:-1], d_out))
-    for fn in (linear.linear, linear.reference_linear):
-        np.testing.assert_allclose(fn(x, w), x @ w, rtol=1e-6, atol=1e-6)
-    want = jax.vjp(linear.reference_linear, x, w)[1](g)
-    got = jax.jit(jax.vjp(linear.linear, x, w)[1])(g)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("transpose_b", [False, True])
-@pytest.mark.parametrize(
-    "shape_a, shape_b",
-    [
-        ((2, 3, 4, 5, 6), (2, 3, 4, 6, 7)),  # the rule's [n, B, H, C, d] products
-        ((4, 5, 6), (6, 7)),  # b broadcast over a's batch axis
-        ((5, 6), (3, 1, 6, 7)),  # a broadcast, and a size-1 batch axis of b
-    ],
-)
-def test_matmul_equals_the_plain_matmul_in_value_and_gradients(shape_a, shape_b, transpose_b):
-    ka, kb, kg = jax.random.split(jax.random.key(1), 3)
-    a = jax.random.normal(ka, shape_a)
-    b = jax.random.normal(kb, shape_b)
-    if transpose_b:
-        b = jnp.swapaxes(b, -1, -2)
-    fast = lambda a, b: linear.matmul(a, b, transpose_b=transpose_b)
-    ref = lambda a, b: linear.reference_matmul(a, b, transpose_b=transpose_b)
-    out = ref(a, b)
-    np.testing.assert_allclose(jax.jit(fast)(a, b), out, rtol=1e-5, atol=1e-5)
-    g = jax.random.normal(kg, out.shape)
-    want = jax.vjp(ref, a, b)[1](g)
-    got = jax.jit(jax.vjp(fast, a, b)[1])(g)
-    for x, y in zip(got, want, strict=True):
-        chex.assert_equal_shape((x, y))
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
-
-
-def test_matmul_gradients_have_no_slow_form_dots():
-    """The point of `matmul`: no gradient dot contracts its left operand over its
-    second-to-last axis (XLA:CPU's slow path); the plain matmul's gradient has one."""
-    a = jnp.ones((2, 3, 8, 8))
-    b = jnp.ones((2, 3, 8, 8))
-
-    def lhs_transposed_dots(fn):
-        grad = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(fn(a, b))), (0, 1)))
-        hlo = grad.lower(a, b).compile().as_text()
-        return hlo.count("lhs_contracting_dims={2}")
-
-    assert lhs_transposed_dots(linear.reference_matmul) >= 1
-    assert lhs_transposed_dots(linear.matmul) == 0
 
 
 @pytest.mark.parametrize(
@@ -249,16 +182,3 @@ def test_a_batch_outside_its_answer_positions_is_refused(monkeypatch):
     monkeypatch.setattr(type(task), "answer_positions", property(lambda self: (99,)))
     with pytest.raises(ValueError, match="answer_positions"):
         task.batch(0, 0, 4)
-
-
-def test_unroll_limit_restores_the_default_and_refuses_bad_limits():
-    default = loops.MAX_UNROLL
-    with loops.unroll_limit(0):
-        assert loops.MAX_UNROLL == 0
-    assert loops.MAX_UNROLL == default
-    with pytest.raises(RuntimeError), loops.unroll_limit(1):
-        raise RuntimeError("restored on error too")
-    assert loops.MAX_UNROLL == default
-    with pytest.raises(ValueError, match="limit must be an int >= 0"):
-        with loops.unroll_limit(-1):
-            pass

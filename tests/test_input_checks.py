@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_config
+from conftest import ssm_run_config, tiny_config
 
 import sleep_consolidation as sc
-from experiments.configs import common
 from sleep_consolidation.state import check_state
 from sleep_consolidation.training import run_config, train_step
 
@@ -26,14 +25,6 @@ B, L = 2, 3
 @pytest.fixture(scope="module")
 def params():
     return sc.init_params(CFG, jax.random.key(0))
-
-
-def _tiny_run_config(**overrides):
-    c = common.base_config("recall")
-    common.make_tiny(c, num_pairs_values=(2,), num_keys=4, num_values=4, window=4, num_queries=2)
-    c.update(d_model=8, layout=("ssm",), mlp_ratio=1)
-    c.update(overrides)
-    return c
 
 
 # ---------------------------------------------------------------------------------------
@@ -47,7 +38,7 @@ def test_rope_base_must_be_finite_and_positive(bad):
         sc.ModelConfig(vocab_size=7, d_model=8, num_heads=2, rope_base=bad)
     if isinstance(bad, float | int) and not isinstance(bad, bool):  # ConfigDict casts the rest
         with pytest.raises(ValueError, match="invalid config: rope_base"):
-            run_config.resolve_config(_tiny_run_config(rope_base=float(bad)))
+            run_config.resolve_config(ssm_run_config(rope_base=float(bad)))
 
 
 def test_rope_base_accepts_positive_numbers():
@@ -62,19 +53,19 @@ FLOAT_FIELDS = ["learning_rate", "adam_learning_rate", "theta_learning_rate", "m
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_non_finite_floats_in_the_run_config_are_refused(field, bad):
     with pytest.raises(ValueError, match=rf"invalid config: {field} must be a finite number"):
-        run_config.resolve_config(_tiny_run_config(**{field: bad}))
+        run_config.resolve_config(ssm_run_config(**{field: bad}))
 
 
 def test_the_run_config_floats_accept_finite_values():
-    run_config.resolve_config(_tiny_run_config(learning_rate=1e3, weight_decay=1e6, clip_norm=0.0))
+    run_config.resolve_config(ssm_run_config(learning_rate=1e3, weight_decay=1e6, clip_norm=0.0))
 
 
 def test_grad_passes_beyond_passes_is_refused_in_the_run_config():
     with pytest.raises(ValueError, match=r"grad_passes=3 exceeds passes=2"):
-        run_config.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=3))
+        run_config.resolve_config(ssm_run_config(passes=2, estimator="truncated", grad_passes=3))
     with pytest.raises(ValueError, match=r"grad_passes=2 exceeds passes=1"):
-        run_config.resolve_config(_tiny_run_config(passes=1, estimator="es", grad_passes=2))
-    run_config.resolve_config(_tiny_run_config(passes=2, estimator="truncated", grad_passes=2))
+        run_config.resolve_config(ssm_run_config(passes=1, estimator="es", grad_passes=2))
+    run_config.resolve_config(ssm_run_config(passes=2, estimator="truncated", grad_passes=2))
 
 
 def test_grad_passes_beyond_passes_is_refused_by_forward_and_make_train_step(params):
@@ -310,7 +301,7 @@ def test_an_absurd_learning_rate_is_refused(field):
     # 1e39 is Inf in float32: the first update would write non-finite parameters.
     with pytest.raises(ValueError, match=rf"invalid config: {field} must be a finite number "
                        r"in \(0.0, 1000.0\], got 1e\+39"):  # fmt: skip
-        run_config.resolve_config(_tiny_run_config(**{field: 1e39}))
+        run_config.resolve_config(ssm_run_config(**{field: 1e39}))
 
 
 def test_sizes_known_to_exceed_the_machine_are_refused_before_compiling(monkeypatch):

@@ -59,7 +59,13 @@ def test_per_token_update_equals_builtin(name, seed):
     assert describe_nearest(parametric.parametric_point(name, H)) == name
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+# By default the two ends (hebbian: ungated, no erase; gated_delta: both); every point's
+# per-token update is checked above by default; the other two whole models -m slow.
+@pytest.mark.parametrize(
+    "name",
+    [n if n in ("hebbian", "gated_delta") else pytest.param(n, marks=pytest.mark.slow)
+     for n in BUILTINS],
+)  # fmt: skip
 def test_forward_at_point_equals_builtin_model(name):
     params = sc.init_params(tiny_config(rule=name, layout=LAYOUT), jax.random.key(0))
     # Build the parametric model's own params, then copy every other weight across.
