@@ -57,7 +57,10 @@ def test_a_window_the_memory_lost_is_slept_on():
     assert (np.asarray(passes) >= 2).all()
 
 
-@pytest.mark.parametrize("reinject, rule", [(False, "delta"), (True, "gated_delta")])
+@pytest.mark.parametrize(
+    "reinject, rule",
+    [pytest.param(False, "delta", marks=pytest.mark.slow), (True, "gated_delta")],  # time
+)
 def test_never_worse_than_its_input_and_equal_to_that_many_sleep_steps(reinject, rule):
     for seed in range(2):
         params, state = _woken(reinject, rule, seed)

@@ -129,7 +129,12 @@ def test_memory_state_round_trip(tmp_path):
     state = jax.tree_util.tree_map(
         lambda x: x if x.dtype != jnp.float32 else rng.normal(size=x.shape).astype(np.float32),
         like,
-    ).replace(pos=jnp.asarray(3, jnp.int32), prefix_valid=jnp.array([True, False, True]))
+    )
+    valid = jnp.array([True, False, True])  # a prefix with a gap: restored as saved
+    state = state.replace(
+        pos=jnp.asarray(3, jnp.int32),
+        prefix={b: (k, v, valid) for b, (k, v, _) in state.prefix.items()},
+    )
     checkpointing.save_memory_state(tmp_path / "mem", state)
     loaded = checkpointing.load_memory_state(tmp_path / "mem", like=like)
     assert_trees_equal(loaded, state)

@@ -14,6 +14,7 @@ from sleep_consolidation.tasks import make_task
 from sleep_consolidation.training import evaluation
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_per_query_accuracy_is_the_token_accuracy_at_each_query():
     task = make_task("rule110", num_states=4, width=8, t_values=(2,))
     cfg = sc.ModelConfig(

@@ -266,6 +266,7 @@ def test_a_window_with_no_full_window_before_the_answers_is_refused():
     run_config.resolve_config(c)
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_forward_and_evaluate_refuse_sleep_that_cannot_reach_an_output(params):
     toks = jnp.zeros((B, 2 * L), jnp.int32)
     with pytest.raises(ValueError, match=r"window=6 leaves no full window before the outputs: "

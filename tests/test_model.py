@@ -69,6 +69,7 @@ def _perturb_first_window(tokens):
     return tokens.at[:, :L].set((tokens[:, :L] + 3) % 11)
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_hard_eviction_attention_only_forgets(tokens):
     params = sc.init_params(tiny_config(layout=("attn", "attn")), jax.random.key(0))
     a = sc.forward(params, tokens, window=L, passes=2)

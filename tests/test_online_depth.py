@@ -15,6 +15,9 @@ from sleep_consolidation.training import run_config
 from tests.conftest import init, random_tokens, tiny_config
 
 L = 4
+LAYOUT = ("attn", "ssm")  # the smallest hybrid: compiling dominates these tests
+_forward = jax.jit(sc.forward, static_argnames=("window", "passes", "wake_passes",
+                                                "reinject_embedding", "return_fast"))  # fmt: skip
 
 
 def _reference(params, tokens, K, reinject):
@@ -38,38 +41,39 @@ def _reference(params, tokens, K, reinject):
     return jnp.concatenate(logits, axis=1), fast
 
 
-@pytest.mark.parametrize("reinject", [False, True])
+@pytest.mark.parametrize("reinject", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_wake_passes_equal_the_reference(reinject):
-    params = init(tiny_config(rule="delta", impl="scan"))
+    params = init(tiny_config(rule="delta", impl="scan", layout=LAYOUT))
     tokens = random_tokens(0, 2, 3 * L)
-    got, fast = sc.forward(
-        params, tokens, L, 1, wake_passes=3, reinject_embedding=reinject, return_fast=True
-    )
+    got, fast = _forward(
+        params, tokens, window=L, passes=1, wake_passes=3, reinject_embedding=reinject,
+        return_fast=True,
+    )  # fmt: skip
     want, want_fast = _reference(params, tokens, 3, reinject)
     chex.assert_trees_all_close(got, want, atol=2e-5, rtol=2e-5)
     chex.assert_trees_all_close(fast, want_fast, atol=2e-5, rtol=2e-5)
-    plain = sc.forward(params, tokens, L, 1)
+    plain = _forward(params, tokens, window=L, passes=1)
     assert float(jnp.max(jnp.abs(got - plain))) > 1e-3  # the extra runs change the logits
 
 
 def test_wake_passes_are_causal_and_differentiable():
-    params = init(tiny_config())
+    params = init(tiny_config(layout=LAYOUT))
     tokens = random_tokens(1, 2, 3 * L)
     late = tokens.at[:, 6:].set((tokens[:, 6:] + 1) % 11)  # change positions 6..11 only
-    a = sc.forward(params, tokens, L, 1, wake_passes=4)
-    b = sc.forward(params, late, L, 1, wake_passes=4)
+    a = _forward(params, tokens, window=L, passes=1, wake_passes=4)
+    b = _forward(params, late, window=L, passes=1, wake_passes=4)
     chex.assert_trees_all_close(a[:, :6], b[:, :6], atol=1e-6)
     assert float(jnp.max(jnp.abs(a[:, 6:] - b[:, 6:]))) > 1e-4
 
     def loss(p):
         return jnp.mean(sc.forward(p, tokens, L, 1, wake_passes=4) ** 2)
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     chex.assert_tree_all_finite(grads)
 
 
 def test_wake_passes_are_refused_with_sleep_streaming_and_bad_values():
-    params = init(tiny_config())
+    params = init(tiny_config(layout=LAYOUT))
     tokens = random_tokens(2, 2, 2 * L)
     with pytest.raises(ValueError, match=r"wake_passes=2 \(online depth\) needs passes=1"):
         sc.forward(params, tokens, L, 2, wake_passes=2)

@@ -206,6 +206,7 @@ def _warmup_config(**overrides):
     return attn_config(**{**fields, **overrides})
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_warm_up_uses_hard_eviction_first_compiles_once_per_mode_and_resumes_bit_exactly(
     tmp_path, monkeypatch
 ):
@@ -251,6 +252,7 @@ def test_the_stopping_rule_waits_for_the_eviction_warm_up(tmp_path):
 # --- per-pass statistics -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_pass_stats_are_finite_and_logged_to_metrics_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 

@@ -132,6 +132,7 @@ def test_a_plateaued_run_stops_and_a_rerun_resumes_at_the_stop(tmp_path):
     assert off["stopped_at"] == 4 and off["steps_to_90pct"] is not None
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_an_improving_run_does_not_stop_and_resume_is_exact(tmp_path):
     kw = dict(learning_rate=3e-2, adam_learning_rate=3e-2, optimizer="adamw", stop_patience=2,
               stop_min_delta=1e-4, stop_metric="eval/loss", **_EVERY)  # fmt: skip

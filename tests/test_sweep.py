@@ -499,6 +499,7 @@ def test_a_sweep_refuses_a_workdir_another_live_sweep_holds(tmp_path):
     assert all(r["status"] == "completed" for r in records)
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_a_second_sweep_on_a_live_sweeps_runs_dir_is_refused(tmp_path):
     """Sweep A runs (a separate process) with its runs under its own workdir; sweep B,
     given A's runs directory, must be refused while A lives, not launch on A's runs."""
