@@ -165,6 +165,7 @@ def test_chunk_size_checked():
         chunked.delta(*_inputs(8), None, None, 0)
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_user_rule_without_chunked_form_falls_back_to_scan():
     def leaky(S, k, v, alpha, beta, theta=None):
         return 0.9 * S + k[:, :, None] * v[:, None, :]

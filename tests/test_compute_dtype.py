@@ -41,6 +41,7 @@ def test_config_accepts_float32_and_bfloat16_only():
         tiny_config(compute_dtype="float16")
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_bf16_forward_is_within_bf16_tolerance_of_float32(models):
     f32, bf16 = models
     tokens = random_tokens(0, 4, 3 * L)

@@ -131,7 +131,7 @@ def _next_token_loss(logits, tokens):
 @pytest.mark.parametrize(
     "layout,passes,k,eviction",
     [
-        (("ssm",), 3, 1, "hard"),
+        pytest.param(("ssm",), 3, 1, "hard", marks=pytest.mark.slow),
         pytest.param(("attn", "ssm"), 4, 2, "sliding", marks=pytest.mark.slow),
         pytest.param(("attn", "ssm"), 4, 1, "hard", marks=pytest.mark.slow),
     ],

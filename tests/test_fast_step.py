@@ -118,7 +118,7 @@ MIXED = ((0, 5, 6, 7, 12, 15),)  # by default (one compile per tuple); the rest 
 @pytest.mark.parametrize(
     "passes, loop_blocks, remat, positions",
     [
-        (2, (0, 2), "none", MIXED),  # the last block after the looped range
+        pytest.param(2, (0, 2), "none", MIXED, marks=pytest.mark.slow),  # block after the loop
         # (the looped-range case is the fast step's own, tested against the reference above)
         pytest.param(2, (0, 2), "none", ALL_POSITIONS[:1] + ALL_POSITIONS[2:],
                      marks=pytest.mark.slow),

@@ -56,6 +56,7 @@ def test_wake_passes_equal_the_reference(reinject):
     assert float(jnp.max(jnp.abs(got - plain))) > 1e-3  # the extra runs change the logits
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_wake_passes_are_causal_and_differentiable():
     params = init(tiny_config(layout=LAYOUT))
     tokens = random_tokens(1, 2, 3 * L)

@@ -76,6 +76,7 @@ def source_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_init_from_starts_from_exactly_the_source_parameters(source_run, tmp_path):
     config = attn_config(init_from=source_run, passes=2, steps=1, log_every=1, eval_every=1)
     workdir = str(tmp_path / "warm")
@@ -136,6 +137,7 @@ def _ramp_config(**overrides):
     return attn_config(passes=3, passes_ramp_steps=4, log_every=1, **overrides)
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_ramp_uses_its_n_at_each_step_compiles_once_per_n_and_resumes_bit_exactly(
     tmp_path, monkeypatch
 ):
@@ -165,6 +167,7 @@ def test_ramp_uses_its_n_at_each_step_compiles_once_per_n_and_resumes_bit_exactl
     assert [m["passes"] for m in read_metrics(resumed)] == [1, 1, 2, 2, 3, 3]
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_the_stopping_rule_waits_for_the_ramp(tmp_path):
     # patience 1 with an impossible improvement threshold stops at the first eval allowed.
     config = _ramp_config(steps=8, eval_every=1, stop_patience=1, stop_min_delta=10.0)
@@ -243,6 +246,7 @@ def test_warm_up_uses_hard_eviction_first_compiles_once_per_mode_and_resumes_bit
     )
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_the_stopping_rule_waits_for_the_eviction_warm_up(tmp_path):
     config = _warmup_config(steps=8, eval_every=1, stop_patience=1, stop_min_delta=10.0)
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -318,6 +322,7 @@ def test_a_killed_warm_started_run_resumes_bit_exactly(source_run, tmp_path):
 # --- normalisation between passes ----------------------------------------------------------
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_normalize_sleep_input_keeps_the_features_from_growing_pass_after_pass():
     from sleep_consolidation.analysis import diagnostics
 

@@ -33,6 +33,7 @@ def test_t_interval_covers_the_mean_95_percent_of_the_time():
     assert 0.935 <= hits / 2000 <= 0.965
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_bootstrap_covers_the_known_mean_of_a_large_sample():
     rng = np.random.default_rng(1)
     d = rng.normal(0.3, 1.0, size=4000)

@@ -16,7 +16,7 @@ def _assert_same(a, b, tol=2e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+@pytest.mark.parametrize("eviction", ["hard", pytest.param("sliding", marks=pytest.mark.slow)])
 def test_stream_matches_the_reference_loop(eviction):
     params = init(tiny_config(), 0)
     B, L, N = 2, 4, 3

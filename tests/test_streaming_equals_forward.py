@@ -84,8 +84,10 @@ def test_schedules(window, eviction, reset):
             dict(loop_blocks=(1, 2), eviction="sliding", reinject_embedding=True),
             marks=pytest.mark.slow,
         ),
-        dict(loop_blocks=(0, 1), reset_between_passes=True),
-        dict(reinject_embedding=True, normalize_sleep_input=True),
+        pytest.param(dict(loop_blocks=(0, 1), reset_between_passes=True), marks=pytest.mark.slow),
+        pytest.param(
+            dict(reinject_embedding=True, normalize_sleep_input=True), marks=pytest.mark.slow
+        ),
         pytest.param(
             dict(normalize_sleep_input=True, eviction="sliding", loop_blocks=(1, 3)),
             marks=pytest.mark.slow,

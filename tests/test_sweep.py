@@ -563,6 +563,7 @@ def _sweep_cli(workdir, *extra, timeout=900):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
 def test_dry_run_lists_the_runs_with_seeds_from_the_command_line(tmp_path):
     wd = tmp_path / "dry"
     out = _sweep_cli(wd, "--dry_run", "--sweep.seeds=3,4", "--sweep.fixed.log_every=5")

@@ -86,8 +86,7 @@ def _full_at(cfg, pos, K, rng) -> sc.MemoryState:
     st = sc.init_state(cfg, batch_size=1, window=pos + K)
     kv = lambda shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
     return st.replace(
-        keys=tuple(kv(x.shape) for x in st.keys),
-        values=tuple(kv(x.shape) for x in st.values),
+        kv={b: (kv(k.shape), kv(v.shape)) for b, (k, v) in st.kv.items()},
         pos=jnp.asarray(pos, jnp.int32),
     )
 
