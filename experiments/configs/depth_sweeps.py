@@ -15,7 +15,7 @@ Variants (each function's docstring says what it asks):
 
 from ml_collections import ConfigDict
 
-from experiments.configs.sweep_spec import CONVERGED, make_sweep
+from experiments.configs.sweep_spec import CONVERGED, make_sweep, pick_variant
 
 # rule110.py:depth: 4 states of 16 bits (window 16), one t per model (bit 0 after t steps
 # depends on 2t + 1 bits: at t >= 5, more than 2000 patterns), 4 blocks attn-GDN-attn-GDN
@@ -145,7 +145,4 @@ VARIANTS = {
 
 
 def get_config(arg=None):
-    name = arg or "rule110_depth"
-    if name not in VARIANTS:
-        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(sorted(VARIANTS))}")
-    return VARIANTS[name]()
+    return pick_variant(VARIANTS, arg, "rule110_depth")

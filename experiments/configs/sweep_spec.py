@@ -62,3 +62,12 @@ CONVERGED = {
     # this floor); it trains on to the cap and is flagged unconverged if it never gets there.
     "stop_min_value": PLATEAU_FLOOR,
 }
+
+
+def pick_variant(variants: dict, arg, default: str):
+    """`variants[arg or default]()`: a sweep file's `get_config`; an unknown name is refused
+    with the known ones."""
+    name = arg or default
+    if name not in variants:
+        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(sorted(variants))}")
+    return variants[name]()

@@ -34,7 +34,10 @@ from experiments.configs.depth_sweeps import (  # noqa: F401
     rule110_search,
     rule110_search_deep,
 )
-from experiments.configs.sweep_spec import CONVERGED, make_sweep
+from experiments.configs.depth_sweeps import (
+    VARIANTS as DEPTH_VARIANTS,
+)
+from experiments.configs.sweep_spec import CONVERGED, make_sweep, pick_variant
 
 _RECALL = "experiments/configs/recall.py"
 
@@ -266,13 +269,7 @@ VARIANTS = {
     "main_2000": main_2000,
     "converged_pilot": converged_pilot,
     "rule110": rule110,
-    "rule110_search": rule110_search,
-    "rule110_search_deep": rule110_search_deep,
-    "rule110_depth": rule110_depth,
-    "rule110_confirm": rule110_confirm,
-    "rule110_controls": rule110_controls,
-    "rule110_online": rule110_online,
-    "depo_search": depo_search,
+    **DEPTH_VARIANTS,  # the depth ladder and the Depo search, in depth_sweeps.py's order
     "depo": depo,
     "gsm": gsm,
     "rules": rules,
@@ -291,7 +288,4 @@ VARIANTS = {
 
 
 def get_config(arg=None):
-    name = arg or "main"
-    if name not in VARIANTS:
-        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(sorted(VARIANTS))}")
-    return VARIANTS[name]()
+    return pick_variant(VARIANTS, arg, "main")
