@@ -9,6 +9,9 @@ Variants (each function's docstring says what it asks):
   rule110_depth        step 2, the claim: N in {1, 4, 2} x seeds 0-4 at t* and its neighbours.
   rule110_confirm      N = 4 vs N = 1 at t* on confirmation seeds 5-9.
   rule110_controls     compute-matched N = 1 and attention-only at t*.
+  rule110_attention_only  the attention-only arm of rule110_controls alone (same run names).
+  rule110_sliding      sliding eviction at t = 2: N in {1, 4}, N = 4 with and without a
+                       hard-eviction warm-up.
   rule110_online       N = 1 with the blocks looped 4 times at wake (online depth) at t*.
   depo_search          is there a CPU size at which the Depo hop frontier can move with N?
 """
@@ -81,6 +84,7 @@ def rule110_confirm():
 # N = 4's training FLOPs over N = 1's at rule110.py:depth, t = 6 (experiments/bench/flops.py
 # `model_flops_per_step`: 3.82x); the compute-matched N = 1 gets that many more steps.
 COMPUTE_MATCHED_STEPS = 23_000  # 6000 x 3.82, rounded up to an eval
+ATTENTION_ONLY = ("attn", "attn", "attn", "attn")
 
 
 def rule110_controls():
@@ -90,12 +94,45 @@ def rule110_controls():
     chance floor. Online depth is `rule110_online`."""
     axes = {"steps+layout": [
         (COMPUTE_MATCHED_STEPS, ("attn", "ssm", "attn", "ssm")),
-        (6000, ("attn", "attn", "attn", "attn")),
+        (6000, ATTENTION_ONLY),
     ]}  # fmt: skip
     return make_sweep(
         "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
         fixed={**CONVERGED, "task.t_values": (T_STAR,)}, x_field="layout",
         baseline={"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm")}, est_run_s=1500.0,
+    )  # fmt: skip
+
+
+def rule110_attention_only():
+    """The attention-only arm of `rule110_controls` on its own (seeds 0-4), run first
+    because the ladder counts only if it stays at the constant floor. Its runs carry the
+    same names as in `rule110_controls`, so that sweep reuses them from a shared
+    --runs_dir."""
+    s = rule110_controls()
+    s.axes = ConfigDict({"steps+layout": ((6000, ATTENTION_ONLY),)}, allow_dotted_keys=True)
+    s.est_run_s = 600.0
+    return s
+
+
+# The sliding-eviction study (BUILD_NOTES.md "Sliding eviction, trained: design"): t = 2,
+# which N = 1 learns under hard eviction on both search seeds in 2000-2500 steps, so that
+# what the study measures is whether each arm still trains once attention slides.
+SLIDING_T = 2
+HARD_WARMUP_STEPS = 1000
+
+
+def rule110_sliding():
+    """Sliding eviction trained (seeds 0-4): rule110.py:depth at t = 2 with
+    eviction="sliding" (attention sees the last 16 positions across window boundaries),
+    N = 4 without and with a hard-eviction warm-up of 1000 steps (the paper: crucial for
+    N > 1), and N = 1 without, the reference. N = 4 arms first, so that the warm-up
+    comparison is complete first."""
+    axes = {"passes+hard_eviction_steps": [(4, 0), (4, HARD_WARMUP_STEPS), (1, 0)]}
+    return make_sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed={**CONVERGED, "task.t_values": (SLIDING_T,), "eviction": "sliding"},
+        x_field="passes", baseline={"passes": 4, "hard_eviction_steps": 0},
+        est_run_s=1500.0,
     )  # fmt: skip
 
 
@@ -139,6 +176,8 @@ VARIANTS = {
     "rule110_depth": rule110_depth,
     "rule110_confirm": rule110_confirm,
     "rule110_controls": rule110_controls,
+    "rule110_attention_only": rule110_attention_only,
+    "rule110_sliding": rule110_sliding,
     "rule110_online": rule110_online,
     "depo_search": depo_search,
 }
