@@ -38,7 +38,9 @@ CONTROL_MIN = 0.95  # the t = 0 control must reach this at N = 1 for the ladder 
 
 # The ladder's own model (rule110.py:depth with the ladder's stopping rule); a run that
 # differs in one of these fields is a control, named after the difference.
-LADDER_MODEL = {"steps": 6000, "layout": ("attn", "ssm", "attn", "ssm"), "wake_passes": 1}
+LADDER_MODEL = {
+    "steps": 6000, "layout": ("attn", "ssm", "attn", "ssm"), "wake_passes": 1, "eviction": "hard",
+}  # fmt: skip
 
 flags.DEFINE_list("results", None, "results.jsonl files of the ladder's sweeps")
 flags.DEFINE_list("runs", None, "or: directories of run directories (read while sweeps run)")
@@ -91,7 +93,8 @@ def _config(run_dir: str) -> dict:
 
 def arm_of(c: dict) -> str:
     """A run's arm: its N, plus what it changes from `LADDER_MODEL` (e.g. "1 (cap 23000)",
-    "1 (4 wake runs)", "1 (attn+attn+attn+attn)"); a config lacking a field has its default."""
+    "1 (4 wake runs)", "1 (attn+attn+attn+attn)", "4 (sliding after 1000 hard)"); a config
+    lacking a field has its default."""
     changes = []
     if c.get("wake_passes", 1) != LADDER_MODEL["wake_passes"]:
         changes.append(f"{c['wake_passes']} wake runs")
@@ -99,6 +102,9 @@ def arm_of(c: dict) -> str:
         changes.append(f"cap {c['steps']}")
     if tuple(c.get("layout", LADDER_MODEL["layout"])) != LADDER_MODEL["layout"]:
         changes.append("+".join(c["layout"]))
+    if c.get("eviction", LADDER_MODEL["eviction"]) != LADDER_MODEL["eviction"]:
+        warmup = c.get("hard_eviction_steps") or 0
+        changes.append(c["eviction"] + (f" after {warmup} hard" if warmup else ""))
     return f"{c['passes']}" + (f" ({', '.join(changes)})" if changes else "")
 
 
@@ -204,33 +210,50 @@ def gains_table(records: Sequence[dict]) -> str:
     return "\n".join(line for line in lines if line is not None)
 
 
+def seed_frontier(accs: dict[int, float], ladder: Sequence[int], threshold: float) -> str:
+    """One seed's t-frontier from its accuracy per trained t (`accs`): the largest t reached
+    with every shallower t it trained reached too. Where the seed did not train the depths
+    that would pin it down, a bound: "<6" (failed its shallowest trained t, shallower ones
+    untrained), ">=6" (reached its deepest trained t, deeper ones untrained)."""
+    trained = [t for t in ladder if t in accs]
+    front = 0
+    for t in trained:
+        if accs[t] < threshold:
+            break
+        front = t
+    if front == 0 and trained[0] != ladder[0]:
+        return f"<{trained[0]}"
+    if front == trained[-1] and front != ladder[-1]:
+        return f">={front}"
+    return str(front)
+
+
 def frontier_table(records: Sequence[dict], threshold: float) -> str:
     """Per (arm, seed): the largest t of the ladder reached (acc >= threshold at it and at
-    every shallower t of the ladder that seed trained in that arm)."""
+    every shallower t of the ladder that seed trained in that arm), or a bound where the
+    seed's depths do not pin it down; the mean is over the seeds with an exact frontier."""
     cells = _by_cell(records)
     ladder = sorted({t for t, _ in cells if t > 0})
     lines = [
         f"t-frontier: the largest t in {ladder} with exact-match acc >= {threshold:g} at it and "
-        "every shallower t the seed trained at (per seed; 0 = not even the shallowest).",
+        "every shallower t the seed trained at (per seed; 0 = not even the shallowest; "
+        "<t or >=t: a bound, where the seed did not train the depths that would pin it; "
+        "the mean is over exact frontiers only).",
         "",
-        "| arm (N) | per seed (seed: frontier) | mean |",
+        "| arm (N) | per seed (seed: frontier) | mean (seeds) |",
         "|---|---|---|",
     ]
     for n in sorted({n for _, n in cells if " " not in n}, key=_arm_key):  # controls: t* only
         seeds = sorted({s for (t, m), runs in cells.items() if m == n and t > 0 for s in runs})
         fronts = []
         for seed in seeds:
-            front = 0
-            for t in ladder:
-                r = cells.get((t, n), {}).get(seed)
-                if r is None:  # not trained at this t: the frontier reads the ts it has
-                    continue
-                if (r["eval"].get("acc") or 0.0) < threshold:
-                    break
-                front = t
-            fronts.append(front)
+            accs = {t: cells[(t, n)][seed]["eval"].get("acc") or 0.0 for t in ladder
+                    if seed in cells.get((t, n), {})}  # fmt: skip
+            fronts.append(seed_frontier(accs, ladder, threshold))
+        exact = [int(f) for f in fronts if f.isdigit()]
+        mean = f"{np.mean(exact):.2f} ({len(exact)})" if exact else "- (0)"
         per_seed = " ".join(f"{s}:{f}" for s, f in zip(seeds, fronts, strict=True))
-        lines.append(f"| {n} | {per_seed} | {np.mean(fronts):.2f} |")
+        lines.append(f"| {n} | {per_seed} | {mean} |")
     return "\n".join(lines)
 
 

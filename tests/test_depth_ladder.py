@@ -101,6 +101,8 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     # Two controls at t = 2: online depth and more steps (N = 1 both).
     records += [_fake_run(tmp_path, 2, 1, s, a, wake_passes=4) for s, a in enumerate((0.5, 0.7))]
     records += [_fake_run(tmp_path, 2, 1, s, 0.6, steps=23000) for s in (0, 1)]
+    records += [_fake_run(tmp_path, 2, 4, s, 0.9, eviction="sliding", hard_eviction_steps=1000)
+                for s in (0, 1)]  # fmt: skip
     text = depth_ladder.report(records)
     assert "seed 0: 1.000, seed 1: 0.990; holds" in text
     # t = 2, N = 4 against N = 1: differences +0.1 and +0.3 -> mean +0.2, two positive.
@@ -110,9 +112,10 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     assert "| 2 | 4 | 1 (4 wake runs) | 0,1 | 0.650 | 0.600 | +0.050 [" in text
     assert "| 2 | 4 | 1 (cap 23000) | 0,1 | 0.650 | 0.600 | +0.050 [" in text
     # Frontiers: N = 1 seed 0 reaches t = 2, seed 1 t = 1; N = 4 seed 0 t = 4, seed 1 t = 2.
-    assert "| 1 | 0:2 1:1 | 1.50 |" in text
-    assert "| 4 | 0:4 1:2 | 3.00 |" in text
+    assert "| 1 | 0:2 1:1 | 1.50 (2) |" in text
+    assert "| 4 | 0:4 1:2 | 3.00 (2) |" in text
     assert "**capped** at 3000" in text
+    assert "| 2 | 4 (sliding after 1000 hard) | 1 | 0,1 | 0.900 | 0.450 | +0.450 [" in text
     # A failed control says the ladder does not count.
     records[1]["eval"]["acc"] = 0.5
     assert "does not count" in depth_ladder.report(records)
@@ -124,13 +127,13 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     "name",
     [
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
-        "rule110_online",
+        "rule110_online", "rule110_attention_only", "rule110_sliding",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
     """Every run of the new search sweeps resolves through the training validation (what
     --dry_run checks), with one t per Rule 110 model and the intended layouts."""
-    from experiments.configs import sweeps
+    from experiments.configs import depth_sweeps, sweeps
     from experiments.sweeping import grid, runner
 
     planned = runner.plan(grid.Sweep.from_config(sweeps.get_config(name)), str(tmp_path))
@@ -153,12 +156,35 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
     elif name == "rule110_online":  # the online-depth control, paired by seed with N = 4
         assert {(p.config["passes"], p.config["wake_passes"]) for p in planned} == {(1, 4)}
         assert sorted(p.run.seed for p in planned) == [0, 1, 2, 3, 4]
+    elif name == "rule110_attention_only":  # the controls' arm, under the same run names
+        controls = runner.plan(
+            grid.Sweep.from_config(sweeps.get_config("rule110_controls")), str(tmp_path)
+        )
+        assert {p.run.name for p in planned} < {p.run.name for p in controls}
+        assert {tuple(p.config["layout"]) for p in planned} == {("attn",) * 4}
+    elif name == "rule110_sliding":  # N = 4 with and without the warm-up, N = 1 without
+        arms = [(p.config["passes"], p.config["hard_eviction_steps"]) for p in planned]
+        assert arms[:10] == [(4, 0)] * 5 + [(4, depth_sweeps.HARD_WARMUP_STEPS)] * 5
+        assert set(arms[10:]) == {(1, 0)} and len(planned) == 15
+        assert {p.config["eviction"] for p in planned} == {"sliding"}
     else:
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (2, 32),
             (4, 32),
             (4, 64),
         }
+
+
+def test_a_frontier_is_a_bound_where_the_seed_skipped_the_depths_that_pin_it():
+    from experiments import depth_ladder
+
+    ladder = (1, 2, 4, 6, 8)
+    assert depth_ladder.seed_frontier({1: 0.9, 2: 0.9, 4: 0.9, 6: 0.2}, ladder, 0.5) == "4"
+    assert depth_ladder.seed_frontier({1: 0.2, 6: 0.9}, ladder, 0.5) == "0"
+    assert depth_ladder.seed_frontier({6: 0.1}, ladder, 0.5) == "<6"  # 1-4 untrained
+    assert depth_ladder.seed_frontier({6: 0.9}, ladder, 0.5) == ">=6"  # 8 untrained
+    assert depth_ladder.seed_frontier({4: 0.9, 6: 0.9, 8: 0.9}, ladder, 0.5) == "8"
+    assert depth_ladder.seed_frontier({4: 0.9, 6: 0.1, 8: 0.9}, ladder, 0.5) == "4"
 
 
 def test_a_report_reads_run_directories_while_the_sweeps_run(tmp_path):
