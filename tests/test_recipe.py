@@ -132,6 +132,23 @@ def test_init_from_refuses_a_directory_without_a_run_or_checkpoint(source_run, t
 # --- the curriculum in the loop ------------------------------------------------------------
 
 
+def _interrupt_then_resume(monkeypatch, make_config, workdir, at_batch):
+    """Train `make_config()` in `workdir`, interrupted when batch `at_batch` (0-based) is
+    drawn, then rerun it to the end: the rerun's summary."""
+    original = Recall.batch
+
+    def interrupted(self, seed, step, batch_size):
+        if step == at_batch:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(make_config(), workdir)
+    monkeypatch.setattr(Recall, "batch", original)
+    return train.train_and_evaluate(make_config(), workdir)
+
+
 def _ramp_config(**overrides):
     # N = 1 for steps 1-2, 2 for steps 3-4, 3 for steps 5-6; a checkpoint every 2 steps.
     return attn_config(passes=3, passes_ramp_steps=4, log_every=1, **overrides)
@@ -147,19 +164,9 @@ def test_ramp_uses_its_n_at_each_step_compiles_once_per_n_and_resumes_bit_exactl
     assert sorted(trainer.train_steps) == [(1, "hard"), (2, "hard"), (3, "hard")]
     assert all(step._cache_size() == 1 for step in trainer.train_steps.values())
 
-    original = Recall.batch
-
-    def crash_at_step_4(self, seed, step, batch_size):
-        if step == 3:  # the checkpoint of step 2 holds N=1 training; N=2 starts at step 3
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
+    # The checkpoint of step 2 holds N = 1 training; N = 2 starts at step 3.
     resumed = str(tmp_path / "resumed")
-    monkeypatch.setattr(Recall, "batch", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(_ramp_config(), resumed)
-    monkeypatch.setattr(Recall, "batch", original)
-    summary = train.train_and_evaluate(_ramp_config(), resumed)
+    summary = _interrupt_then_resume(monkeypatch, _ramp_config, resumed, at_batch=3)
     assert summary["resumed_from"] == 2
     _assert_bit_identical(
         checkpointing.load_params(tmp_path / "straight"), checkpointing.load_params(resumed)
@@ -227,19 +234,9 @@ def test_warm_up_uses_hard_eviction_first_compiles_once_per_mode_and_resumes_bit
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
-    original = Recall.batch
-
-    def crash_at_step_5(self, seed, step, batch_size):
-        if step == 4:  # the checkpoint of step 4 holds three hard steps and one sliding
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
+    # The checkpoint of step 4 holds three hard steps and one sliding.
     resumed = str(tmp_path / "resumed")
-    monkeypatch.setattr(Recall, "batch", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(_warmup_config(), resumed)
-    monkeypatch.setattr(Recall, "batch", original)
-    summary = train.train_and_evaluate(_warmup_config(), resumed)
+    summary = _interrupt_then_resume(monkeypatch, _warmup_config, resumed, at_batch=4)
     assert summary["resumed_from"] == 4
     _assert_bit_identical(
         checkpointing.load_params(tmp_path / "straight"), checkpointing.load_params(resumed)

@@ -16,15 +16,19 @@ uses, and the run compiles one step per (N, eviction) it meets.
 from __future__ import annotations
 
 
+def _check_optional_steps(name: str, value, meaning: str) -> None:
+    """`value` is None or an int >= 0 (not a bool); the error names the field."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be None or an int >= 0 ({meaning}), got {value!r}")
+
+
 def check_ramp_steps(ramp_steps) -> None:
     """`ramp_steps` is None (no curriculum) or an int >= 0 (0: no curriculum either)."""
-    if ramp_steps is None:
-        return
-    if isinstance(ramp_steps, bool) or not isinstance(ramp_steps, int) or ramp_steps < 0:
-        raise ValueError(
-            f"passes_ramp_steps must be None or an int >= 0 (steps over which N grows "
-            f"from 1 to passes), got {ramp_steps!r}"
-        )
+    _check_optional_steps(
+        "passes_ramp_steps", ramp_steps, "steps over which N grows from 1 to passes"
+    )
 
 
 def passes_at(step: int, passes: int, ramp_steps: int | None) -> int:
@@ -49,13 +53,10 @@ def passes_used(steps: int, passes: int, ramp_steps: int | None) -> tuple[int, .
 def check_hard_eviction_steps(hard_steps, eviction: str) -> None:
     """`hard_steps` is None (no warm-up) or an int >= 0, and only under sliding eviction
     (under hard eviction a hard warm-up would change nothing)."""
-    if hard_steps is None:
-        return
-    if isinstance(hard_steps, bool) or not isinstance(hard_steps, int) or hard_steps < 0:
-        raise ValueError(
-            f"hard_eviction_steps must be None or an int >= 0 (steps trained with hard "
-            f"eviction before the sliding eviction of the run), got {hard_steps!r}"
-        )
+    _check_optional_steps(
+        "hard_eviction_steps", hard_steps,
+        "steps trained with hard eviction before the sliding eviction of the run",
+    )  # fmt: skip
     if hard_steps and eviction != "sliding":
         raise ValueError(
             f"hard_eviction_steps={hard_steps} is a warm-up for sliding eviction, but the "
