@@ -35,6 +35,9 @@ from experiments.sweeping import stats
 
 FRONTIER = 0.5  # exact-match accuracy a t must reach to count as learned (fixed in advance)
 CONTROL_MIN = 0.95  # the t = 0 control must reach this at N = 1 for the ladder to count
+# An attention-only model must end within this of the constant floor on every seed, or the
+# task leaks the answer into the query window (decided before any control run, BUILD_NOTES).
+LEAK_MARGIN = 0.05
 
 # The ladder's own model (rule110.py:depth with the ladder's stopping rule); a run that
 # differs in one of these fields is a control, named after the difference.
@@ -269,6 +272,23 @@ def control_line(records: Sequence[dict]) -> str:
     return f"Retrieval-only control (t = 0, N = 1): {seeds}; {verdict}."
 
 
+def leak_line(records: Sequence[dict]) -> str | None:
+    """Whether the attention-only control stays at the constant floor (no fast weights: it
+    can answer from nothing but the query window); None where no such run exists."""
+    runs = [r for r in records if "ssm" not in _config(r["run_dir"]).get("layout", ("ssm",))]
+    if not runs:
+        return None
+    above = {
+        (depth_and_arm(r)[0], r["seed"]): (r["eval"].get("acc") or 0.0)
+        - constant_floor(r["run_dir"])
+        for r in sorted(runs, key=lambda r: (depth_and_arm(r)[0], r["seed"]))
+    }
+    ok = all(d <= LEAK_MARGIN for d in above.values())
+    per = ", ".join(f"t = {t} seed {s}: {d:+.3f}" for (t, s), d in above.items())
+    verdict = "holds" if ok else f"**fails** (above {LEAK_MARGIN}): the ladder does not count"
+    return f"Attention-only control (acc minus the constant floor): {per}; {verdict}."
+
+
 def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
     if not records:
         raise ValueError("no completed runs in the given results")
@@ -277,6 +297,7 @@ def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
             [
                 "# Rule 110 depth ladder",
                 control_line(records),
+                *filter(None, [leak_line(records)]),
                 "## Every run",
                 runs_table(records),
                 "## Gain over N = 1 per depth, and of N = 4 over each control",

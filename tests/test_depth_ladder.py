@@ -119,6 +119,14 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     # A failed control says the ladder does not count.
     records[1]["eval"]["acc"] = 0.5
     assert "does not count" in depth_ladder.report(records)
+    assert "Attention-only control" not in text  # no such run here
+    # An attention-only model: at the floor it holds; well above it, the task leaks.
+    attn = [_fake_run(tmp_path, 2, 1, s, 0.0, layout=["attn"] * 4) for s in (0, 1)]
+    floor = depth_ladder.constant_floor(attn[0]["run_dir"])
+    attn[0]["eval"]["acc"] = attn[1]["eval"]["acc"] = floor
+    assert "seed 0: +0.000" in depth_ladder.report(attn) and "; holds." in depth_ladder.report(attn)
+    attn[1]["eval"]["acc"] = 0.9
+    assert "above 0.05): the ladder does not count" in depth_ladder.report(attn)
     with pytest.raises(ValueError, match="no completed runs"):
         depth_ladder.report([])
 
