@@ -135,7 +135,8 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     "name",
     [
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
-        "rule110_online", "rule110_attention_only", "rule110_sliding",
+        "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
+        "depo_frontier",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -175,6 +176,15 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         assert arms[:10] == [(4, 0)] * 5 + [(4, depth_sweeps.HARD_WARMUP_STEPS)] * 5
         assert set(arms[10:]) == {(1, 0)} and len(planned) == 15
         assert {p.config["eviction"] for p in planned} == {"sliding"}
+    elif name == "depo_search_long":  # the 4-block sizes, no stopping rule, 12000 steps
+        assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
+            (4, 32),
+            (4, 64),
+        }
+        assert {(p.config["steps"], p.config["stop_patience"]) for p in planned} == {(12000, None)}
+    elif name == "depo_frontier":  # N = 4 before N = 2, a fixed budget for every N
+        assert [p.config["passes"] for p in planned][::5] == [1, 4, 2]
+        assert {(p.config["steps"], p.config["stop_patience"]) for p in planned} == {(8000, None)}
     else:
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (2, 32),

@@ -14,6 +14,9 @@ Variants (each function's docstring says what it asks):
                        hard-eviction warm-up.
   rule110_online       N = 1 with the blocks looped 4 times at wake (online depth) at t*.
   depo_search          is there a CPU size at which the Depo hop frontier can move with N?
+  depo_search_long     the same 4-block sizes without the stopping rule, 12000 steps.
+  depo_frontier        N in {1, 2, 4} x seeds 0-4 at depo.py:cpu, 8000 steps: does the hop
+                       frontier move out from N = 1's?
 """
 
 from ml_collections import ConfigDict
@@ -170,6 +173,45 @@ def depo_search():
     )  # fmt: skip
 
 
+FOUR_BLOCKS = ("attn", "ssm", "attn", "ssm")
+
+
+def depo_search_long():
+    """The Depo search's 4-block sizes again without the stopping rule, to a 12000-step cap
+    (decided after depo_search's 4-block d = 32 seed 0 stopped at step 4250 while still
+    rising: 0.334, 0.391, 0.395 over its last evals). N = 1, seeds 0-1; 4 runs."""
+    s = depo_search()
+    s.axes = ConfigDict(
+        {"layout+d_model": ((FOUR_BLOCKS, 32), (FOUR_BLOCKS, 64))},
+        allow_dotted_keys=True,
+    )  # fmt: skip
+    s.fixed = ConfigDict({"steps": 12_000, "eval_every": 250, "checkpoint_every": 500,
+                          "eval_passes": ()})  # fmt: skip
+    s.baseline = ConfigDict({"d_model": 32})
+    s.est_run_s = 900.0
+    return s
+
+
+DEPO_FRONTIER_STEPS = 8000
+
+
+def depo_frontier():
+    """Does the hop frontier move out with N (BUILD_NOTES.md "Stop 26": decided before any
+    N > 1 Depo run at this size)? depo.py:cpu as it is (8-node cycles, 1-token names,
+    k ~ U{1..4}, attn+GDN at d = 32), where N = 1 learns k = 1 and not k = 2 on both search
+    seeds, N in {1, 4, 2} x seeds 0-4, a fixed 8000 steps for every N (no stopping rule:
+    accuracy mixed over k never reaches a floor, and a flat stretch at k = 2 is not
+    convergence), so the report reads "after 8000 steps". N = 4 before N = 2, so that the
+    decisive pairs finish first. Frontier threshold 0.5 per k."""
+    axes = {"passes": [1, 4, 2]}
+    return make_sweep(
+        "experiments/configs/depo.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="cpu",
+        fixed={"steps": DEPO_FRONTIER_STEPS, "eval_every": 250, "checkpoint_every": 500,
+               "eval_passes": ()},
+        x_field="passes", frontier=0.5, est_run_s=900.0,
+    )  # fmt: skip
+
+
 VARIANTS = {
     "rule110_search": rule110_search,
     "rule110_search_deep": rule110_search_deep,
@@ -180,6 +222,8 @@ VARIANTS = {
     "rule110_sliding": rule110_sliding,
     "rule110_online": rule110_online,
     "depo_search": depo_search,
+    "depo_search_long": depo_search_long,
+    "depo_frontier": depo_frontier,
 }
 
 
