@@ -149,19 +149,19 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
     runner.check_configs(planned)
     if name == "rule110_search":
         ts = sorted({tuple(p.config["task"]["t_values"]) for p in planned})
-        assert ts == [(t,) for t in sweeps.DEPTH_LADDER] and len(planned) == 12
+        assert ts == [(t,) for t in depth_sweeps.DEPTH_LADDER] and len(planned) == 12
         assert {p.config["passes"] for p in planned} == {1}
     elif name == "rule110_depth":  # t* first, N = 2 last: the decisive pairs finish first
         cells = [(tuple(p.config["task"]["t_values"]), p.config["passes"]) for p in planned]
-        assert cells[:10] == [((sweeps.T_STAR,), 1)] * 5 + [((sweeps.T_STAR,), 4)] * 5
+        assert cells[:10] == [((depth_sweeps.T_STAR,), 1)] * 5 + [((depth_sweeps.T_STAR,), 4)] * 5
         assert len(set(cells)) == 9 and len(planned) == 45
     elif name == "rule110_confirm":
         assert sorted({p.run.seed for p in planned}) == [5, 6, 7, 8, 9]
         assert {p.config["passes"] for p in planned} == {1, 4}
     elif name == "rule110_controls":
         steps = {p.config["steps"] for p in planned if "ssm" in p.config["layout"]}
-        assert steps == {sweeps.COMPUTE_MATCHED_STEPS}
-        assert {tuple(p.config["task"]["t_values"]) for p in planned} == {(sweeps.T_STAR,)}
+        assert steps == {depth_sweeps.COMPUTE_MATCHED_STEPS}
+        assert {tuple(p.config["task"]["t_values"]) for p in planned} == {(depth_sweeps.T_STAR,)}
     elif name == "rule110_online":  # the online-depth control, paired by seed with N = 4
         assert {(p.config["passes"], p.config["wake_passes"]) for p in planned} == {(1, 4)}
         assert sorted(p.run.seed for p in planned) == [0, 1, 2, 3, 4]

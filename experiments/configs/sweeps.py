@@ -12,28 +12,13 @@ Variants (each function's docstring says what it asks):
   capacity_map_low / capacity_map_high   the map in two parts: n <= 16, and n = 32.
   capacity_map_n8   the map's N = 8 column at n in {16, 8, 4}, hardest load first.
   rule110 depo gsm  the reproduction study at CPU scale, 3 seeds each.
-  rule110_search rule110_search_deep rule110_depth rule110_confirm rule110_controls
-  rule110_online
-  depo_search       the Rule 110 depth ladder and the Depo hop search (depth_sweeps.py).
+  rule110_* depo_*  the Rule 110 depth ladder, its controls, sliding eviction and the Depo
+                    hop search and frontier: depth_sweeps.py lists them.
   eval_n rules reset reinject truncation compute_matched bounds
                     beyond the paper, on recall:capacity, 3 seeds each (share their runs
                     with the main job through --runs_dir).
 """
 
-# The depth ladder's sweeps and constants, so that `sweeps.py:<name>` and `sweeps.T_STAR`
-# & co. keep naming them (documented commands, the depth-ladder tests).
-from experiments.configs.depth_sweeps import (  # noqa: F401
-    COMPUTE_MATCHED_STEPS,
-    DEPTH_LADDER,
-    T_STAR,
-    depo_search,
-    rule110_confirm,
-    rule110_controls,
-    rule110_depth,
-    rule110_online,
-    rule110_search,
-    rule110_search_deep,
-)
 from experiments.configs.depth_sweeps import (
     VARIANTS as DEPTH_VARIANTS,
 )
@@ -166,8 +151,8 @@ def rule110():
     )
 
 
-# The depth ladder (rule110_search ... rule110_controls) and depo_search are declared in
-# depth_sweeps.py; imported above so that `sweeps.py:<name>` runs them too.
+# The depth ladder (rule110_*) and the Depo search (depo_*) are declared in depth_sweeps.py;
+# their VARIANTS join this file's below, so that `sweeps.py:<name>` runs them too.
 
 
 def depo():
