@@ -105,6 +105,8 @@ def arm_of(c: dict) -> str:
         changes.append(f"cap {c['steps']}")
     if tuple(c.get("layout", LADDER_MODEL["layout"])) != LADDER_MODEL["layout"]:
         changes.append("+".join(c["layout"]))
+    if c["task"].get("probe_radius"):
+        changes.append(f"any bit within {c['task']['probe_radius']}")
     if c.get("eviction", LADDER_MODEL["eviction"]) != LADDER_MODEL["eviction"]:
         warmup = c.get("hard_eviction_steps") or 0
         changes.append(c["eviction"] + (f" after {warmup} hard" if warmup else ""))
@@ -265,11 +267,32 @@ def control_line(records: Sequence[dict]) -> str:
     runs = _by_cell(records).get((0, "1"), {})
     if not runs:
         return "No t = 0 control run: the ladder cannot show that storage works."
+    return _retrieval_line(
+        "Retrieval-only control (t = 0, N = 1)", runs, "the ladder does not count"
+    )
+
+
+def probe_lines(records: Sequence[dict]) -> list[str]:
+    """The wide retrieval controls (t = 0, each query any bit within r of bit 0): whether
+    every bit an answer at t = r depends on is stored, per seed."""
+    cells = _by_cell(records)
+    return [
+        _retrieval_line(
+            f"Wide retrieval control ({arm}, t = 0)",
+            runs,
+            "what fails at t = r may be storage, not computation",
+        )  # fmt: skip
+        for (t, arm), runs in sorted(cells.items(), key=lambda kv: _sort_key(*kv[0]))
+        if t == 0 and "any bit within" in arm
+    ]
+
+
+def _retrieval_line(name: str, runs: dict[int, dict], consequence: str) -> str:
     accs = {s: r["eval"].get("acc") for s, r in sorted(runs.items())}
     ok = all(a is not None and a >= CONTROL_MIN for a in accs.values())
     seeds = ", ".join(f"seed {s}: {_f(a)}" for s, a in accs.items())
-    verdict = "holds" if ok else f"**fails** (below {CONTROL_MIN}): the ladder does not count"
-    return f"Retrieval-only control (t = 0, N = 1): {seeds}; {verdict}."
+    verdict = "holds" if ok else f"**fails** (below {CONTROL_MIN}): {consequence}"
+    return f"{name}: {seeds}; {verdict}."
 
 
 def leak_line(records: Sequence[dict]) -> str | None:
@@ -297,6 +320,7 @@ def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
             [
                 "# Rule 110 depth ladder",
                 control_line(records),
+                *probe_lines(records),
                 *filter(None, [leak_line(records)]),
                 "## Every run",
                 runs_table(records),

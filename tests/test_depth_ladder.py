@@ -3,6 +3,7 @@ and the ladder config (results/RESULTS.md, "Depth")."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -119,7 +120,21 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     # A failed control says the ladder does not count.
     records[1]["eval"]["acc"] = 0.5
     assert "does not count" in depth_ladder.report(records)
-    assert "Attention-only control" not in text  # no such run here
+    assert "Attention-only control" not in text and "Wide retrieval" not in text
+    # The wide retrieval control: t = 0, any bit within 6; below 0.95 on a seed it fails.
+    probe = [_fake_run(tmp_path, 0, 1, s, a, probe=6) for s, a in enumerate((0.99, 0.6))]
+    for r in probe:
+        cfg = os.path.join(r["run_dir"], "config.json")
+        record = json.loads(open(cfg).read())
+        record["task"]["probe_radius"] = record["config"].pop("probe")
+        open(cfg, "w").write(json.dumps(record))
+    text = depth_ladder.report(records + probe)
+    assert (
+        "Wide retrieval control (1 (any bit within 6), t = 0): seed 0: 0.990, seed 1: 0.600;"
+        in text
+    )
+    assert "may be storage, not computation" in text
+    assert "seed 0: 1.000, seed 1: 0.500; **fails**" in text  # the plain t = 0 control apart
     # An attention-only model: at the floor it holds; well above it, the task leaks.
     attn = [_fake_run(tmp_path, 2, 1, s, 0.0, layout=["attn"] * 4) for s in (0, 1)]
     floor = depth_ladder.constant_floor(attn[0]["run_dir"])
@@ -136,7 +151,7 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     [
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
         "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
-        "depo_frontier",
+        "depo_frontier", "rule110_probe",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -176,6 +191,10 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         assert arms[:10] == [(4, 0)] * 5 + [(4, depth_sweeps.HARD_WARMUP_STEPS)] * 5
         assert set(arms[10:]) == {(1, 0)} and len(planned) == 15
         assert {p.config["eviction"] for p in planned} == {"sliding"}
+    elif name == "rule110_probe":  # t = 0, any of the 13 bits an answer at t* reads
+        knobs = {(p.config["task"]["probe_radius"], tuple(p.config["task"]["t_values"]))
+                 for p in planned}  # fmt: skip
+        assert knobs == {(depth_sweeps.T_STAR, (0,))}
     elif name == "depo_search_long":  # the 4-block sizes, no stopping rule, 12000 steps
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (4, 32),

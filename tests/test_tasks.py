@@ -266,6 +266,36 @@ def test_rule110_answers(knobs):
             assert b.targets[i, n * w + s] == want
 
 
+@pytest.mark.parametrize("t", [0, 3])
+def test_rule110_probe_asks_the_bit_its_query_token_names(t):
+    task = make_task("rule110", num_states=3, width=9, t_values=(t,), probe_radius=2)
+    n, w, r = 3, 9, 2
+    assert task.vocab_size == 2 + n * (2 * r + 1)
+    b = task.batch(1, 0, 64)
+    asked = set()
+    for i in range(64):
+        for s in range(n):
+            q = int(b.tokens[i, n * w + s]) - 2
+            state, j = divmod(q, 2 * r + 1)
+            j -= r
+            assert state == s and -r <= j <= r
+            asked.add(j)
+            after = rule110_python(b.tokens[i, s * w : (s + 1) * w], t, True)
+            assert b.targets[i, n * w + s] == after[j % w]
+            assert task.token_names()[q + 2] == f"Q{s + 1}@{j:+d}"
+    assert asked == set(range(-r, r + 1))
+    assert "bit-" in task.describe(b, 0) or "bit+" in task.describe(b, 0)
+    # r = 0 is the task as before, token for token.
+    plain = make_task("rule110", num_states=3, width=9, t_values=(t,))
+    probe0 = make_task("rule110", num_states=3, width=9, t_values=(t,), probe_radius=0)
+    for field in ("tokens", "targets"):
+        np.testing.assert_array_equal(
+            getattr(plain.batch(1, 0, 8), field), getattr(probe0.batch(1, 0, 8), field)
+        )
+    with pytest.raises(ValueError, match="probe_radius"):
+        make_task("rule110", width=8, probe_radius=4)
+
+
 def _depo_check(task, b):
     nt, G, ql = task.name_tokens, task.graph_tokens, task.query_len
     for i in range(b.tokens.shape[0]):

@@ -486,3 +486,29 @@ def test_train_and_evaluate_refuses_a_run_directory_another_live_process_trains(
     # Its holder dead, the lock is stale: taken over, and released when the run ends.
     train.train_and_evaluate(attn_config(steps=2), str(workdir))
     assert not (workdir / run_lock.TRAIN_LOCK_FILE).exists()
+
+
+def test_a_run_recorded_before_an_optional_field_or_task_knob_existed_stays_finished(tmp_path):
+    """config.json and summary.json as older code wrote them (no wake_passes, no Rule 110
+    probe_radius; the digest over that config): still finished, and resumable."""
+    from experiments.configs import rule110
+
+    config = rule110.get_config("tiny")
+    config.update(layout=("attn",), steps=6, batch_size=8, eval_size=16, eval_batch_size=16)
+    workdir = _saved_run(tmp_path, config, checkpoint_step=6)
+    with open(os.path.join(workdir, checkpointing.CONFIG_FILE)) as f:
+        old = json.load(f)
+    del old["config"]["wake_passes"], old["config"]["task"]["probe_radius"]
+    del old["task"]["probe_radius"]
+    with open(os.path.join(workdir, checkpointing.CONFIG_FILE), "w") as f:
+        json.dump(old, f)
+    raw = run_dir._digest(old["config"])
+    assert raw != run_dir.config_digest(old["config"])  # the completed config hashes apart
+    done = {"status": "completed", "steps": 6, "config_digest": raw}
+    assert run_dir.summary_mismatch(done, old) is None
+    # Resuming under today's config (the fields at their defaults) is no change.
+    assert "config_changes" not in run_dir.check_workdir(workdir, _record(config))
+    # A knob really changed is still refused.
+    config.task.probe_radius = 1
+    with pytest.raises(run_dir.ConfigConflictError, match="task.probe_radius"):
+        run_dir.check_workdir(workdir, _record(config))

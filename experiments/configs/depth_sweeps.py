@@ -13,6 +13,8 @@ Variants (each function's docstring says what it asks):
   rule110_sliding      sliding eviction at t = 2: N in {1, 4}, N = 4 with and without a
                        hard-eviction warm-up.
   rule110_online       N = 1 with the blocks looped 4 times at wake (online depth) at t*.
+  rule110_probe        the wide retrieval control: t = 0, each query asks any of the 2t*+1
+                       bits an answer at t* depends on.
   depo_search          is there a CPU size at which the Depo hop frontier can move with N?
   depo_search_long     the same 4-block sizes without the stopping rule, 12000 steps.
   depo_frontier        N in {1, 2, 4} x seeds 0-4 at depo.py:cpu, 8000 steps: does the hop
@@ -115,6 +117,18 @@ def rule110_attention_only():
     s.axes = ConfigDict({"steps+layout": ((6000, ATTENTION_ONLY),)}, allow_dotted_keys=True)
     s.est_run_s = 600.0
     return s
+
+
+def rule110_probe():
+    """The wide retrieval control (seeds 0-4, N = 1): t = 0 with probe_radius = t* = 6,
+    each query asking bit j ~ U{-6..6} of its state, so that a model must store all 13 bits
+    an answer at t* depends on, for every state. If it answers them, what fails at t* is
+    the computation on stored states, not their storage."""
+    return make_sweep(
+        "experiments/configs/rule110.py", {"task.probe_radius": [T_STAR]}, seeds=[0, 1, 2, 3, 4],
+        config_arg="depth", fixed={**CONVERGED, "task.t_values": (0,)},
+        x_field="task.probe_radius", baseline={"task.probe_radius": 0}, est_run_s=400.0,
+    )  # fmt: skip
 
 
 # The sliding-eviction study (BUILD_NOTES.md "Sliding eviction, trained: design"): t = 2,
@@ -221,6 +235,7 @@ VARIANTS = {
     "rule110_attention_only": rule110_attention_only,
     "rule110_sliding": rule110_sliding,
     "rule110_online": rule110_online,
+    "rule110_probe": rule110_probe,
     "depo_search": depo_search,
     "depo_search_long": depo_search_long,
     "depo_frontier": depo_frontier,

@@ -103,10 +103,24 @@ def _check_float(name, value, lo, hi=math.inf, lo_open=False):
         raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
 
 
+# Task knobs added after runs were recorded, per task: missing means this default, which
+# generates the same data the task did before the knob existed.
+OPTIONAL_TASK_KNOBS = {"rule110": {"probe_radius": 0}}
+
+
+def with_optional_task_knobs(task: dict[str, Any]) -> dict[str, Any]:
+    """A task's knobs (config["task"], or config.json's resolved "task") with the optional
+    knobs it lacks set to their defaults (`OPTIONAL_TASK_KNOBS`)."""
+    return {**OPTIONAL_TASK_KNOBS.get(task.get("name"), {}), **task}
+
+
 def config_to_dict(config) -> dict[str, Any]:
-    """A ConfigDict (or any mapping) as a plain dict, with the optional fields it lacks
-    set to their defaults (`OPTIONAL_FIELDS`)."""
-    return {**OPTIONAL_FIELDS, **(config.to_dict() if hasattr(config, "to_dict") else dict(config))}
+    """A ConfigDict (or any mapping) as a plain dict, with the optional fields and task
+    knobs it lacks set to their defaults (`OPTIONAL_FIELDS`, `OPTIONAL_TASK_KNOBS`)."""
+    c = {**OPTIONAL_FIELDS, **(config.to_dict() if hasattr(config, "to_dict") else dict(config))}
+    if isinstance(c.get("task"), dict):
+        c["task"] = with_optional_task_knobs(c["task"])
+    return c
 
 
 def resolve_config(config) -> RunSpec:

@@ -28,7 +28,12 @@ from sleep_consolidation.training import checkpoint_files
 
 # Also importable from here, where code (the tests) names them run_dir.read_jsonl & co.
 from sleep_consolidation.training.json_io import read_jsonl, truncate_jsonl  # noqa: F401
-from sleep_consolidation.training.run_config import MODEL_FIELDS, RunSpec, config_to_dict
+from sleep_consolidation.training.run_config import (
+    MODEL_FIELDS,
+    RunSpec,
+    config_to_dict,
+    with_optional_task_knobs,
+)
 
 CONFIG_FILE = checkpoint_files.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
@@ -163,8 +168,11 @@ def run_record(config, spec: RunSpec) -> dict[str, Any]:
 def config_digest(config) -> str:
     """A short hash of a run config (as config.json records it under "config"), written
     into summary.json so that a summary can be matched with the config it ended under."""
-    text = json.dumps(_jsonable(config_to_dict(config)), sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    return _digest(config_to_dict(config))
+
+
+def _digest(config: dict) -> str:
+    return hashlib.sha1(json.dumps(_jsonable(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def summary_mismatch(summary: dict[str, Any] | None, record: dict[str, Any] | None) -> str | None:
@@ -181,7 +189,9 @@ def summary_mismatch(summary: dict[str, Any] | None, record: dict[str, Any] | No
         return (f"summary.json completed steps={summary.get('steps')} but config.json "
                 f"asks for steps={config.get('steps')}")  # fmt: skip
     digest = summary.get("config_digest")
-    if digest is not None and digest != config_digest(config):
+    # The digest of the config as config.json holds it, or as this code completes it: a run
+    # recorded before an optional field existed hashed the fields it had.
+    if digest is not None and digest not in (_digest(config), config_digest(config)):
         return "summary.json was written under another config than config.json holds"
     return None
 
@@ -208,7 +218,7 @@ def _fields(record) -> dict[str, Any]:
     skip = {"task", "window", *MODEL_FIELDS}
     return {
         **{f"model.{k}": v for k, v in record["model_config"].items()},
-        **{f"task.{k}": v for k, v in record["task"].items()},
+        **{f"task.{k}": v for k, v in with_optional_task_knobs(record["task"]).items()},
         "window": record["window"],
         # A record written before an optional field existed ran with its default.
         **{k: v for k, v in config_to_dict(record["config"]).items() if k not in skip},
