@@ -210,13 +210,13 @@ DEPO_FRONTIER_STEPS = 8000
 
 
 def depo_frontier():
-    """Does the hop frontier move out with N (BUILD_NOTES.md "Stop 26": decided before any
-    N > 1 Depo run at this size)? depo.py:cpu as it is (8-node cycles, 1-token names,
-    k ~ U{1..4}, attn+GDN at d = 32), where N = 1 learns k = 1 and not k = 2 on both search
-    seeds, N in {1, 4, 2} x seeds 0-4, a fixed 8000 steps for every N (no stopping rule:
-    accuracy mixed over k never reaches a floor, and a flat stretch at k = 2 is not
-    convergence), so the report reads "after 8000 steps". N = 4 before N = 2, so that the
-    decisive pairs finish first. Frontier threshold 0.5 per k."""
+    """Does the hop frontier move out with N? (Decided before any N > 1 Depo run at this
+    size: BUILD_NOTES.md "The Depo search extended".) depo.py:cpu as it is (8-node cycles,
+    1-token names, k ~ U{1..4}, attn+GDN at d = 32), where N = 1 learns k = 1 and not k = 2
+    on both search seeds; N in {1, 4, 2} x seeds 0-4, a fixed 8000 steps for every N (no
+    stopping rule: accuracy mixed over k never reaches a floor, and a flat stretch at k = 2
+    is not convergence), so the report reads "after 8000 steps". N = 4 before N = 2, so
+    that the decisive pairs finish first. Frontier threshold 0.5 per k."""
     axes = {"passes": [1, 4, 2]}
     return make_sweep(
         "experiments/configs/depo.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="cpu",
