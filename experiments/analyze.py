@@ -1,10 +1,10 @@
 """Post-hoc analysis of trained runs: train-N vs eval-N, and consolidation diagnostics.
 
     python -m experiments.analyze --eval_passes=1,2,4,8 --out=results/analysis \
-        --runs='runs/main/runs/base,seed=*','runs/main/runs/passes=?,seed=*'
+        --runs='runs/main/runs/base,seed=*' --runs='runs/main/runs/passes=?,seed=*'
 
-For every run directory matched by --runs (comma-separated globs of finished
-`experiments.train` workdirs) it loads
+For every run directory matched by a --runs glob (one glob per flag: run names hold commas)
+of finished `experiments.train` workdirs it loads
 the latest params, rebuilds the task from config.json and, on the run's held-out set:
   * evaluates at every N in --eval_passes (the model was trained at one N);
   * runs `diagnostics.memory_conditions` (no sleep / trained N / no memory / wrong memory)
@@ -28,7 +28,10 @@ from experiments import plots
 from experiments.configs import common
 from sleep_consolidation.analysis import diagnostics
 
-_RUNS = flags.DEFINE_list("runs", None, "run workdirs: comma-separated globs")
+_RUNS = flags.DEFINE_multi_string(
+    "runs", None, "a run workdir or glob; repeat the flag for more (run names hold commas, "
+    "so one flag is one glob)"
+)
 _EVAL_PASSES = flags.DEFINE_list("eval_passes", ["1", "2", "4", "8"], "N values to evaluate at")
 _OUT = flags.DEFINE_string("out", None, "output directory")
 _SIZE = flags.DEFINE_integer("size", 512, "held-out examples per evaluation")
@@ -39,9 +42,7 @@ flags.mark_flags_as_required(["runs", "out"])
 def analyze_run(run_dir: str, eval_passes: list[int], size: int, diag_size: int, out: str) -> dict:
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)
-    # Fields added to the configs after the run was saved take their current defaults.
-    merged = {**common.base_config(saved["config"]["task"]["name"]).to_dict(), **saved["config"]}
-    spec = sc.resolve_config(merged)
+    spec = common.resolve_saved(saved["config"])
     seed, trained_n = saved["config"]["seed"], saved["config"]["passes"]
     params = sc.load_params(run_dir)
     task = spec.task

@@ -80,8 +80,7 @@ def random_reference(loads, passes, draws: int, d: int = D_K) -> dict:
 def _spec_and_params(run_dir: str):
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)["config"]
-    merged = {**common.base_config(saved["task"]["name"]).to_dict(), **saved}
-    return sc.resolve_config(merged), sc.load_params(run_dir), saved["seed"]
+    return common.resolve_saved(saved), sc.load_params(run_dir), saved["seed"]
 
 
 @functools.partial(jax.jit, static_argnames=("window", "schedule"))

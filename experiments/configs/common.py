@@ -184,6 +184,14 @@ def make_cpu(c: ConfigDict, **task_knobs) -> ConfigDict:
     return c
 
 
+def resolve_saved(saved: dict):
+    """The `RunSpec` of a finished run's recorded config (config.json's "config"): fields
+    added to the configs after the run was saved take their current defaults."""
+    from sleep_consolidation.training.run_config import resolve_config
+
+    return resolve_config({**base_config(saved["task"]["name"]).to_dict(), **saved})
+
+
 def check_arg(arg: str | None, extra: tuple[str, ...] = ()) -> bool:
     """True for the tiny variant (`--config=...py:tiny`), False for the full one; `extra`:
     the config's own further variants, named in the error."""

@@ -1,0 +1,149 @@
+"""The fast-weight probe: the closed-form ridge agrees with its least-squares reference,
+reads a planted linear signal and not a nonlinear one, its features are the memory that
+crosses the last boundary, and the experiment probes a trained Rule 110 run end to end."""
+
+import json
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import init, random_tokens, tiny_config
+
+from experiments import fast_weight_probe
+from experiments.configs import common, rule110
+from sleep_consolidation.analysis import diagnostics
+from sleep_consolidation.analysis.probe import (
+    fast_weight_features,
+    ridge_probe,
+    ridge_probe_reference,
+)
+from sleep_consolidation.tasks import make_task
+from sleep_consolidation.training.train import train_and_evaluate
+
+
+def _planted(seed=0, n=600, f=12):
+    """x [n, f] Gaussian; targets: a linear sign, the XOR of two signs, a constant-ish one."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, f))
+    linear = (x @ rng.normal(size=f) > 0).astype(np.float64)
+    xor = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.float64)
+    rare = (rng.random(n) < 0.1).astype(np.float64)
+    return x, np.stack([linear, xor, rare], axis=1)
+
+
+def test_ridge_probe_matches_its_least_squares_reference():
+    x, y = _planted(1)
+    fast = ridge_probe(x[:450], y[:450], x[450:], y[450:])
+    ref = ridge_probe_reference(x[:450], y[:450], x[450:], y[450:])
+    chex.assert_trees_all_close(fast, ref, atol=1e-12)
+
+
+def test_ridge_probe_reads_a_planted_linear_target_and_not_xor():
+    x, y = _planted(2)
+    res = ridge_probe(x[:450], y[:450], x[450:], y[450:])
+    linear, xor, rare = res["accuracy"]
+    assert linear >= 0.95
+    assert xor < 0.65  # XOR of two signs is not linearly separable
+    # The rare target: the probe can do no better than the constant answer it reports.
+    assert rare <= res["majority"][2] + 0.02
+    assert set(res["lambda"]) <= {1e-2, 1.0, 1e2}
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda a: {**a, "train_y": a["train_y"] * 2}, "0/1 targets"),
+        (lambda a: {**a, "test_x": a["test_x"][:, :3]}, "columns differ"),
+        (lambda a: {**a, "train_y": a["train_y"][:10]}, "examples differ"),
+        (lambda a: {**a, "train_x": a["train_x"][0]}, "2-D"),
+        (lambda a: {**a, "train_x": np.where(a["train_x"] > 2, np.nan, a["train_x"])},
+         "non-finite"),  # fmt: skip
+        (lambda a: {**a, "lambdas": (1.0, 0.0)}, "lambdas must be positive"),
+        (lambda a: {**a, "val_fraction": 0.0}, "val_fraction"),
+    ],
+)
+def test_ridge_probe_names_bad_input(change, says):
+    x, y = _planted(3, n=100)
+    args = {"train_x": x[:80], "train_y": y[:80], "test_x": x[80:], "test_y": y[80:]}
+    args = change(args)
+    with pytest.raises(ValueError, match=says):
+        ridge_probe(**args)
+
+
+def test_features_are_the_memory_after_the_last_full_window_flattened():
+    cfg = tiny_config(layout=("attn", "ssm", "ssm"))
+    params, window = init(cfg), 4
+    tokens = random_tokens(0, 3, 3 * window + 2)  # a trailing partial window: dropped
+    x = fast_weight_features(params, tokens, window, passes=2)
+    _, _, fast = diagnostics.window_loop(params, tokens[:, : 3 * window], window, 2)
+    want = jnp.concatenate([fast[b].reshape(3, -1) for b in cfg.ssm_blocks], axis=1)
+    chex.assert_trees_all_close(x, want)
+    assert x.shape == (3, sum(fast[b][0].size for b in cfg.ssm_blocks))
+    # The passes change what is stored (so a probe at p = 1 and p = N can differ).
+    assert not np.allclose(x, fast_weight_features(params, tokens, window, passes=1))
+
+
+def test_features_refuse_a_model_without_fast_weights_and_a_short_sequence():
+    tokens = random_tokens(0, 2, 8)
+    with pytest.raises(ValueError, match="no ssm block"):
+        fast_weight_features(init(tiny_config(layout=("attn",))), tokens, 4, passes=1)
+    with pytest.raises(ValueError, match="no full window"):
+        fast_weight_features(init(tiny_config()), tokens, 9, passes=1)
+
+
+@pytest.mark.parametrize("t", [0, 2])
+def test_probe_targets_recompute_the_tasks_answers(t):
+    task = make_task("rule110", num_states=3, width=8, t_values=(t,))
+    batch = task.eval_batch(0, 64)
+    answers, raw = fast_weight_probe.probe_targets(task, batch.tokens, batch.targets)
+    assert answers.shape == (64, 3) and raw.shape == (64, 3, 2 * t + 1)
+    states = np.asarray(batch.tokens[:, :24]).reshape(64, 3, 8)
+    np.testing.assert_array_equal(raw[:, :, t], states[:, :, 0])  # offset 0 is bit 0
+    np.testing.assert_array_equal(raw[:, :, 0], states[:, :, -t % 8])  # offset -t wraps
+    if t == 0:
+        np.testing.assert_array_equal(answers, states[:, :, 0])
+    corrupted = np.array(batch.targets)
+    corrupted[:, 24] ^= 1
+    with pytest.raises(ValueError, match="disagree"):
+        fast_weight_probe.probe_targets(task, batch.tokens, corrupted)
+
+
+@pytest.mark.parametrize(
+    "knobs, says",
+    [({"t_values": (1, 2)}, "one t per model"), ({"probe_radius": 1}, "probe_radius 1")],
+)
+def test_probe_refuses_a_run_it_cannot_probe_naming_why(knobs, says):
+    c = rule110.get_config("tiny")
+    c.task.update(knobs)
+    spec = common.resolve_saved(c.to_dict())
+    with pytest.raises(ValueError, match=f"runs/x: cannot probe a run with .*{says}"):
+        fast_weight_probe._check_run("runs/x", spec)
+
+
+@pytest.fixture(scope="module")
+def tiny_rule110_run(tmp_path_factory, compilation_cache):
+    """A finished 4-step Rule 110 tiny run (2 states of 8 bits, t = 1, attn + GDN)."""
+    c = rule110.get_config("tiny")
+    c.update(steps=4, log_every=2, eval_every=4, checkpoint_every=4, eval_size=32,
+             eval_batch_size=32, batch_size=8)  # fmt: skip
+    workdir = str(tmp_path_factory.mktemp("probe") / "run")
+    train_and_evaluate(c, workdir)
+    return workdir
+
+
+@pytest.mark.slow  # trains a tiny run first (~50 s on a loaded 2-core CPU); CI runs -m slow
+def test_probe_run_probes_a_trained_run_end_to_end(tiny_rule110_run):
+    r = fast_weight_probe.probe_run(tiny_rule110_run, [1], size=160, n_test=40,
+                                    seed_offset=1000)  # fmt: skip
+    assert (r["t"], r["trained_n"]) == (1, 2)
+    assert sorted(r["by_passes"]) == [1, 2]  # the trained N is always probed
+    for entry in [*r["by_passes"].values(), r["untrained"]]:
+        answer, bits = np.asarray(entry["answer"]), np.asarray(entry["raw_bits"])
+        assert answer.shape == (2,) and bits.shape == (2, 3)
+        assert np.all((answer >= 0) & (answer <= 1)) and np.all((bits >= 0) & (bits <= 1))
+    assert sorted(r["model_acc"]) == ["Q1", "Q2"]
+    json.dumps(r)  # what main writes
+    text = fast_weight_probe.table([r], [1, 2])
+    assert "| 1 | 2 | 0 |" in text and "answer probe p=2" in text
+
