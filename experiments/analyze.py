@@ -29,8 +29,10 @@ from experiments.configs import common
 from sleep_consolidation.analysis import diagnostics
 
 _RUNS = flags.DEFINE_multi_string(
-    "runs", None, "a run workdir or glob; repeat the flag for more (run names hold commas, "
-    "so one flag is one glob)"
+    "runs",
+    None,
+    "a run workdir or glob; repeat the flag for more (run names hold commas, "
+    "so one flag is one glob)",
 )
 _EVAL_PASSES = flags.DEFINE_list("eval_passes", ["1", "2", "4", "8"], "N values to evaluate at")
 _OUT = flags.DEFINE_string("out", None, "output directory")

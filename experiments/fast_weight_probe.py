@@ -31,8 +31,10 @@ from sleep_consolidation.analysis.probe import fast_weight_features, ridge_probe
 from sleep_consolidation.tasks.rule110 import rule110_step
 
 _RUNS = flags.DEFINE_multi_string(
-    "runs", None, "a finished Rule 110 run workdir or glob; repeat the flag for more (run "
-    "names hold commas, so one flag is one glob)"
+    "runs",
+    None,
+    "a finished Rule 110 run workdir or glob; repeat the flag for more (run "
+    "names hold commas, so one flag is one glob)",
 )
 _PASSES = flags.DEFINE_list("passes", ["1", "2", "4"], "consolidation passes p to probe after")
 _SIZE = flags.DEFINE_integer("size", 4096, "examples drawn per run (fit + held out)")
@@ -143,7 +145,8 @@ def table(results: list[dict], passes: list[int]) -> str:
         raw_n = _mean(by_p[r["trained_n"]]["raw_bits"])
         un = r["untrained"]
         lines.append(
-            f"| {r['t']} | {r['trained_n']} | {r['seed']} | {model} | " + " | ".join(cells)
+            f"| {r['t']} | {r['trained_n']} | {r['seed']} | {model} | "
+            + " | ".join(cells)
             + f" | {raw_n:.3f} | {_mean(un['answer']):.3f} / {_mean(un['raw_bits']):.3f}"
             + f" | {_mean(r['raw_input_answer']):.3f} |"
         )

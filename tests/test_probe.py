@@ -57,8 +57,10 @@ def test_ridge_probe_reads_a_planted_linear_target_and_not_xor():
         (lambda a: {**a, "test_x": a["test_x"][:, :3]}, "columns differ"),
         (lambda a: {**a, "train_y": a["train_y"][:10]}, "examples differ"),
         (lambda a: {**a, "train_x": a["train_x"][0]}, "2-D"),
-        (lambda a: {**a, "train_x": np.where(a["train_x"] > 2, np.nan, a["train_x"])},
-         "non-finite"),  # fmt: skip
+        (
+            lambda a: {**a, "train_x": np.where(a["train_x"] > 2, np.nan, a["train_x"])},
+            "non-finite",
+        ),  # fmt: skip
         (lambda a: {**a, "lambdas": (1.0, 0.0)}, "lambdas must be positive"),
         (lambda a: {**a, "val_fraction": 0.0}, "val_fraction"),
     ],
@@ -146,4 +148,3 @@ def test_probe_run_probes_a_trained_run_end_to_end(tiny_rule110_run):
     json.dumps(r)  # what main writes
     text = fast_weight_probe.table([r], [1, 2])
     assert "| 1 | 2 | 0 |" in text and "answer probe p=2" in text
-
