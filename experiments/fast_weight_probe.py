@@ -43,7 +43,10 @@ _SEED_OFFSET = flags.DEFINE_integer(
     "seed_offset", 1000, "the probe's examples come from eval stream seed + this"
 )
 _OUT = flags.DEFINE_string("out", None, "output directory")
-flags.mark_flags_as_required(["runs", "out"])
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "rewrite <out>/probe.md from <out>/probe.json, probing nothing"
+)
+flags.mark_flags_as_required(["out"])
 
 
 def probe_targets(task, tokens, targets):
@@ -152,26 +155,38 @@ def table(results: list[dict], passes: list[int]) -> str:
         )
     per_state = [
         "",
-        "Answer probe per state (Q1..Q4) at the trained N, and the constant answer's rate:",
+        "Per state (Q1..Q4): the model's accuracy, the answer probe after the wake pass alone",
+        "(p = 1) and after the trained N passes, the raw-bit probe (mean over offsets) at",
+        "p = 1 and p = N, and the constant answer's rate:",
         "",
-        "| t | N | seed | answer probe Q1-Q4 | constant Q1-Q4 |",
-        "|---|---|---|---|---|",
+        "| t | N | seed | model acc | answer probe p=1 | answer probe p=N | raw bits p=1 "
+        "| raw bits p=N | constant |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: (r["t"], r["trained_n"], r["seed"])):
         by_p = {int(k): v for k, v in r["by_passes"].items()}
-        a = " ".join(f"{x:.2f}" for x in by_p[r["trained_n"]]["answer"])
-        m = " ".join(f"{x:.2f}" for x in r["majority"])
-        per_state.append(f"| {r['t']} | {r['trained_n']} | {r['seed']} | {a} | {m} |")
+        one, n = by_p[min(by_p)], by_p[r["trained_n"]]
+        cells = [
+            list(r["model_acc"].values()), one["answer"], n["answer"],
+            np.mean(one["raw_bits"], axis=1), np.mean(n["raw_bits"], axis=1), r["majority"],
+        ]  # fmt: skip
+        row = " | ".join(" ".join(f"{x:.2f}" for x in c) for c in cells)
+        per_state.append(f"| {r['t']} | {r['trained_n']} | {r['seed']} | {row} |")
     return "\n".join(lines + per_state)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    passes = [int(p) for p in _PASSES.value]
+    if _REPORT_ONLY.value:
+        with open(os.path.join(_OUT.value, "probe.json")) as f:
+            return _write_report(json.load(f), passes, "(report of probe.json)")
+    if not _RUNS.value:
+        raise SystemExit("--runs is required (unless --report_only)")
     run_dirs = sorted({d for g in _RUNS.value for d in glob.glob(g) if os.path.isdir(d)})
     if not run_dirs:
         raise SystemExit(f"no run directories match {_RUNS.value!r}")
-    passes = [int(p) for p in _PASSES.value]
     if any(p < 1 for p in passes):
         raise SystemExit(f"--passes must be >= 1, got {passes}")
     if not 0 < _TEST.value < _SIZE.value:
@@ -187,9 +202,13 @@ def main(argv):
         results.append(probe_run(d, passes, _SIZE.value, _TEST.value, _SEED_OFFSET.value))
         with open(os.path.join(_OUT.value, "probe.json"), "w") as f:  # kept run by run
             json.dump(results, f, indent=1)
+    _write_report(results, passes, " ".join(_RUNS.value))
+
+
+def _write_report(results, passes, what):
     text = table(results, passes)
     with open(os.path.join(_OUT.value, "probe.md"), "w") as f:
-        f.write(f"# Fast-weight probe of {','.join(_RUNS.value)}\n\n{text}\n")
+        f.write(f"# Fast-weight probe: {what}\n\n{text}\n")
     print(text)
 
 

@@ -148,3 +148,22 @@ def test_probe_run_probes_a_trained_run_end_to_end(tiny_rule110_run):
     json.dumps(r)  # what main writes
     text = fast_weight_probe.table([r], [1, 2])
     assert "| 1 | 2 | 0 |" in text and "answer probe p=2" in text
+
+
+def test_the_report_shows_each_states_probe_after_the_wake_pass_and_after_n():
+    # A record as probe.json holds it (pass counts as string keys after the JSON round trip).
+    record = {
+        "t": 6, "trained_n": 4, "seed": 3, "model_acc": {"Q1": 0.99, "Q2": 0.98},
+        "majority": [0.53, 0.55],
+        "by_passes": {
+            "1": {"answer": [0.5, 0.6], "raw_bits": [[0.9, 0.7], [0.8, 0.8]]},
+            "4": {"answer": [0.9, 0.95], "raw_bits": [[0.6, 0.6], [0.7, 0.9]]},
+        },
+        "untrained": {"answer": [0.52, 0.5], "raw_bits": [[0.7, 0.7], [0.7, 0.7]]},
+        "raw_input_answer": [0.51, 0.53],
+    }  # fmt: skip
+    text = fast_weight_probe.table([json.loads(json.dumps(record))], [1, 2, 4])
+    # Mean over states: p = 1 0.550, p = 2 not probed, p = 4 0.925; raw bits at p = N 0.700.
+    assert "| 6 | 4 | 3 | 0.99 0.98 | 0.550 | - | 0.925 | 0.700 | 0.510 / 0.700 | 0.520 |" in text
+    per_state = "| 0.99 0.98 | 0.50 0.60 | 0.90 0.95 | 0.80 0.80 | 0.60 0.80 | 0.53 0.55 |"
+    assert f"| 6 | 4 | 3 {per_state}" in text
