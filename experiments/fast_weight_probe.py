@@ -181,7 +181,8 @@ def main(argv):
     passes = [int(p) for p in _PASSES.value]
     if _REPORT_ONLY.value:
         with open(os.path.join(_OUT.value, "probe.json")) as f:
-            return _write_report(json.load(f), passes, "(report of probe.json)")
+            results = json.load(f)
+        return _write_report(results, passes, ", ".join(r["run_dir"] for r in results))
     if not _RUNS.value:
         raise SystemExit("--runs is required (unless --report_only)")
     run_dirs = sorted({d for g in _RUNS.value for d in glob.glob(g) if os.path.isdir(d)})
