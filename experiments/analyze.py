@@ -132,7 +132,7 @@ def main(argv):
         json.dump(results, f, indent=1)
     table = _table(results)
     with open(os.path.join(_OUT.value, "analysis.md"), "w") as f:
-        f.write(f"# Analysis of {','.join(_RUNS.value)}\n\n{table}\n")
+        f.write(f"# Analysis of {' '.join(_RUNS.value)}\n\n{table}\n")
     print(table)
 
 

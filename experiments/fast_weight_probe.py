@@ -65,11 +65,18 @@ def probe_targets(task, tokens, targets):
     return answers, raw
 
 
-def _check_run(run_dir, spec):
+def _check_run(run_dir, spec, saved):
     task = spec.task
     problem = None
     if task.name != "rule110":
         problem = f"task {task.name!r} (the probe is for rule110)"
+    elif spec.window != task.width:
+        # One state per window, so that the memory probed is the one after state n.
+        problem = f"window {spec.window} != width {task.width} (one state per window needed)"
+    elif task.boundary != "periodic":
+        problem = f"boundary {task.boundary!r} (the raw-bit offsets -t..t wrap: periodic only)"
+    elif saved.get("init_from"):
+        problem = "init_from set (its untrained control would not be the weights it began from)"
     elif len(task.t_values) != 1:
         problem = f"t_values {task.t_values} (the probe needs one t per model)"
     elif task.probe_radius != 0:
@@ -93,25 +100,25 @@ def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offs
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)["config"]
     spec = common.resolve_saved(saved)
-    _check_run(run_dir, spec)
+    _check_run(run_dir, spec, saved)
     task, seed, trained_n = spec.task, saved["seed"], saved["passes"]
     batch = task.eval_batch(seed + seed_offset, size)
     answers, raw = probe_targets(task, batch.tokens, batch.targets)
+    states = batch.tokens[:, : task.num_states * task.width]  # the state windows alone
     params = sc.load_params(run_dir)
     metrics = sc.evaluate(params, task, batch[-n_test:], window=spec.window, passes=trained_n,
                           schedule=spec.schedule)  # fmt: skip
     by_p = {}
     for p in sorted(set(passes) | {trained_n}):
-        x = np.asarray(fast_weight_features(params, batch.tokens, spec.window, p,
+        x = np.asarray(fast_weight_features(params, states, spec.window, p,
                                             schedule=spec.schedule))  # fmt: skip
         ans, bits, majority = _probe_columns(x, answers, raw, n_test)
         by_p[p] = {"answer": ans.tolist(), "raw_bits": bits.tolist()}
     untrained = sc.init_params(spec.model_config, jax.random.key(seed))
-    x0 = np.asarray(fast_weight_features(untrained, batch.tokens, spec.window, trained_n,
+    x0 = np.asarray(fast_weight_features(untrained, states, spec.window, trained_n,
                                          schedule=spec.schedule))  # fmt: skip
     ans0, bits0, _ = _probe_columns(x0, answers, raw, n_test)
-    n, w = task.num_states, task.width
-    inputs = np.asarray(batch.tokens[:, : n * w], np.float64)
+    inputs = np.asarray(states, np.float64)
     ans_in, _, _ = _probe_columns(inputs, answers, raw, n_test)
     (t,) = task.t_values
     return {
@@ -195,7 +202,7 @@ def main(argv):
     for d in run_dirs:  # every run checked before any is probed
         with open(os.path.join(d, "config.json")) as f:
             saved = json.load(f)["config"]
-        _check_run(d, common.resolve_saved(saved))
+        _check_run(d, common.resolve_saved(saved), saved)
     os.makedirs(_OUT.value, exist_ok=True)
     results = []
     for d in run_dirs:

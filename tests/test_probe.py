@@ -11,7 +11,7 @@ import pytest
 from conftest import init, random_tokens, tiny_config
 
 from experiments import fast_weight_probe
-from experiments.configs import common, rule110
+from experiments.configs import common, recall, rule110
 from sleep_consolidation.analysis import diagnostics
 from sleep_consolidation.analysis.probe import (
     fast_weight_features,
@@ -39,6 +39,57 @@ def test_ridge_probe_matches_its_least_squares_reference():
     chex.assert_trees_all_close(fast, ref, atol=1e-12)
 
 
+def _hand_probe(train_x, train_y, test_x, test_y, lambdas, n_val):
+    """The probe written out directly: an intercept column left unpenalised, standardised on
+    the rows being fitted, lambda by validation accuracy on the last n_val training rows
+    (ties to the smaller), refit on every training row, scored once on the test rows."""
+
+    def fit_score(fx, fy, sx, sy, lam):
+        mean, std = fx.mean(0), fx.std(0)
+        a = np.concatenate([np.ones((len(fx), 1)), (fx - mean) / std], axis=1)
+        penalty = lam * fx.shape[1] * np.eye(a.shape[1])
+        penalty[0, 0] = 0.0
+        w = np.linalg.solve(a.T @ a + penalty, a.T @ (2 * fy - 1))
+        b = np.concatenate([np.ones((len(sx), 1)), (sx - mean) / std], axis=1)
+        return ((b @ w > 0) == (sy > 0.5)).mean(0)
+
+    val = np.stack([fit_score(train_x[:-n_val], train_y[:-n_val], train_x[-n_val:],
+                              train_y[-n_val:], lam) for lam in lambdas])  # fmt: skip
+    best = np.argmax(val, axis=0)
+    test = np.stack([fit_score(train_x, train_y, test_x, test_y, lam) for lam in lambdas])
+    K = train_y.shape[1]
+    return test[best, np.arange(K)], np.asarray(lambdas)[best], val[best, np.arange(K)]
+
+
+def _noisy_targets(seed, n=240, f=40):
+    """Linear targets at several noise levels, few rows per feature: the penalty matters."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, f)) * rng.uniform(0.2, 5.0, size=f)  # unequal scales
+    logits = x / x.std(0) @ rng.normal(size=(f, 6))
+    noise = rng.normal(size=(n, 6)) * np.array([0.0, 1.0, 3.0, 6.0, 10.0, 20.0])
+    return x, (logits + noise > 0).astype(np.float64)
+
+
+def test_ridge_probe_equals_the_probe_written_out_by_hand():
+    x, y = _noisy_targets(4)
+    res = ridge_probe(x[:180], y[:180], x[180:], y[180:], lambdas=(1e2, 1e-2, 1.0))
+    acc, lam, val = _hand_probe(x[:180], y[:180], x[180:], y[180:], (1e-2, 1.0, 1e2), 36)
+    np.testing.assert_array_equal(res["lambda"], lam)
+    np.testing.assert_allclose(res["val_accuracy"], val)
+    np.testing.assert_allclose(res["accuracy"], acc)
+    assert len(set(lam)) >= 2  # the choice of lambda is exercised, not one value throughout
+
+
+def test_the_test_rows_do_not_reach_the_fit():
+    x, y = _noisy_targets(5)
+    res = ridge_probe(x[:180], y[:180], x[180:], y[180:])
+    shuffled = np.random.default_rng(0).permutation(x[180:], axis=1)  # garbage test features
+    other = ridge_probe(x[:180], y[:180], shuffled, y[180:])
+    np.testing.assert_array_equal(res["lambda"], other["lambda"])
+    np.testing.assert_array_equal(res["val_accuracy"], other["val_accuracy"])
+    assert other["accuracy"].mean() < res["accuracy"].mean() - 0.1
+
+
 def test_ridge_probe_reads_a_planted_linear_target_and_not_xor():
     x, y = _planted(2)
     res = ridge_probe(x[:450], y[:450], x[450:], y[450:])
@@ -63,6 +114,7 @@ def test_ridge_probe_reads_a_planted_linear_target_and_not_xor():
         ),  # fmt: skip
         (lambda a: {**a, "lambdas": (1.0, 0.0)}, "lambdas must be positive"),
         (lambda a: {**a, "val_fraction": 0.0}, "val_fraction"),
+        (lambda a: {**a, "test_x": a["test_x"][:0], "test_y": a["test_y"][:0]}, "no rows"),
     ],
 )
 def test_ridge_probe_names_bad_input(change, says):
@@ -112,15 +164,29 @@ def test_probe_targets_recompute_the_tasks_answers(t):
 
 
 @pytest.mark.parametrize(
-    "knobs, says",
-    [({"t_values": (1, 2)}, "one t per model"), ({"probe_radius": 1}, "probe_radius 1")],
+    "change, says",
+    [
+        (lambda c: c.task.update(t_values=(1, 2)), "one t per model"),
+        (lambda c: c.task.update(probe_radius=1), "probe_radius 1"),
+        (lambda c: c.task.update(boundary="zero"), "boundary 'zero'"),
+        (lambda c: c.update(window=4), "window 4 != width 8"),
+        (lambda c: c.update(init_from="runs/n1"), "init_from set"),
+        (lambda c: c.update(layout=("attn",)), "no fast weights"),
+    ],
 )
-def test_probe_refuses_a_run_it_cannot_probe_naming_why(knobs, says):
+def test_probe_refuses_a_run_it_cannot_probe_naming_why(change, says):
     c = rule110.get_config("tiny")
-    c.task.update(knobs)
-    spec = common.resolve_saved(c.to_dict())
+    change(c)
+    saved = c.to_dict()
+    spec = common.resolve_saved(saved)
     with pytest.raises(ValueError, match=f"runs/x: cannot probe a run with .*{says}"):
-        fast_weight_probe._check_run("runs/x", spec)
+        fast_weight_probe._check_run("runs/x", spec, saved)
+
+
+def test_probe_refuses_another_task():
+    saved = recall.get_config("tiny").to_dict()
+    with pytest.raises(ValueError, match="task 'recall'"):
+        fast_weight_probe._check_run("runs/x", common.resolve_saved(saved), saved)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +211,8 @@ def test_probe_run_probes_a_trained_run_end_to_end(tiny_rule110_run):
         assert answer.shape == (2,) and bits.shape == (2, 3)
         assert np.all((answer >= 0) & (answer <= 1)) and np.all((bits >= 0) & (bits <= 1))
     assert sorted(r["model_acc"]) == ["Q1", "Q2"]
+    assert all(0 <= a <= 1 for a in r["model_acc"].values())
+    assert len(r["raw_input_answer"]) == 2 and all(0 <= a <= 1 for a in r["raw_input_answer"])
     json.dumps(r)  # what main writes
     text = fast_weight_probe.table([r], [1, 2])
     assert "| 1 | 2 | 0 |" in text and "answer probe p=2" in text

@@ -64,6 +64,8 @@ def _check_probe_inputs(train_x, train_y, test_x, test_y, lambdas, val_fraction)
     for y_name in ("train_y", "test_y"):
         if not np.all((arrays[y_name] == 0) | (arrays[y_name] == 1)):
             raise ValueError(f"{y_name} must hold 0/1 targets")
+    if test_x.shape[0] < 1:
+        raise ValueError("test_x has no rows: nothing to score the probe on")
     if train_x.shape[0] != train_y.shape[0] or test_x.shape[0] != test_y.shape[0]:
         raise ValueError(
             f"examples differ: train_x {train_x.shape[0]} vs train_y {train_y.shape[0]}, "
@@ -122,13 +124,14 @@ def _probe(fit, train_x, train_y, test_x, test_y, lambdas, val_fraction):
         np.asarray(a, np.float64) for a in (train_x, train_y, test_x, test_y)
     )
     n_val = _check_probe_inputs(train_x, train_y, test_x, test_y, lambdas, val_fraction)
+    lambdas = tuple(sorted(lambdas))  # ascending: a tie goes to the least regularised
     y_pm = 2.0 * train_y - 1.0
     # Choose lambda per target on the last val_fraction of the training split...
     fx, vx = _standardise(train_x[:-n_val], train_x[-n_val:])
     val_acc = np.stack(
         [_accuracy(vx, *fit(fx, y_pm[:-n_val], lam), train_y[-n_val:]) for lam in lambdas]
     )  # [len(lambdas), K]
-    best = np.argmax(val_acc, axis=0)  # first of the best on ties: the least regularised
+    best = np.argmax(val_acc, axis=0)  # the first of the best
     # ... then refit on the whole training split and score the held-out set once.
     tx, sx = _standardise(train_x, test_x)
     fits = [fit(tx, y_pm, lam) for lam in lambdas]
