@@ -30,23 +30,27 @@ from experiments.configs import common
 from sleep_consolidation.analysis.probe import fast_weight_features, ridge_probe
 from sleep_consolidation.tasks.rule110 import rule110_step
 
-_RUNS = flags.DEFINE_multi_string(
-    "runs",
-    None,
-    "a finished Rule 110 run workdir or glob; repeat the flag for more (run "
-    "names hold commas, so one flag is one glob)",
-)
-_PASSES = flags.DEFINE_list("passes", ["1", "2", "4"], "consolidation passes p to probe after")
-_SIZE = flags.DEFINE_integer("size", 4096, "examples drawn per run (fit + held out)")
-_TEST = flags.DEFINE_integer("test_size", 1024, "held-out examples (the last ones drawn)")
-_SEED_OFFSET = flags.DEFINE_integer(
-    "seed_offset", 1000, "the probe's examples come from eval stream seed + this"
-)
-_OUT = flags.DEFINE_string("out", None, "output directory")
-_REPORT_ONLY = flags.DEFINE_bool(
-    "report_only", False, "rewrite <out>/probe.md from <out>/probe.json, probing nothing"
-)
-flags.mark_flags_as_required(["out"])
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line, defined only when this module runs as a program: the tests import
+    it beside other experiment modules whose flags share names (--runs, --out)."""
+    flags.DEFINE_multi_string(
+        "runs", None, "a finished Rule 110 run workdir or glob; repeat the flag for more "
+        "(run names hold commas, so one flag is one glob)",
+    )  # fmt: skip
+    flags.DEFINE_list("passes", ["1", "2", "4"], "consolidation passes p to probe after")
+    flags.DEFINE_integer("size", 4096, "examples drawn per run (fit + held out)")
+    flags.DEFINE_integer("test_size", 1024, "held-out examples (the last ones drawn)")
+    flags.DEFINE_integer(
+        "seed_offset", 1000, "the probe's examples come from eval stream seed + this"
+    )
+    flags.DEFINE_string("out", None, "output directory")
+    flags.DEFINE_bool(
+        "report_only", False, "rewrite <out>/probe.md from <out>/probe.json, probing nothing"
+    )
+    flags.mark_flags_as_required(["out"])
 
 
 def probe_targets(task, tokens, targets):
@@ -185,40 +189,41 @@ def table(results: list[dict], passes: list[int]) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    passes = [int(p) for p in _PASSES.value]
-    if _REPORT_ONLY.value:
-        with open(os.path.join(_OUT.value, "probe.json")) as f:
+    passes = [int(p) for p in FLAGS.passes]
+    if FLAGS.report_only:
+        with open(os.path.join(FLAGS.out, "probe.json")) as f:
             results = json.load(f)
         return _write_report(results, passes, ", ".join(r["run_dir"] for r in results))
-    if not _RUNS.value:
+    if not FLAGS.runs:
         raise SystemExit("--runs is required (unless --report_only)")
-    run_dirs = sorted({d for g in _RUNS.value for d in glob.glob(g) if os.path.isdir(d)})
+    run_dirs = sorted({d for g in FLAGS.runs for d in glob.glob(g) if os.path.isdir(d)})
     if not run_dirs:
-        raise SystemExit(f"no run directories match {_RUNS.value!r}")
+        raise SystemExit(f"no run directories match {FLAGS.runs!r}")
     if any(p < 1 for p in passes):
         raise SystemExit(f"--passes must be >= 1, got {passes}")
-    if not 0 < _TEST.value < _SIZE.value:
-        raise SystemExit(f"--test_size must be in (0, --size={_SIZE.value}), got {_TEST.value}")
+    if not 0 < FLAGS.test_size < FLAGS.size:
+        raise SystemExit(f"--test_size must be in (0, --size={FLAGS.size}), got {FLAGS.test_size}")
     for d in run_dirs:  # every run checked before any is probed
         with open(os.path.join(d, "config.json")) as f:
             saved = json.load(f)["config"]
         _check_run(d, common.resolve_saved(saved), saved)
-    os.makedirs(_OUT.value, exist_ok=True)
+    os.makedirs(FLAGS.out, exist_ok=True)
     results = []
     for d in run_dirs:
         print(f"probing {d}", flush=True)
-        results.append(probe_run(d, passes, _SIZE.value, _TEST.value, _SEED_OFFSET.value))
-        with open(os.path.join(_OUT.value, "probe.json"), "w") as f:  # kept run by run
+        results.append(probe_run(d, passes, FLAGS.size, FLAGS.test_size, FLAGS.seed_offset))
+        with open(os.path.join(FLAGS.out, "probe.json"), "w") as f:  # kept run by run
             json.dump(results, f, indent=1)
-    _write_report(results, passes, " ".join(_RUNS.value))
+    _write_report(results, passes, " ".join(FLAGS.runs))
 
 
 def _write_report(results, passes, what):
     text = table(results, passes)
-    with open(os.path.join(_OUT.value, "probe.md"), "w") as f:
+    with open(os.path.join(FLAGS.out, "probe.md"), "w") as f:
         f.write(f"# Fast-weight probe: {what}\n\n{text}\n")
     print(text)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

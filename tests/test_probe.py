@@ -3,6 +3,8 @@ reads a planted linear signal and not a nonlinear one, its features are the memo
 crosses the last boundary, and the experiment probes a trained Rule 110 run end to end."""
 
 import json
+import subprocess
+import sys
 
 import chex
 import jax.numpy as jnp
@@ -235,3 +237,32 @@ def test_the_report_shows_each_states_probe_after_the_wake_pass_and_after_n():
     assert "| 6 | 4 | 3 | 0.99 0.98 | 0.550 | - | 0.925 | 0.700 | 0.510 / 0.700 | 0.520 |" in text
     per_state = "| 0.99 0.98 | 0.50 0.60 | 0.90 0.95 | 0.80 0.80 | 0.60 0.80 | 0.53 0.55 |"
     assert f"| 6 | 4 | 3 {per_state}" in text
+
+
+def test_the_module_imports_beside_other_experiments_that_define_the_same_flags():
+    # Its flags are defined only when it runs as a program: pytest workers import it in
+    # the same process as depth_ladder (whose --runs and --out share the names).
+    import importlib
+
+    importlib.import_module("experiments.depth_ladder")
+    importlib.reload(fast_weight_probe)
+
+
+def test_the_command_rewrites_the_report_from_probe_json(tmp_path):
+    record = {
+        "run_dir": "runs/x", "t": 2, "trained_n": 1, "seed": 0,
+        "model_acc": {"Q1": 1.0}, "majority": [0.5],
+        "by_passes": {"1": {"answer": [0.97], "raw_bits": [[0.9, 0.9, 0.9]]}},
+        "untrained": {"answer": [0.6], "raw_bits": [[0.8, 0.8, 0.8]]},
+        "raw_input_answer": [0.55],
+    }  # fmt: skip
+    (tmp_path / "probe.json").write_text(json.dumps([record]))
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.fast_weight_probe", f"--out={tmp_path}",
+         "--report_only", "--passes=1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "probe.md").read_text()
+    assert text.startswith("# Fast-weight probe: runs/x")
+    assert "| 2 | 1 | 0 | 1.00 | 0.970 | 0.900 | 0.600 / 0.800 | 0.550 |" in text
