@@ -356,6 +356,10 @@ class Trainer:
             summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
             if getattr(e, "signal_name", None):  # a stop signal (run_dir.StopSignal)
                 summary["signal"] = e.signal_name
+            try:  # a save in flight finishes first, so that last_checkpoint names it
+                ckpt.wait()
+            except Exception as e2:
+                logging.error("could not also finish saving in %s: %s", self.workdir, e2)
             raise
         finally:
             summary.update(
