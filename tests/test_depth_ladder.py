@@ -151,7 +151,7 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     [
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
         "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
-        "depo_frontier", "rule110_probe",
+        "depo_frontier", "rule110_probe", "depo_frontier_confirm",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -204,6 +204,14 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
     elif name == "depo_frontier":  # N = 4 before N = 2, a fixed budget for every N
         assert [p.config["passes"] for p in planned][::5] == [1, 4, 2]
         assert {(p.config["steps"], p.config["stop_patience"]) for p in planned} == {(8000, None)}
+    elif name == "depo_frontier_confirm":  # depo_frontier's runs, N in {1, 4}, seeds 5-9
+        frontier = runner.plan(
+            grid.Sweep.from_config(sweeps.get_config("depo_frontier")), str(tmp_path)
+        )
+        strip = lambda c: {k: v for k, v in c.items() if k != "seed"}  # noqa: E731
+        assert {str(strip(p.config)) for p in planned} <= {str(strip(p.config)) for p in frontier}
+        assert [p.config["passes"] for p in planned][::5] == [1, 4]
+        assert sorted({p.run.seed for p in planned}) == [5, 6, 7, 8, 9] and len(planned) == 10
     else:
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (2, 32),

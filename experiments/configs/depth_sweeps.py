@@ -19,6 +19,7 @@ Variants (each function's docstring says what it asks):
   depo_search_long     the same 4-block sizes without the stopping rule, 12000 steps.
   depo_frontier        N in {1, 2, 4} x seeds 0-4 at depo.py:cpu, 8000 steps: does the hop
                        frontier move out from N = 1's?
+  depo_frontier_confirm  its N in {1, 4} comparison on confirmation seeds 5-9.
 """
 
 from ml_collections import ConfigDict
@@ -226,6 +227,17 @@ def depo_frontier():
     )  # fmt: skip
 
 
+def depo_frontier_confirm():
+    """The frontier test's confirmation (decided at 13:55 UTC 2026-12-04, once depo_frontier
+    saw N = 4 - N = 1 at k = 2 above 0 on seeds 0-4, before any of these runs: BUILD_NOTES.md
+    "The Depo frontier's decisive comparison"): depo_frontier's config, N in {1, 4}, seeds
+    5-9, N = 1 first."""
+    s = depo_frontier()
+    s.axes = ConfigDict({"passes": [1, 4]})
+    s.seeds = (5, 6, 7, 8, 9)
+    return s
+
+
 VARIANTS = {
     "rule110_search": rule110_search,
     "rule110_search_deep": rule110_search_deep,
@@ -239,6 +251,7 @@ VARIANTS = {
     "depo_search": depo_search,
     "depo_search_long": depo_search_long,
     "depo_frontier": depo_frontier,
+    "depo_frontier_confirm": depo_frontier_confirm,
 }
 
 
