@@ -1,5 +1,5 @@
 """Where does a Rule 110 model compute: before the query or at it? Linear probes of the
-fast weights that cross the last window boundary (BUILD_NOTES.md "Stop 27").
+fast weights that cross the last window boundary (BUILD_NOTES.md "The fast-weight probe").
 
     python -m experiments.fast_weight_probe --out=results/depth/probe \
         --runs='runs/depth/runs/passes=?,task.t_values=(6),seed=*'

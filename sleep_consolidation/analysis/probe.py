@@ -24,7 +24,7 @@ from sleep_consolidation.analysis.diagnostics import window_loop
 from sleep_consolidation.config import check_tokens
 from sleep_consolidation.model import Params
 
-LAMBDAS = (1e-2, 1.0, 1e2)  # times the number of features (BUILD_NOTES.md "Stop 27")
+LAMBDAS = (1e-2, 1.0, 1e2)  # times the number of features (BUILD_NOTES.md "The fast-weight probe")
 _STD_FLOOR = 1e-8
 
 
