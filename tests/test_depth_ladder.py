@@ -151,7 +151,7 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     [
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
         "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
-        "depo_frontier", "rule110_probe", "depo_frontier_confirm",
+        "depo_frontier", "rule110_probe", "depo_frontier_confirm", "depo_compute_matched",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -212,6 +212,18 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         assert {str(strip(p.config)) for p in planned} <= {str(strip(p.config)) for p in frontier}
         assert [p.config["passes"] for p in planned][::5] == [1, 4]
         assert sorted({p.run.seed for p in planned}) == [5, 6, 7, 8, 9] and len(planned) == 10
+    elif name == "depo_compute_matched":  # new N = 1 at N = 4's FLOPs; the rest reused
+        frontier = runner.plan(
+            grid.Sweep.from_config(sweeps.get_config("depo_frontier")), str(tmp_path)
+        )
+        strip = lambda c: {k: v for k, v in c.items() if k != "seed"}  # noqa: E731
+        old = {str(strip(p.config)) for p in frontier}
+        new = [p for p in planned if str(strip(p.config)) not in old]
+        assert {(p.config["passes"], p.config["steps"]) for p in new} == {(1, 20_000)}
+        assert sorted(p.run.seed for p in new) == [0, 1, 2, 3, 4] and len(planned) == 15
+        assert planned[0].config["steps"] == 20_000  # the new runs first
+        cfg = sweeps.get_config(name)
+        assert dict(cfg.baseline) == {"passes": 1, "steps": 20_000}
     else:
         assert {(len(p.config["layout"]), p.config["d_model"]) for p in planned} == {
             (2, 32),

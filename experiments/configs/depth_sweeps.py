@@ -20,6 +20,8 @@ Variants (each function's docstring says what it asks):
   depo_frontier        N in {1, 2, 4} x seeds 0-4 at depo.py:cpu, 8000 steps: does the hop
                        frontier move out from N = 1's?
   depo_frontier_confirm  its N in {1, 4} comparison on confirmation seeds 5-9.
+  depo_compute_matched   N = 1 given N = 4's training FLOPs (20000 steps) against
+                       depo_frontier's N = 4, seeds 0-4.
 """
 
 from ml_collections import ConfigDict
@@ -238,6 +240,31 @@ def depo_frontier_confirm():
     return s
 
 
+# N = 4's training FLOPs over N = 1's at depo.py:cpu (experiments/bench/flops.py
+# `model_flops_per_step`: 2.495x; only the ssm blocks are looped, and attention and the
+# readout run once), so the compute-matched N = 1 gets 8000 x 2.5 steps.
+DEPO_COMPUTE_MATCHED_STEPS = 20_000
+
+
+def depo_compute_matched():
+    """Is the Depo frontier gain more than compute? (Decided before it ran: BUILD_NOTES.md
+    "The Depo compute-matched control".) N = 1 given N = 4's training FLOPs as more steps
+    (20000 instead of 8000, the same recipe otherwise), seeds 0-4, paired with
+    depo_frontier's N = 4 and N = 1 runs of the same seeds, which it reuses from a shared
+    --runs_dir (a run is found by its config). Baseline: the compute-matched N = 1."""
+    s = depo_frontier()
+    s.axes = ConfigDict(
+        {"passes+steps": ((1, DEPO_COMPUTE_MATCHED_STEPS), (4, DEPO_FRONTIER_STEPS),
+                          (1, DEPO_FRONTIER_STEPS))},
+        allow_dotted_keys=True,
+    )  # fmt: skip
+    del s.fixed["steps"]
+    s.baseline = ConfigDict({"passes": 1, "steps": DEPO_COMPUTE_MATCHED_STEPS})
+    s.x_field = "steps"
+    s.est_run_s = 500.0
+    return s
+
+
 VARIANTS = {
     "rule110_search": rule110_search,
     "rule110_search_deep": rule110_search_deep,
@@ -252,6 +279,7 @@ VARIANTS = {
     "depo_search_long": depo_search_long,
     "depo_frontier": depo_frontier,
     "depo_frontier_confirm": depo_frontier_confirm,
+    "depo_compute_matched": depo_compute_matched,
 }
 
 
