@@ -201,6 +201,28 @@ def test_frontier_is_the_largest_depth_passed_without_a_gap():
     assert "| passes=1 | 4 1 0 | 1.67 |" in table  # a gap at d=2 stops seed 1 at d=1
 
 
+def test_per_seed_table_lists_every_run_with_its_depths_stop_and_frontier():
+    def rec(point, seed, accs, stopped, converged):
+        ev = {f"acc/d={d}": a for d, a in zip((1, 2, 4), accs, strict=True)}
+        return {"point": point, "overrides": {}, "seed": seed, "status": "completed",
+                "eval": {**ev, "acc": sum(accs) / 3}, "stopped_at": stopped,
+                "converged": converged, "train_s": 12.4}  # fmt: skip
+
+    recs = [
+        rec("passes=4", 1, (0.9, 0.2, 0.8), 8000, False),
+        rec("passes=4", 0, (0.9, 0.6, 0.3), 3000, True),
+        {"point": "passes=4", "overrides": {}, "seed": 2, "status": "failed", "eval": {}},
+    ]
+    table = report.per_seed_table(recs, threshold=0.5).splitlines()
+    assert table[2] == "| point | seed | d=1 | d=2 | d=4 | all | stopped | train s | frontier |"
+    # seeds in order, the unfinished run left out, a capped run marked, a gap ends the frontier
+    assert table[4:] == [
+        "| passes=4 | 0 | 0.900 | 0.600 | 0.300 | 0.600 | 3000 | 12 | 2 |",
+        "| passes=4 | 1 | 0.900 | 0.200 | 0.800 | 0.633 | 8000† | 12 | 1 |",
+    ]
+    assert "frontier" not in report.per_seed_table(recs).splitlines()[2]
+
+
 # --- the run directory reader ---------------------------------------------------------
 
 

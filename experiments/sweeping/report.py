@@ -19,6 +19,7 @@ from experiments.sweeping.tables import (
     UNCONVERGED_NOTE,
     eval_n_table,
     frontier_table,
+    per_seed_table,
     summary_table,
 )
 from experiments.sweeping.verdict import paired_diffs, verdict_lines
@@ -31,6 +32,7 @@ __all__ = [
     "eval_n_table",
     "frontier_table",
     "paired_diffs",
+    "per_seed_table",
     "plot_sweep",
     "summary_table",
     "verdict_lines",
@@ -64,7 +66,8 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
     cross = eval_n_table(records, metric=metric)
     if cross is not None:
         table += "\n\n" + cross
-    if s.get("frontier") is not None:
+    if s.get("frontier") is not None:  # a depth study: every seed's depths, then frontiers
+        table += "\n\n" + per_seed_table(records, metric=metric, threshold=s.frontier)
         table += "\n\n" + frontier_table(records, s.frontier, metric=metric)
     plot_sweep(records, os.path.join(workdir, PLOT_FILE), x_field=s.get("x_field", "passes"),
                metric=metric, baseline=baseline, interval=interval)  # fmt: skip

@@ -1,5 +1,6 @@
 """A sweep's markdown tables: per point and depth the metric over seeds, the paired
-difference against the baseline, the metric at other eval N, the depth frontier."""
+difference against the baseline, the metric at other eval N, every seed's values at each
+depth, the depth frontier."""
 
 from __future__ import annotations
 
@@ -133,6 +134,47 @@ def eval_n_table(records: Sequence[dict], metric: str = "acc") -> str | None:
     return "\n".join(lines)
 
 
+def _frontier(record: dict, keys: Sequence[str], threshold: float) -> float:
+    """The largest depth d such that every depth up to d scores >= threshold (0: none)."""
+    front = 0.0
+    for k in keys:
+        v = record["eval"].get(k)
+        if v is None or v < threshold:
+            break
+        front = float(k.split("=")[1])
+    return front
+
+
+def per_seed_table(records: Sequence[dict], metric: str = "acc", threshold=None) -> str:
+    """Markdown: one row per run (point, seed): `metric` at each depth and over all, the
+    step it stopped at and why (a dagger: it did not converge), its training seconds, and,
+    with `threshold`, its depth frontier. The table a results document quotes per seed."""
+    done = completed(records)
+    keys = depth_keys(done, metric)
+    head = ["point", "seed"] + [k.replace(f"{metric}/", "") for k in keys] + ["all", "stopped"]
+    head += ["train s"] + (["frontier"] if threshold is not None else [])
+    lines = [
+        f"**{metric} per seed** (each run's final eval)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for name, rs in by_point(done).items():
+        for r in sorted(rs, key=lambda r: r["seed"]):
+            stop = r.get("stopped_at")
+            stop = "n/a" if stop is None else f"{stop}{DAGGER if is_unconverged(r) else ''}"
+            cells = [fmt(r["eval"].get(k)) for k in keys] + [fmt(r["eval"].get(metric)), stop]
+            cells.append("n/a" if r.get("train_s") is None else f"{r['train_s']:.0f}")
+            if threshold is not None:
+                cells.append(f"{_frontier(r, keys, threshold):g}")
+            lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def frontier_table(records: Sequence[dict], threshold: float, metric: str = "acc") -> str:
     """Markdown: per point and seed, the depth frontier = the largest depth d such that
     every depth up to d scores `metric` >= threshold (0 if even the shallowest does not)."""
@@ -148,13 +190,7 @@ def frontier_table(records: Sequence[dict], threshold: float, metric: str = "acc
     for name, rs in by_point(done).items():
         fronts = []
         for r in sorted(rs, key=lambda r: r["seed"]):
-            front = 0.0
-            for k in keys:
-                v = r["eval"].get(k)
-                if v is None or v < threshold:
-                    break
-                front = float(k.split("=")[1])
-            fronts.append(front)
+            fronts.append(_frontier(r, keys, threshold))
         per_seed = " ".join(f"{f:g}" for f in fronts)
         lines.append(f"| {name} | {per_seed} | {np.mean(fronts):.2f} |")
     return "\n".join(lines)
