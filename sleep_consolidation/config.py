@@ -220,7 +220,10 @@ def resolve_schedule(schedule: Schedule | None, kwargs: dict) -> Schedule:
 
 
 # How the training form recomputes activations in backprop (`forward`'s `remat`).
-REMAT_MODES = ("none", "pass", "window")
+# "window+pass": each window recomputed in backprop and, inside that recompute, each sleep
+# pass: only pass boundaries of one window are live at a time, so memory stays nearly flat
+# in N where "pass" alone keeps every window's pass boundaries (BUILD_NOTES.md "Memory in N").
+REMAT_MODES = ("none", "pass", "window", "window+pass")
 
 
 def check_loop(window, passes, *, remat="none", grad_passes=None, prefix="", schedule=None) -> None:

@@ -202,7 +202,7 @@ def window_step(
         fast_new = {b: fast_new[b] for b in looped_ssm}
         return (h, fast_new, kv_new, xs_new), ((fast_new, _mean_norm(h)) if record else None)
 
-    if remat == "pass":
+    if remat in ("pass", "window+pass"):
         sleep_pass = jax.checkpoint(sleep_pass)
     # Under remat the pass loop stays a lax.scan: unrolled, XLA kept every pass's
     # activations anyway (415 MiB with and without remat="pass" at N=8; BUILD_NOTES.md).
@@ -297,7 +297,8 @@ def forward(
       passes: N >= 1; N=1 is the vanilla hybrid (static).
       schedule: a `Schedule`, or its fields as keywords (eviction, reset_between_passes,
         reinject_embedding, loop_blocks).
-      remat: "none", "pass" (recompute each sleep pass in backprop) or "window".
+      remat: "none", "pass" (recompute each sleep pass in backprop), "window" (recompute
+        each window) or "window+pass" (both, nested: the least memory, nearly flat in N).
       grad_passes: if set, differentiate only the last k passes of each window's
         consolidation (truncated backprop); None = full backprop through every pass.
       return_fast: also return the fast weights after the sequence (a last full window is
@@ -339,7 +340,8 @@ def forward(
         grad_passes=grad_passes,
         out_positions=out_positions,
     )
-    if remat == "window":
+    by_window = remat in ("window", "window+pass")
+    if by_window:
         step = jax.checkpoint(step, static_argnums=(2, 3))
     early, late = split_positions(positions, n_scan * L)
     carry = init_carry(cfg, B, L, schedule)
@@ -348,7 +350,7 @@ def forward(
         scanned = tokens[:, : n_scan * L].reshape(B, n_scan, L).swapaxes(0, 1)
         carry, hs = loops.scan(
             lambda c, t: step(c, t, True, None), carry, scanned,
-            max_unroll=0 if remat == "window" else None,
+            max_unroll=0 if by_window else None,
         )  # fmt: skip
         pieces.append(hs.swapaxes(0, 1).reshape(B, n_scan * L, -1))
     last = tokens[:, n_scan * L :]

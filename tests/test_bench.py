@@ -210,6 +210,20 @@ def test_train_targets_with_two_ns_have_no_linearity_target():
     assert len(ts) == 3 and ts[1]["want"] == ">= 10x at N=2"  # N=4 absent: the last N
 
 
+def test_train_targets_rate_the_nested_remat_when_it_was_measured():
+    rows = _train_rows([4.0, 4.0], [100.0, 400.0], [10.0, 20.0], {1: 1.0, 8: 8.0})
+    rows += [{"N": 1, "variant": "chunked_remat_window_pass", "temp_mib": 4.0},
+             {"N": 8, "variant": "chunked_remat_window_pass", "temp_mib": 5.0}]  # fmt: skip
+    ts = targets.train_targets("model", rows)
+    nested = [t for t in ts if t["target"].endswith("remat=window+pass)")]
+    assert len(nested) == 1 and nested[0]["measured"] == "1.25x" and nested[0]["status"] == "pass"
+    assert ts[2]["status"] == "miss"  # remat=pass: 20 / 10 = 2x
+    rows[-1]["temp_mib"] = 7.0
+    assert [t for t in targets.train_targets("model", rows) if "window+pass" in t["target"]][0][
+        "status"
+    ] == "miss"
+
+
 def test_linear_deviation():
     assert targets.linear_deviation([1, 2, 4], [1.0, 2.0, 4.0]) == pytest.approx(0.0, abs=1e-12)
     assert targets.linear_deviation([1, 2], [1.0, 2.0]) is None

@@ -138,7 +138,7 @@ def test_rule_remat_gives_the_same_gradients():
 
 @pytest.mark.slow  # three compiled gradients through sleep (~30 s idle); CI runs -m slow
 def test_forward_remat_gives_the_same_gradients():
-    """`forward(..., remat=...)` "none" vs "pass" vs "window" with the chunked rule: the
+    """`forward(..., remat=...)` "none" vs "pass", "window", "window+pass" (chunked rule): the
     same gradients wrt the params of a loss over three windows (two consolidated with
     N=2 passes), so the recomputed sleep passes are on the gradient's path. (The scan rule
     with attention too: test_model.py's slow test_remat_gives_same_gradients.)"""
@@ -156,7 +156,7 @@ def test_forward_remat_gives_the_same_gradients():
     assert _tree_max_abs(want.blocks[0]["mixer"]) > 1e-3  # the fast-weight layer's gradient
     # atol: these gradients are O(1-10) (a sum over 2*11*11 readout terms), so entries that
     # cancel to ~0 carry the absolute rounding of that scale (1.4e-6 seen); 1e-5 of it.
-    for remat in ("pass", "window"):
+    for remat in ("pass", "window", "window+pass"):
         chex.assert_trees_all_close(grads(params, remat), want, rtol=1e-5, atol=1e-5)
 
 

@@ -55,3 +55,18 @@ def test_gpu_check_tiny_cpu(tmp_path):
 
     for title in ("stream == forward", "One sleep pass", "fla's Triton", "Train step"):
         assert title in md
+
+
+@pytest.mark.slow  # compiles a tiny Rule 110 step four times (~1 min); CI runs -m slow
+def test_memory_in_n_tabulates_the_temp_bytes_per_mode_and_n(monkeypatch):
+    from experiments.bench import gpu_train, memory_in_n
+
+    tiny = gpu_train.rule110_config(True)
+    monkeypatch.setattr(gpu_train, "rule110_config", lambda _: dict(tiny))
+    lines = memory_in_n.table(2, [1, 2], ["pass", "window+pass"]).splitlines()
+    assert lines[0] == "| remat | N | temp MiB (batch 2) | vs N=1 |" and len(lines) == 6
+    rows = [ln.strip("|").split("|") for ln in lines[2:]]
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [
+        ("pass", 1), ("pass", 2), ("window+pass", 1), ("window+pass", 2),
+    ]  # fmt: skip
+    assert all(float(r[2]) > 0 for r in rows) and rows[0][3].strip() == "1.00x"

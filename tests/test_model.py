@@ -134,7 +134,7 @@ def test_truncated_gradients_differ_and_stay_finite(tokens):
 
 
 @pytest.mark.slow  # out of the default run (kept under 5 min); CI runs -m slow
-@pytest.mark.parametrize("remat", ["pass", "window"])
+@pytest.mark.parametrize("remat", ["pass", "window", "window+pass"])
 def test_remat_gives_same_gradients(tokens, remat):
     params = sc.init_params(tiny_config(layout=("attn", "ssm")), jax.random.key(0))
     g0 = jax.grad(_last_window_loss)(params, tokens, 3)

@@ -48,7 +48,7 @@ def rows_spec(tiny: bool, train_passes) -> list[tuple[int, str, str]]:
     return [(n, remat, dtype) for n, remat in points for dtype in ("float32", "bfloat16")]
 
 
-def _compile(c: dict):
+def compile_step(c: dict):
     """The step of config dict `c` compiled for its first batch, with XLA's memory figures.
     Returns (spec, compiled, state, batch, compile seconds, memory dict or None)."""
     spec = sc.resolve_config(c)
@@ -89,7 +89,7 @@ def train_row(tiny: bool, passes: int, remat: str, reps: int, dtype: str = "floa
     c = rule110_config(tiny)
     c["passes"], c["remat"] = passes, remat
     c["compute_dtype"] = None if dtype == "float32" else dtype
-    spec, compiled, state, batch, compile_s, mem = _compile(c)
+    spec, compiled, state, batch, compile_s, mem = compile_step(c)
     times, metrics = _time_steps(compiled, state, batch, reps)
     med = float(np.median(times))
     dev = jax.local_devices()[0]

@@ -163,6 +163,20 @@ def train_targets(level: str, rows: list[dict]) -> list[dict]:
             status(None if flat is None else flat <= 1.5),
         ),
     ]
+    nested = "chunked_remat_window_pass"  # the whole model's rows only
+    if len(Ns) >= 2 and get(nested, Ns[0]).get("temp_mib") is not None:
+        flat_nested = measure.ratio(
+            get(nested, Ns[-1]).get("temp_mib"), get(nested, Ns[0]).get("temp_mib")
+        )
+        out.append(
+            target(
+                f"training ({level}): memory flat in N (N={Ns[-1]} vs N={Ns[0]}, "
+                "remat=window+pass)",
+                "within 1.5x",
+                f"{fmt(flat_nested)}",
+                status(None if flat_nested is None else flat_nested <= 1.5),
+            )
+        )
     dev = linear_deviation(Ns, [get(best, N).get("median_s") for N in Ns])
     if dev is not None:
         out.append(

@@ -20,6 +20,9 @@ TRAIN_VARIANTS = {
     "scan_plain": ("scan", "none"),
     "chunked_plain": ("chunked", "none"),
     "chunked_remat_pass": ("chunked", "pass"),
+    # each window recomputed and, inside, each pass: the least memory (BUILD_NOTES.md
+    # "Memory in N")
+    "chunked_remat_window_pass": ("chunked", "window+pass"),
 }
 
 RULE_TRAIN_VARIANTS = {
