@@ -45,10 +45,14 @@ LADDER_MODEL = {
     "steps": 6000, "layout": ("attn", "ssm", "attn", "ssm"), "wake_passes": 1, "eviction": "hard",
 }  # fmt: skip
 
-flags.DEFINE_list("results", None, "results.jsonl files of the ladder's sweeps")
-flags.DEFINE_list("runs", None, "or: directories of run directories (read while sweeps run)")
-flags.DEFINE_string("out", None, "report directory (depth_ladder.md)")
-flags.DEFINE_float("frontier", FRONTIER, "accuracy that counts a depth as learned")
+
+def define_flags():
+    """The command line, defined only when this module runs as a program: tests import it
+    beside other experiment modules whose flags share names (--runs, --out)."""
+    flags.DEFINE_list("results", None, "results.jsonl files of the ladder's sweeps")
+    flags.DEFINE_list("runs", None, "or: directories of run directories (read while sweeps run)")
+    flags.DEFINE_string("out", None, "report directory (depth_ladder.md)")
+    flags.DEFINE_float("frontier", FRONTIER, "accuracy that counts a depth as learned")
 
 
 def load_records(paths: Sequence[str]) -> list[dict]:
@@ -351,4 +355,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
