@@ -221,8 +221,8 @@ def resolve_schedule(schedule: Schedule | None, kwargs: dict) -> Schedule:
 
 # How the training form recomputes activations in backprop (`forward`'s `remat`).
 # "window+pass": each window recomputed in backprop and, inside that recompute, each sleep
-# pass: only pass boundaries of one window are live at a time, so memory stays nearly flat
-# in N where "pass" alone keeps every window's pass boundaries (BUILD_NOTES.md "Memory in N").
+# pass: only one window's pass boundaries are live at a time, so from N = 2 on memory stays
+# nearly flat in N, where "pass" alone keeps every window's (BUILD_NOTES.md "Memory in N").
 REMAT_MODES = ("none", "pass", "window", "window+pass")
 
 

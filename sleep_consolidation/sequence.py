@@ -298,7 +298,8 @@ def forward(
       schedule: a `Schedule`, or its fields as keywords (eviction, reset_between_passes,
         reinject_embedding, loop_blocks).
       remat: "none", "pass" (recompute each sleep pass in backprop), "window" (recompute
-        each window) or "window+pass" (both, nested: the least memory, nearly flat in N).
+        each window) or "window+pass" (both, nested: the least memory at N > 1, nearly
+        flat in N from N = 2).
       grad_passes: if set, differentiate only the last k passes of each window's
         consolidation (truncated backprop); None = full backprop through every pass.
       return_fast: also return the fast weights after the sequence (a last full window is

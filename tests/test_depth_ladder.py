@@ -232,6 +232,27 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         }
 
 
+def test_the_command_writes_the_report_from_results_jsonl(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    records = [_fake_run(tmp_path, t, 1, s, a) for t, a in ((0, 1.0), (2, 0.8)) for s in (0, 1)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.depth_ladder", f"--results={results}",
+         f"--out={tmp_path / 'report'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "report" / "depth_ladder.md").read_text()
+    assert text.startswith("# Rule 110 depth ladder") and "seed 0: 1.000, seed 1: 1.000" in text
+    none = subprocess.run([sys.executable, "-m", "experiments.depth_ladder"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert none.returncode != 0 and "give --results" in none.stderr
+
+
 def test_a_frontier_is_a_bound_where_the_seed_skipped_the_depths_that_pin_it():
     from experiments import depth_ladder
 

@@ -240,8 +240,8 @@ def test_the_report_shows_each_states_probe_after_the_wake_pass_and_after_n():
 
 
 def test_the_module_imports_beside_other_experiments_that_define_the_same_flags():
-    # Its flags are defined only when it runs as a program: pytest workers import it in
-    # the same process as depth_ladder (whose --runs and --out share the names).
+    # Its flags (and depth_ladder's, which share --runs and --out) are defined only when
+    # each runs as a program: pytest workers import both in one process.
     import importlib
 
     importlib.import_module("experiments.depth_ladder")

@@ -219,8 +219,25 @@ def test_per_seed_table_lists_every_run_with_its_depths_stop_and_frontier():
     assert table[4:] == [
         "| passes=4 | 0 | 0.900 | 0.600 | 0.300 | 0.600 | 3000 | 12 | 2 |",
         "| passes=4 | 1 | 0.900 | 0.200 | 0.800 | 0.633 | 8000† | 12 | 1 |",
+        "",
+        report.UNCONVERGED_NOTE,
     ]
     assert "frontier" not in report.per_seed_table(recs).splitlines()[2]
+
+
+def test_a_depth_study_report_has_the_per_seed_table(tmp_path):
+    recs = [{"point": f"passes={n}", "overrides": {"passes": n}, "seed": s,
+             "status": "completed", "eval": {"acc/d=1": 0.9, "acc/d=2": 0.2 + 0.3 * n},
+             "stopped_at": 100, "converged": True, "run_dir": "/nonexistent"}
+            for n in (1, 2) for s in (0, 1)]  # fmt: skip
+    from experiments.configs.sweep_spec import make_sweep
+
+    cfg = make_sweep("experiments/configs/depo.py", {"passes": [1, 2]}, [0, 1], frontier=0.5)
+    text = report.write_report(str(tmp_path), cfg, recs)
+    assert "**acc per seed**" in text and "| passes=2 | 1 | 0.900 | 0.800 |" in text
+    assert (tmp_path / "summary.md").read_text().count("**acc per seed**") == 1
+    cfg.frontier = None
+    assert "per seed**" not in report.write_report(str(tmp_path), cfg, recs)
 
 
 # --- the run directory reader ---------------------------------------------------------

@@ -10,6 +10,9 @@
   targets.py      docs/performance.md's targets: verdicts and their table
   gpu_suite.py    the GPU check: options, the part runner, its report
   gpu_stream.py, gpu_sleep.py, fla_compare.py, gpu_train.py: one part each (run + markdown)
+  memory_in_n.py  XLA's temp bytes of the paper-size step per remat mode and N (its own
+                  command: `python -m experiments.bench.memory_in_n`)
 
-Nothing here reads flags: the two entry points turn theirs into arguments.
+Nothing else here reads flags: the two entry points turn theirs into arguments, and
+memory_in_n defines its own only when it runs as a program.
 """

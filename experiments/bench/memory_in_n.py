@@ -33,7 +33,8 @@ def table(batch: int, passes: Sequence[int], remats: Sequence[str]) -> str:
         first = None
         for n in passes:
             mib = temp_mib(batch, n, remat)
-            first = first or mib
+            if first is None:
+                first = mib
             lines.append(f"| {remat} | {n} | {mib:.1f} | {mib / first:.2f}x |")
     return "\n".join(lines)
 

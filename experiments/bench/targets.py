@@ -128,8 +128,9 @@ def sleep_targets(s: dict, on_gpu: bool) -> list[dict]:
 
 def train_targets(level: str, rows: list[dict]) -> list[dict]:
     """Training targets for one table of rows (N, variant, median_s, temp_mib, ...): step
-    <= 5x forward, BPTT memory >= 10x below the plain scan, memory flat in N (1.5x), and,
-    with >= 3 values of N, step time linear in N (15%)."""
+    <= 5x forward, BPTT memory >= 10x below the plain scan, memory flat in N (1.5x; for
+    remat=window+pass too, where its rows were measured), and, with >= 3 values of N, step
+    time linear in N (15%)."""
     get = lambda v, N: next((r for r in rows if r["variant"] == v and r["N"] == N), {})
     Ns = sorted({r["N"] for r in rows})
     best = "chunked_remat_pass"

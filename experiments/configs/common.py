@@ -57,7 +57,7 @@ def base_config(task: str, **task_knobs) -> ConfigDict:
     c.normalize_sleep_input = False  # each sleep pass reads its input at unit RMS
     c.wake_passes = 1  # K > 1: the looped blocks run K times at wake (online depth; N = 1)
     c.grad_passes = config_dict.placeholder(int)  # k: last k passes (estimator="truncated")
-    c.remat = "none"  # "pass" or "window" to bound memory at large N
+    c.remat = "none"  # "pass", "window" or "window+pass" to bound memory at large N
     # Meta-gradient estimator (estimators.py): "full" (backprop through every pass),
     # "truncated" (the last grad_passes passes) or "es" (antithetic ES with es_pairs pairs
     # at scale es_sigma on the rule's theta, es_scope="theta", the rest by backprop; or on

@@ -163,15 +163,20 @@ def per_seed_table(records: Sequence[dict], metric: str = "acc", threshold=None)
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
 
+    any_flag = False
     for name, rs in by_point(done).items():
         for r in sorted(rs, key=lambda r: r["seed"]):
             stop = r.get("stopped_at")
-            stop = "n/a" if stop is None else f"{stop}{DAGGER if is_unconverged(r) else ''}"
+            flag = DAGGER if is_unconverged(r) else ""
+            any_flag = any_flag or bool(flag)
+            stop = f"{'n/a' if stop is None else stop}{flag}"
             cells = [fmt(r["eval"].get(k)) for k in keys] + [fmt(r["eval"].get(metric)), stop]
             cells.append("n/a" if r.get("train_s") is None else f"{r['train_s']:.0f}")
             if threshold is not None:
                 cells.append(f"{_frontier(r, keys, threshold):g}")
             lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + " |")
+    if any_flag:
+        lines += ["", UNCONVERGED_NOTE]
     return "\n".join(lines)
 
 
