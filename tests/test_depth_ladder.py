@@ -152,6 +152,7 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
         "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
         "depo_frontier", "rule110_probe", "depo_frontier_confirm", "depo_compute_matched",
+        "rule110_easy",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -170,6 +171,14 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         cells = [(tuple(p.config["task"]["t_values"]), p.config["passes"]) for p in planned]
         assert cells[:10] == [((depth_sweeps.T_STAR,), 1)] * 5 + [((depth_sweeps.T_STAR,), 4)] * 5
         assert len(set(cells)) == 9 and len(planned) == 45
+    elif name == "rule110_easy":  # a subset of rule110_depth's runs, t = 4, N in {1, 4}
+        depth = runner.plan(
+            grid.Sweep.from_config(sweeps.get_config("rule110_depth")), str(tmp_path)
+        )
+        strip = lambda c: {k: v for k, v in c.items() if k != "seed"}  # noqa: E731
+        assert {str(strip(p.config)) for p in planned} <= {str(strip(p.config)) for p in depth}
+        cells = {(tuple(p.config["task"]["t_values"]), p.config["passes"]) for p in planned}
+        assert cells == {((4,), 1), ((4,), 4)} and len(planned) == 10
     elif name == "rule110_confirm":
         assert sorted({p.run.seed for p in planned}) == [5, 6, 7, 8, 9]
         assert {p.config["passes"] for p in planned} == {1, 4}

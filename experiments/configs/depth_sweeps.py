@@ -7,6 +7,7 @@ Variants (each function's docstring says what it asks):
   rule110_search       step 1: N = 1 alone at t in {0, 1, 2, 4, 6, 8}, to find t*.
   rule110_search_deep  the t* search continued at t in {12, 16}.
   rule110_depth        step 2, the claim: N in {1, 4, 2} x seeds 0-4 at t* and its neighbours.
+  rule110_easy         rule110_depth's t = 4 pairs (N in {1, 4}) alone, run first.
   rule110_confirm      N = 4 vs N = 1 at t* on confirmation seeds 5-9.
   rule110_controls     compute-matched N = 1 and attention-only at t*.
   rule110_attention_only  the attention-only arm of rule110_controls alone (same run names).
@@ -77,6 +78,18 @@ def rule110_depth():
         "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
         fixed=dict(CONVERGED), x_field="passes", est_run_s=1200.0,
     )  # fmt: skip
+
+
+def rule110_easy():
+    """The claim sweep's t = 4 pairs (N in {1, 4}, seeds 0-4) on their own: the same runs
+    as in rule110_depth (which reuses them from a shared --runs_dir), run before its N = 2
+    arm so that "easy instances saturate" can be read first (N = 4 first: N = 1 at t = 4
+    already ran on seeds 0-1 in the search). A reordering, not a new
+    design (BUILD_NOTES.md "Stop 28")."""
+    s = rule110_depth()
+    s.axes = ConfigDict({"task.t_values+passes": (((4,), 4), ((4,), 1))}, allow_dotted_keys=True)
+    s.est_run_s = 1500.0
+    return s
 
 
 def rule110_confirm():
@@ -269,6 +282,7 @@ VARIANTS = {
     "rule110_search": rule110_search,
     "rule110_search_deep": rule110_search_deep,
     "rule110_depth": rule110_depth,
+    "rule110_easy": rule110_easy,
     "rule110_confirm": rule110_confirm,
     "rule110_controls": rule110_controls,
     "rule110_attention_only": rule110_attention_only,
