@@ -184,6 +184,27 @@ def test_sigterm_stops_the_run_like_sigint_recording_it_and_releasing_the_lock(t
     assert not os.path.exists(os.path.join(workdir, "train.lock"))
 
 
+def test_a_stop_signal_inside_signals_deferred_is_raised_as_the_block_ends():
+    import signal
+    import time
+
+    from sleep_consolidation.training import run_dir
+
+    ran_to_the_end = []
+    with pytest.raises(run_dir.StopSignal) as e:
+        with run_dir.stop_signals_raise():
+            with run_dir.signals_deferred():
+                with run_dir.signals_deferred():  # nested: held until the outermost ends
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.2)
+                ran_to_the_end.append("inner")
+                time.sleep(0.2)
+                ran_to_the_end.append("outer")
+    assert e.value.signal_name == "SIGTERM" and ran_to_the_end == ["inner", "outer"]
+    with run_dir.signals_deferred():  # nothing pending afterwards: a quiet block ends quietly
+        pass
+
+
 def test_a_stop_signal_raises_once_and_the_handlers_are_restored():
     import signal
     import time

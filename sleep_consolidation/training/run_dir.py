@@ -62,11 +62,33 @@ class StopSignal(KeyboardInterrupt):
         super().__init__(f"stopped by {self.signal_name}")
 
 
+# A stop signal that arrives inside `signals_deferred` is held here and raised as the
+# outermost such block ends (signals are delivered to the main thread only).
+_DEFERRED = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within the block a stop signal is held and raised (`StopSignal`) as the block ends:
+    for code that must not be cut half-way. Raised inside Orbax's start of an asynchronous
+    save, the signal left its manager in a state whose `wait_until_finished` never
+    returned, so the run hung instead of stopping (CI, stop 28)."""
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+    if not _DEFERRED["depth"] and _DEFERRED["pending"] is not None:
+        signum, _DEFERRED["pending"] = _DEFERRED["pending"], None
+        raise StopSignal(signum)
+
+
 @contextlib.contextmanager
 def stop_signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
-    """Within the block, the first of `signums` raises `StopSignal`; a repeat is logged
-    and ignored, so that the clean-up it started (the summary, the save in flight) is not
-    cut short. Does nothing outside the main thread (Python delivers signals there only)."""
+    """Within the block, the first of `signums` raises `StopSignal` (inside
+    `signals_deferred`, as that block ends); a repeat is logged and ignored, so that the
+    clean-up it started (the summary, the save in flight) is not cut short. Does nothing
+    outside the main thread (Python delivers signals there only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -79,6 +101,11 @@ def stop_signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
                             signal.Signals(signum).name)  # fmt: skip
             return
         fired.append(signum)
+        if _DEFERRED["depth"]:  # inside signals_deferred: raised as that block ends
+            logging.warning("%s: stopping once the checkpoint save in progress has started",
+                            signal.Signals(signum).name)  # fmt: skip
+            _DEFERRED["pending"] = signum
+            return
         raise StopSignal(signum)
 
     old = {s: signal.signal(s, handler) for s in signums}

@@ -58,6 +58,7 @@ from sleep_consolidation.training.run_dir import (
     close_all,
     io_error,
     run_record,
+    signals_deferred,
 )
 from sleep_consolidation.training.run_log import (
     RunLog,
@@ -267,7 +268,10 @@ class Trainer:
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
             if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
-                ckpt.save(state, self._history_metadata())
+                # A stop signal raised inside Orbax's save left it hanging: held until the
+                # save has started (run_dir.signals_deferred).
+                with signals_deferred():
+                    ckpt.save(state, self._history_metadata())
             clock.restart(step)
             if converged:
                 logging.info("stopping at step %d: %s has not improved by more than %g "
@@ -327,7 +331,8 @@ class Trainer:
                 summary["eval"] = summary_metrics(self.evaluator(state.params))
                 if stopped:
                     summary["stop_reason"] = stopping.CONVERGED
-            ckpt.wait()  # an asynchronous save that failed raises here, before "completed"
+            with signals_deferred():  # not cut half-way either (see the save below)
+                ckpt.wait()  # an asynchronous save that failed raises here, before "completed"
             step = int(jax.device_get(state.step))
             reason = summary.setdefault("stop_reason", stopping.STEP_CAP)
             summary.update(status="completed", step=step)
