@@ -203,6 +203,19 @@ def test_a_stop_signal_inside_signals_deferred_is_raised_as_the_block_ends():
     assert e.value.signal_name == "SIGTERM" and ran_to_the_end == ["inner", "outer"]
     with run_dir.signals_deferred():  # nothing pending afterwards: a quiet block ends quietly
         pass
+    # raise_pending: where a loop may stop, the held signal is raised there, and only once.
+    steps = []
+    with pytest.raises(run_dir.StopSignal):
+        with run_dir.stop_signals_raise(), run_dir.signals_deferred():
+            for step in range(3):
+                run_dir.raise_pending()
+                steps.append(step)
+                if step == 1:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.2)  # delivered here, held
+    assert steps == [0, 1]  # step 2 never started
+    with run_dir.signals_deferred():
+        run_dir.raise_pending()  # nothing left pending
 
 
 def test_a_stop_signal_raises_once_and_the_handlers_are_restored():

@@ -69,16 +69,25 @@ _DEFERRED = {"depth": 0, "pending": None}
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Within the block a stop signal is held and raised (`StopSignal`) as the block ends:
-    for code that must not be cut half-way. Raised inside Orbax's start of an asynchronous
-    save, the signal left its manager in a state whose `wait_until_finished` never
-    returned, so the run hung instead of stopping (CI, stop 28)."""
+    """Within the block a stop signal is held, and raised (`StopSignal`) at the next
+    `raise_pending()` or as the block ends: for code that must not be cut half-way. A
+    signal raised at an arbitrary point of the training loop (in CI: under load, with a
+    checkpoint every 2 steps) once left a run hanging instead of stopping; inside Orbax's
+    start of an asynchronous save or a log writer's lock is where that can happen."""
     _DEFERRED["depth"] += 1
     try:
         yield
     finally:
         _DEFERRED["depth"] -= 1
     if not _DEFERRED["depth"] and _DEFERRED["pending"] is not None:
+        signum, _DEFERRED["pending"] = _DEFERRED["pending"], None
+        raise StopSignal(signum)
+
+
+def raise_pending() -> None:
+    """Raises the stop signal that `signals_deferred` is holding, if one arrived: a loop
+    calls it where stopping is clean (the training loop: between steps)."""
+    if _DEFERRED["pending"] is not None:
         signum, _DEFERRED["pending"] = _DEFERRED["pending"], None
         raise StopSignal(signum)
 
@@ -102,7 +111,7 @@ def stop_signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
             return
         fired.append(signum)
         if _DEFERRED["depth"]:  # inside signals_deferred: raised as that block ends
-            logging.warning("%s: stopping once the checkpoint save in progress has started",
+            logging.warning("%s: stopping at the next clean point (between steps)",
                             signal.Signals(signum).name)  # fmt: skip
             _DEFERRED["pending"] = signum
             return

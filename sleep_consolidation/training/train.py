@@ -57,6 +57,7 @@ from sleep_consolidation.training.run_dir import (
     check_workdir,
     close_all,
     io_error,
+    raise_pending,
     run_record,
     signals_deferred,
 )
@@ -238,10 +239,17 @@ class Trainer:
 
     def _train(self, ckpt, state: TrainState, start: int, clock: Throughput, summary) -> TrainState:
         """Steps start+1..steps: logs every log_every, evaluates every eval_every and saves
-        every checkpoint_every step (and all three at the last step)."""
+        every checkpoint_every step (and all three at the last step). A stop signal
+        (SIGTERM, Ctrl-C) is raised between steps only, never inside a checkpoint save or
+        a log write (`run_dir.signals_deferred`)."""
+        with signals_deferred():
+            return self._train_steps(ckpt, state, start, clock, summary)
+
+    def _train_steps(self, ckpt, state, start: int, clock: Throughput, summary) -> TrainState:
         c, task = self.c, self.spec.task
         steps, step_metrics = c["steps"], StepMetrics()
         for i in range(start, steps):
+            raise_pending()  # a stop signal that arrived during the last step
             step = i + 1
             batch = self.place_batch(task.batch(c["seed"], i, c["batch_size"]))
             passes = curriculum.passes_at(i, c["passes"], self.ramp_steps)
@@ -268,10 +276,7 @@ class Trainer:
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
             if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
-                # A stop signal raised inside Orbax's save left it hanging: held until the
-                # save has started (run_dir.signals_deferred).
-                with signals_deferred():
-                    ckpt.save(state, self._history_metadata())
+                ckpt.save(state, self._history_metadata())
             clock.restart(step)
             if converged:
                 logging.info("stopping at step %d: %s has not improved by more than %g "
