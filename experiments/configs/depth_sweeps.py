@@ -85,7 +85,7 @@ def rule110_easy():
     as in rule110_depth (which reuses them from a shared --runs_dir), run before its N = 2
     arm so that "easy instances saturate" can be read first (N = 4 first: N = 1 at t = 4
     already ran on seeds 0-1 in the search). A reordering, not a new
-    design (BUILD_NOTES.md "Stop 28")."""
+    design (BUILD_NOTES.md "Reordered, not redesigned")."""
     s = rule110_depth()
     s.axes = ConfigDict({"task.t_values+passes": (((4,), 4), ((4,), 1))}, allow_dotted_keys=True)
     s.est_run_s = 1500.0

@@ -79,9 +79,8 @@ def signals_deferred():
         yield
     finally:
         _DEFERRED["depth"] -= 1
-    if not _DEFERRED["depth"] and _DEFERRED["pending"] is not None:
-        signum, _DEFERRED["pending"] = _DEFERRED["pending"], None
-        raise StopSignal(signum)
+    if not _DEFERRED["depth"]:
+        raise_pending()
 
 
 def raise_pending() -> None:

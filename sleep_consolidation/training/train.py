@@ -336,7 +336,7 @@ class Trainer:
                 summary["eval"] = summary_metrics(self.evaluator(state.params))
                 if stopped:
                     summary["stop_reason"] = stopping.CONVERGED
-            with signals_deferred():  # not cut half-way either (see the save below)
+            with signals_deferred():  # not cut half-way either (as in the training loop)
                 ckpt.wait()  # an asynchronous save that failed raises here, before "completed"
             step = int(jax.device_get(state.step))
             reason = summary.setdefault("stop_reason", stopping.STEP_CAP)
