@@ -711,3 +711,47 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     )
     assert c.task.window == 32 and c.stop_min_steps == 2000
     run_config.resolve_config(c)  # a valid run config, stopping fields included
+
+
+def test_kept_runs_restored_on_a_fresh_machine_are_skipped_and_report_the_same(tmp_path):
+    """keep/restore (a fresh machine loses every run directory): the restored finished
+    runs are skipped, not retrained, and give the same records; an unfinished run is not
+    kept; no checkpoint travels; an existing run directory is never overwritten."""
+    from experiments.sweeping import keep
+
+    sweep, wd = _base(tmp_path), str(tmp_path / "sweep")
+    records, _ = _run(sweep, wd, kind="debug")
+    runs_dir = os.path.join(wd, "runs")
+    ckpt = os.path.join(runs_dir, "passes=1,seed=0", "checkpoints")
+    os.makedirs(ckpt)  # stands for orbax's folder: must not be kept
+    unfinished = os.path.join(runs_dir, "passes=3,seed=0")
+    os.makedirs(unfinished)
+    json.dump({"config": {"steps": 10}}, open(os.path.join(unfinished, "config.json"), "w"))
+    kept_dir = str(tmp_path / "results" / "runs")
+    kept, left = keep.keep(runs_dir, kept_dir)
+    assert kept == ["passes=1,seed=0", "passes=2,seed=0"] and left == ["passes=3,seed=0"]
+    assert sorted(os.listdir(os.path.join(kept_dir, "passes=1,seed=0"))) == sorted(
+        ["config.json", "summary.json", "metrics.jsonl", runner.COMMAND_FILE]
+    )
+
+    fresh = str(tmp_path / "fresh")  # the next machine: no runs at all
+    restored, left = keep.restore(kept_dir, os.path.join(fresh, "runs"))
+    assert restored == kept and left == []
+    again, out = _run(sweep, fresh, kind="debug")
+    assert out.count("skip finished") == 2
+    assert [_launches(r["run_dir"]) for r in again] == [0, 0]  # nothing started here
+    assert [r["eval"] for r in again] == [r["eval"] for r in records]
+    # Restoring again leaves the existing directories alone.
+    assert keep.restore(kept_dir, os.path.join(fresh, "runs")) == ([], kept)
+    with pytest.raises(FileNotFoundError, match="not a directory of run directories"):
+        keep.keep(str(tmp_path / "nowhere"), kept_dir)
+    # The command line: the same keep, and a clear error for a folder that is not there.
+    cli_dir = str(tmp_path / "cli_kept")
+    cmd = [sys.executable, "-m", "experiments.sweeping.keep", f"--runs_dir={runs_dir}"]
+    done = subprocess.run([*cmd, f"--to={cli_dir}"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and "kept 2 finished runs" in done.stdout, done.stderr
+    assert "not finished, not kept: passes=3,seed=0" in done.stdout
+    assert sorted(os.listdir(cli_dir)) == kept
+    bad = subprocess.run([*cmd, "--restore", f"--to={tmp_path / 'nowhere'}"], cwd=REPO,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "is not a directory of run directories" in bad.stderr
