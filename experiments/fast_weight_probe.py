@@ -100,11 +100,19 @@ def _probe_columns(x, answers, raw, n_test):
     return acc[:n], acc[n:].reshape(n, -1), res["majority"][:n]
 
 
-def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offset: int):
+def checked_run(run_dir: str):
+    """(the run's resolved spec, its recorded config), once `_check_run` accepts it."""
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)["config"]
     spec = common.resolve_saved(saved)
     _check_run(run_dir, spec, saved)
+    return spec, saved
+
+
+def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offset: int,
+              checked=None):  # fmt: skip
+    """`checked`: `checked_run(run_dir)`'s result, when the caller has it already."""
+    spec, saved = checked or checked_run(run_dir)
     task, seed, trained_n = spec.task, saved["seed"], saved["passes"]
     batch = task.eval_batch(seed + seed_offset, size)
     answers, raw = probe_targets(task, batch.tokens, batch.targets)
@@ -203,15 +211,13 @@ def main(argv):
         raise SystemExit(f"--passes must be >= 1, got {passes}")
     if not 0 < FLAGS.test_size < FLAGS.size:
         raise SystemExit(f"--test_size must be in (0, --size={FLAGS.size}), got {FLAGS.test_size}")
-    for d in run_dirs:  # every run checked before any is probed
-        with open(os.path.join(d, "config.json")) as f:
-            saved = json.load(f)["config"]
-        _check_run(d, common.resolve_saved(saved), saved)
+    checked = {d: checked_run(d) for d in run_dirs}  # every run checked before any is probed
     os.makedirs(FLAGS.out, exist_ok=True)
     results = []
     for d in run_dirs:
         print(f"probing {d}", flush=True)
-        results.append(probe_run(d, passes, FLAGS.size, FLAGS.test_size, FLAGS.seed_offset))
+        results.append(probe_run(d, passes, FLAGS.size, FLAGS.test_size, FLAGS.seed_offset,
+                                 checked=checked[d]))  # fmt: skip
         with open(os.path.join(FLAGS.out, "probe.json"), "w") as f:  # kept run by run
             json.dump(results, f, indent=1)
     _write_report(results, passes, " ".join(FLAGS.runs))
