@@ -18,7 +18,7 @@ a JSON + markdown report (`--out`, default benchmarks/gpu/) with
            `train_step_from_config`): the default row (N=1, remat="none") and N in {1, 4, 8}
            with remat="pass", each with compute_dtype float32 and bfloat16: step time,
            tokens/s, model FLOP/s (`experiments/bench/flops.py`), MFU against 989 TFLOP/s
-           (H100/H200 dense bf16) and against the f32 peak (67 TFLOP/s, no tensor cores),
+           (H100/H200 dense bf16) and against 494.7 TFLOP/s (dense TF32, what f32 runs on),
            XLA's temp bytes (`memory_analysis()`) and the device's peak bytes in use (each
            row in its own process on an accelerator, so the peaks do not mix).
 

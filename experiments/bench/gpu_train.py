@@ -26,7 +26,10 @@ from sleep_consolidation.training.run_config import config_to_dict
 from sleep_consolidation.training.train_step import train_step_from_config
 
 PEAK_BF16_TFLOPS = 989.0  # H100 / H200 SXM dense bf16
-PEAK_F32_TFLOPS = 67.0  # H100 / H200 SXM f32 without tensor cores (TF32: 494.7)
+# f32 matmuls at JAX's default precision run on TF32 tensor cores, so the f32 rows are
+# measured against the TF32 peak, not f32's 67 TFLOP/s without tensor cores (which
+# overstated them: BUILD_NOTES.md "The GPU check, run").
+PEAK_TF32_TFLOPS = 494.7  # H100 / H200 SXM dense TF32
 ENTRY = "experiments.gpu_check"  # the module a child process runs for one row
 
 
@@ -106,7 +109,7 @@ def train_row(tiny: bool, passes: int, remat: str, reps: int, dtype: str = "floa
         "min_s": min(times), "max_s": max(times), "reps": reps, "tokens_per_s": tokens / med,
         "model_tflops_per_step": fl / 1e12, "model_tflops_per_s": fl / med / 1e12,
         "mfu_bf16": fl / med / (PEAK_BF16_TFLOPS * 1e12),
-        "mfu_f32": fl / med / (PEAK_F32_TFLOPS * 1e12),
+        "mfu_tf32": fl / med / (PEAK_TF32_TFLOPS * 1e12),
         "temp_bytes": None if mem is None else mem["temp"],
         "argument_bytes": None if mem is None else mem["argument"],
         "peak_bytes_in_use": peak, "loss": float(metrics["loss"]),
@@ -119,7 +122,7 @@ def run(opts, deadline: float, isolate: bool, log=print, progress=None) -> dict:
     `opts` is a `gpu_suite.Options`; `progress` gets the part so far after each row."""
     rows, skipped = [], []
     sec = {"config": "experiments/configs/rule110.py" + (":tiny" if opts.tiny else ""),
-           "peaks_tflops": {"bf16": PEAK_BF16_TFLOPS, "f32": PEAK_F32_TFLOPS},
+           "peaks_tflops": {"bf16": PEAK_BF16_TFLOPS, "tf32": PEAK_TF32_TFLOPS},
            "isolated_processes": isolate, "rows": rows, "skipped": skipped}  # fmt: skip
     reps = 3 if opts.tiny else opts.reps
     for passes, remat, dtype in rows_spec(opts.tiny, opts.train_passes):
@@ -178,11 +181,12 @@ def markdown(sec: dict) -> list[str]:
     lines = [f"## Train step: {sec['config']} (built as experiments.train builds it)", "",
              f"MFU = model FLOPs (bench/flops.py model_flops_per_step) / time / peak; "
              f"peaks {sec['peaks_tflops']['bf16']} TFLOP/s (dense bf16) and "
-             f"{sec['peaks_tflops']['f32']} TFLOP/s (f32, no tensor cores). Peak bytes: "
+             f"{sec['peaks_tflops']['tf32']} TFLOP/s (dense TF32, what f32 matmuls run on at "
+             "JAX's default precision). Peak bytes: "
              "the device's peak_bytes_in_use"
              + (" (one process per row)." if sec["isolated_processes"] else "."), "",
              "| N | remat | compute | batch x T | ms (min-max) | tokens/s | "
-             "model TFLOP/s | MFU bf16 | MFU f32 | temp MiB | peak MiB | compile s | "
+             "model TFLOP/s | MFU bf16 | MFU tf32 | temp MiB | peak MiB | compile s | "
              "loss |",
              "|" + "---|" * 13]  # fmt: skip
     for r in sec["rows"]:
@@ -190,7 +194,7 @@ def markdown(sec: dict) -> list[str]:
             f"| {r['N']} | {r['remat']} | {r.get('compute_dtype', 'float32')} | "
             f"{r['batch_size']} x {r['seq_len']} | {measure.ms_range(r)} | "
             f"{r['tokens_per_s']:.4g} | {r['model_tflops_per_s']:.3g} | "
-            f"{100 * r['mfu_bf16']:.2f}% | {100 * r['mfu_f32']:.1f}% | "
+            f"{100 * r['mfu_bf16']:.2f}% | {100 * r['mfu_tf32']:.1f}% | "
             f"{mib(r['temp_bytes'])} | {mib(r['peak_bytes_in_use'])} | "
             f"{r['compile_s']:.1f} | {r['loss']:.3f} |"
         )
