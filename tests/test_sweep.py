@@ -745,6 +745,10 @@ def test_kept_runs_restored_on_a_fresh_machine_are_skipped_and_report_the_same(t
     assert keep.restore(kept_dir, os.path.join(fresh, "runs")) == ([], kept)
     with pytest.raises(FileNotFoundError, match="not a directory of run directories"):
         keep.keep(str(tmp_path / "nowhere"), kept_dir)
+    # Nested layouts (the recipe study's runs/n=16/<recipe>/seed=0) keep their paths.
+    nested = tmp_path / "nested"
+    shutil.copytree(os.path.join(runs_dir, "passes=1,seed=0"), nested / "n=16" / "warm" / "seed=0")
+    assert keep.keep(str(nested), str(tmp_path / "kept_nested")) == (["n=16/warm/seed=0"], [])
     # The command line: the same keep, and a clear error for a folder that is not there.
     cli_dir = str(tmp_path / "cli_kept")
     cmd = [sys.executable, "-m", "experiments.sweeping.keep", f"--runs_dir={runs_dir}"]

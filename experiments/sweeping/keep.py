@@ -7,7 +7,9 @@ each *finished* run (config.json, summary.json, metrics.jsonl, theta.jsonl and t
 sweep's command.sh) into a folder small enough to commit; `restore` copies them back
 into a runs directory, where the sweep then finds those runs finished and skips them, and
 its report (tables, intervals, verdict) is rebuilt without training anything. Runs still
-in flight are never kept: without their checkpoints they could not resume.
+in flight are never kept: without their checkpoints they could not resume. What needs a
+run's parameters (a warm start's `init_from`, the fast-weight probe, analyze.py) cannot
+use a kept copy: keep a study's source runs' machine, or retrain them.
 
     python -m experiments.sweeping.keep --runs_dir=runs/depth/runs_sliding \
         --to=results/depth/sliding/runs            # after the sweep
@@ -30,9 +32,17 @@ KEPT_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, THETA_FILE, COMMAND_FILE)
 
 
 def _run_names(folder: str) -> list[str]:
+    """Every run directory below `folder` (one holding config.json), as a path relative to
+    it: a sweep's flat `runs/<name>` and the recipe study's `runs/n=16/<recipe>/seed=0`."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder!r} is not a directory of run directories")
-    return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+    names = []
+    for root, dirs, files in os.walk(folder):
+        if CONFIG_FILE in files and root != folder:
+            names.append(os.path.relpath(root, folder))
+            dirs.clear()  # a run's own folders (checkpoints) hold no runs
+        dirs.sort()
+    return sorted(names)
 
 
 def _copy_run(src: str, dst: str) -> None:
