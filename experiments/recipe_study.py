@@ -28,6 +28,7 @@ from experiments.recipes import (
     run_dir,
     train_all,
 )
+from experiments.sweeping import launch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "study directory (runs under <workdir>/runs)")
@@ -74,7 +75,8 @@ def main(argv):
             for key, _, cmd, _ in jobs:
                 print(key, "\n  ", " ".join(cmd[1:]))
             return
-        train_all(jobs, FLAGS.parallel)
+        folder = os.path.join(FLAGS.workdir, "submitit")  # submitit's own job files
+        train_all(jobs, launch.Launcher("local", folder, FLAGS.parallel))
     text, recs = report(FLAGS.workdir, loads, seeds, names, FLAGS.cap)
     out = FLAGS.out or FLAGS.workdir
     os.makedirs(out, exist_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import time
 
 from experiments.configs.sweep_spec import CONVERGED, PLATEAU_FLOOR
@@ -100,39 +99,38 @@ def check_recipes(names) -> None:
         raise ValueError(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
 
 
-def train_all(jobs, parallel: int) -> None:
-    """Runs `jobs` [(key, run_dir, command, source_dir | None)] at most `parallel` at a time,
-    each pinned to its own core; a job whose source run has not finished waits for it, and
-    is skipped if the source ended without finishing."""
-    cores = launch.available_cores() or [None]
-    running: dict = {}  # run_dir -> (key, Popen, core)
+def train_all(jobs, launcher: launch.Launcher, poll_s: float = 5.0) -> dict[str, int]:
+    """Runs `jobs` [(key, run_dir, command, source_dir | None)] through the sweep's
+    `launcher` (local: one per core, pinned; slurm; debug); a job whose source run has not
+    finished waits for it, and is skipped if the source ended without finishing. Returns
+    {key: exit code} of the jobs it started (a skipped job is not in it)."""
+    running: dict = {}  # run_dir -> (key, submitit job)
+    codes: dict[str, int] = {}
     pending = [j for j in jobs if not RunDir(j[1]).finished()]
     while pending or running:
-        for path, (key, proc, _) in list(running.items()):
-            if proc.poll() is not None:
-                print(
-                    f"{time.strftime('%H:%M:%S')} done {key} (exit {proc.returncode})", flush=True
-                )
+        for path, (key, job) in list(running.items()):
+            code = launcher.exit_code(job)
+            if code is not None:
+                print(f"{time.strftime('%H:%M:%S')} done {key} (exit {code})", flush=True)
+                codes[key] = code
                 del running[path]
-        for job in list(pending):
-            if len(running) >= parallel:
+        for item in list(pending):
+            if launcher.free_slots(len(pending)) < 1:
                 break
-            key, path, cmd, source = job
+            key, path, cmd, source = item
             if source is not None and not RunDir(source).finished():
                 if source not in running and all(source != j[1] for j in pending):
                     print(f"skip {key}: its source run {source} did not finish", flush=True)
-                    pending.remove(job)
+                    pending.remove(item)
                 continue
-            busy = {core for _, _, core in running.values()}
-            core = next((c for c in cores if c not in busy), None)
             os.makedirs(path, exist_ok=True)
-            with open(os.path.join(path, launch.STDOUT_FILE), "a") as out:
-                pin = (lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
-            running[path] = (key, proc, core)
-            pending.remove(job)
-            print(f"{time.strftime('%H:%M:%S')} start {key} on core {core}", flush=True)
-        time.sleep(5)
+            (job,) = launcher.submit([(cmd, path)])
+            running[path] = (key, job)
+            pending.remove(item)
+            print(f"{time.strftime('%H:%M:%S')} start {key}", flush=True)
+        if pending or running:
+            time.sleep(poll_s)
+    return codes
 
 
 # --- the report --------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""The recipe study's plan and report (experiments/recipes.py), on synthetic runs."""
+"""The recipe study's plan, scheduler and report (experiments/recipes.py), on synthetic runs."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
 from experiments import recipes as rs
 from experiments.configs.sweep_spec import CONVERGED
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_queue_lists_recipe_seed_pairs_in_order_and_refuses_bad_entries():
@@ -64,3 +67,33 @@ def test_the_report_pairs_each_recipe_with_its_baselines_seed_by_seed(tmp_path):
     assert "with the source's steps" in rows["warm_N4/today_N1"]
     assert "with the source's steps" not in rows["warm_N4/warm_N1"]  # same source: cancels
     assert "| 4.00 |" in rows["warm_N4/4"]  # |h| after pass 4 / after pass 1
+
+
+def test_train_all_waits_for_a_source_run_and_skips_one_whose_source_failed(tmp_path):
+    """The scheduler (through the sweep's local launcher, a stand-in trainer): a warm start
+    starts only once its source finished; one whose source run failed is skipped; a
+    finished run is not started again."""
+    from experiments.sweeping import launch
+
+    config = tmp_path / "base.py"
+    config.write_text(
+        "from ml_collections import ConfigDict\n"
+        "def get_config(arg=None):\n"
+        "    return ConfigDict({'steps': 4, 'passes': 1, 'seed': 0, 'log_every': 2})\n"
+    )
+    fake = [sys.executable, os.path.join(REPO, "tests", "fake_train.py"), f"--config={config}"]
+    d = {k: str(tmp_path / k) for k in ("src", "warm", "bad_src", "orphan")}
+    jobs = [
+        ("warm", d["warm"], [*fake, f"--workdir={d['warm']}"], d["src"]),  # listed first
+        ("src", d["src"], [*fake, f"--workdir={d['src']}"], None),
+        ("bad_src", d["bad_src"], [sys.executable, "-c", "raise SystemExit(3)"], None),
+        ("orphan", d["orphan"], [*fake, f"--workdir={d['orphan']}"], d["bad_src"]),
+    ]
+    launcher = launch.Launcher("local", str(tmp_path / "submitit"), parallel=2)
+    codes = rs.train_all(jobs, launcher, poll_s=0.1)
+    assert codes == {"src": 0, "warm": 0, "bad_src": 3}  # orphan skipped, never started
+    assert not os.path.exists(os.path.join(d["orphan"], "config.json"))
+    first = os.path.getmtime(os.path.join(d["src"], "summary.json"))
+    assert os.path.getmtime(os.path.join(d["warm"], "config.json")) >= first  # waited
+    # Everything finished is skipped on a rerun; only the failed job is tried again.
+    assert rs.train_all(jobs, launcher, poll_s=0.1) == {"bad_src": 3}
