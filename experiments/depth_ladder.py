@@ -346,6 +346,10 @@ def main(argv):
     records = load_records(flags.FLAGS.results or [])
     seen = {r["run_dir"] for r in records}
     records += [r for r in records_from_runs(flags.FLAGS.runs or []) if r["run_dir"] not in seen]
+    if not any(r.get("status") == "completed" for r in records):  # one line, no traceback
+        given = [*(flags.FLAGS.results or []), *(flags.FLAGS.runs or [])]
+        raise app.UsageError(f"no completed runs in {given} (runs still training are read "
+                             "once they finish)")  # fmt: skip
     text = report(records, flags.FLAGS.frontier)
     print(text)
     if flags.FLAGS.out:

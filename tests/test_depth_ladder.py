@@ -260,6 +260,12 @@ def test_the_command_writes_the_report_from_results_jsonl(tmp_path):
     none = subprocess.run([sys.executable, "-m", "experiments.depth_ladder"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert none.returncode != 0 and "give --results" in none.stderr
+    (tmp_path / "empty_runs").mkdir()  # a sweep whose runs are all still training
+    empty = subprocess.run([sys.executable, "-m", "experiments.depth_ladder",
+                            f"--runs={tmp_path / 'empty_runs'}"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert empty.returncode != 0 and "no completed runs in" in empty.stderr
+    assert "Traceback" not in empty.stderr
 
 
 def test_a_frontier_is_a_bound_where_the_seed_skipped_the_depths_that_pin_it():
