@@ -23,6 +23,8 @@ Variants (each function's docstring says what it asks):
   depo_frontier_confirm  its N in {1, 4} comparison on confirmation seeds 5-9.
   depo_compute_matched   N = 1 given N = 4's training FLOPs (20000 steps) against
                        depo_frontier's N = 4, seeds 0-4.
+  depo_slice           the 15-minute slice: k in {1, 2}, N in {1, 4}, 4000 steps, seeds 0-4.
+  depo_slice_confirm   the same on seeds 5-9.
 """
 
 from ml_collections import ConfigDict
@@ -278,6 +280,34 @@ def depo_compute_matched():
     return s
 
 
+# The 15-minute Depo slice (BUILD_NOTES.md "A 15-minute Depo main job?"): depo.py:cpu
+# trained on k in {1, 2} only, so that half the queries are the 2-hop ones the slice tests,
+# for 4000 steps, which 5 seeds x N in {1, 4} fit in 15 min on 2 cores (evals at 2000 and
+# 4000 only; micro-batches of 32, ~12% faster here than 16; same step up to rounding).
+DEPO_SLICE_STEPS = 4000
+
+
+def depo_slice():
+    """Does N = 4 answer 2-hop queries that N = 1 cannot, in a 15-minute run? (Decided before
+    it ran: BUILD_NOTES.md "A 15-minute Depo main job?".) depo.py:cpu with k in {1, 2}, N in
+    {1, 4} x seeds 0-4, a fixed 4000 steps; the verdict reads accuracy on the 2-hop queries
+    (acc/d=2). 10 runs, 2 at a time."""
+    return make_sweep(
+        "experiments/configs/depo.py", {"passes": [1, 4]}, seeds=[0, 1, 2, 3, 4],
+        config_arg="cpu",
+        fixed={"steps": DEPO_SLICE_STEPS, "task.max_hops": 2, "eval_every": 2000,
+               "checkpoint_every": 1000, "eval_passes": (), "microbatches": 2},
+        x_field="passes", metric="acc/d=2", frontier=0.5, est_run_s=200.0,
+    )  # fmt: skip
+
+
+def depo_slice_confirm():
+    """depo_slice on the confirmation seeds 5-9, decided before they ran."""
+    s = depo_slice()
+    s.seeds = (5, 6, 7, 8, 9)
+    return s
+
+
 VARIANTS = {
     "rule110_search": rule110_search,
     "rule110_search_deep": rule110_search_deep,
@@ -294,6 +324,8 @@ VARIANTS = {
     "depo_frontier": depo_frontier,
     "depo_frontier_confirm": depo_frontier_confirm,
     "depo_compute_matched": depo_compute_matched,
+    "depo_slice": depo_slice,
+    "depo_slice_confirm": depo_slice_confirm,
 }
 
 
