@@ -152,7 +152,7 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
         "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
         "depo_frontier", "rule110_probe", "depo_frontier_confirm", "depo_compute_matched",
-        "rule110_easy",
+        "rule110_easy", "depo_slice", "depo_slice_confirm",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -210,6 +210,12 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
             (4, 64),
         }
         assert {(p.config["steps"], p.config["stop_patience"]) for p in planned} == {(12000, None)}
+    elif name in ("depo_slice", "depo_slice_confirm"):  # k <= 2, a fixed 4000 steps
+        knobs = {(p.config["passes"], p.config["task"]["max_hops"], p.config["steps"],
+                  p.config["stop_patience"]) for p in planned}  # fmt: skip
+        assert knobs == {(1, 2, 4000, None), (4, 2, 4000, None)}
+        seeds = [0, 1, 2, 3, 4] if name == "depo_slice" else [5, 6, 7, 8, 9]
+        assert sorted({p.run.seed for p in planned}) == seeds and len(planned) == 10
     elif name == "depo_frontier":  # N = 4 before N = 2, a fixed budget for every N
         assert [p.config["passes"] for p in planned][::5] == [1, 4, 2]
         assert {(p.config["steps"], p.config["stop_patience"]) for p in planned} == {(8000, None)}
