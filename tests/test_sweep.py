@@ -129,7 +129,7 @@ def test_runs_are_named_by_their_swept_fields_and_launched_with_their_changes():
     rules = runs("rules")  # passes=2 for every point: named in the directory, not the table
     assert "rule=hebbian,seed=0" in rules
     assert rules["rule=hebbian,seed=0"].name == "passes=2,rule=hebbian,seed=0"
-    main_n8 = runs("main")  # one load: the table says passes=4, the directory the load too
+    main_n8 = runs("main_recall")  # one load: the table says passes=4, the directory the load too
     assert set(main_n8) == {f"passes={n},seed={s}" for n in (1, 4) for s in range(5)}
     assert main_n8["passes=4,seed=3"].name == (
         "passes=4,task.num_pairs_values=(8),task.window=16,seed=3"
@@ -149,7 +149,8 @@ def test_declared_baselines_are_taken_whole():
     from experiments.configs import sweeps
 
     assert sweeps.rules().baseline.to_dict() == {"rule": "delta"}
-    assert sweeps.main().baseline.to_dict() == {"passes": 1}
+    assert sweeps.main_recall().baseline.to_dict() == {"passes": 1}
+    assert sweeps.main().to_dict() == sweeps.depo_slice().to_dict()  # the README's main job
 
 
 def test_fake_trainer_writes_the_files_the_library_names():
@@ -236,7 +237,14 @@ def test_a_depth_study_report_has_the_per_seed_table(tmp_path):
     text = report.write_report(str(tmp_path), cfg, recs)
     assert "**acc per seed**" in text and "| passes=2 | 1 | 0.900 | 0.800 |" in text
     assert (tmp_path / "summary.md").read_text().count("**acc per seed**") == 1
-    cfg.frontier = None
+    # A verdict read at one depth (the main job's acc/d=2) still tabulates every depth of
+    # acc, and the frontier runs through them.
+    cfg.metric = "acc/d=2"
+    text = report.write_report(str(tmp_path), cfg, recs)
+    assert "Verdict (acc/d=2, passes=2 vs passes=1)" in text
+    assert "**acc per seed**" in text and "| passes=2 | 1 | 0.900 | 0.800 |" in text
+    assert "| passes=1 | 2 2 | 2.00 |" in text  # not "0 0": acc/d=2/d=k does not exist
+    cfg.metric, cfg.frontier = "acc", None
     assert "per seed**" not in report.write_report(str(tmp_path), cfg, recs)
 
 
@@ -685,7 +693,7 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     assert len(cmap) == 60 and len(main) == 10 and set(main) <= set(cmap)
     low, high = runs("capacity_map_low"), runs("capacity_map_high")
     assert set(low) | set(high) == set(cmap) and not set(low) & set(high) and set(main) <= set(low)
-    new_main = runs("main")  # the README's main job: the map's n = 8 slice at N in {1, 4}
+    new_main = runs("main_recall")  # the main job until stop 29: the map's n = 8 slice
     assert len(new_main) == 10 and set(new_main) <= set(low)
     assert {dict(r.point)["task.num_pairs_values"] for r in new_main.values()} == {(8,)}
     n8 = runs("capacity_map_n8")  # N = 8 at the loads below 2 d_k, the same run settings

@@ -5,7 +5,10 @@ Every field is overridable: --sweep.seeds=0,1,2 --sweep.axes.passes=1,8 --sweep.
 
 Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
-  main              the README's main job: n = 8 pairs x N in {1,4} x 5 seeds, to convergence.
+  main              the README's main job: Depo 2-hop retrieval, N in {1,4} x 5 seeds, 4000
+                    steps (depth_sweeps.py:depo_slice).
+  main_recall       the main job until stop 29: recall, n = 8 pairs x N in {1,4} x 5 seeds,
+                    to convergence.
   main_2000         the main job until 2026-12-02: N in {1,2,4} x 2 seeds, 2000 steps.
   capacity_map      n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
   main_converged    its load n = d_k = 16 x N in {1,4} x 5 seeds (~30 min on 2 cores).
@@ -19,9 +22,8 @@ Variants (each function's docstring says what it asks):
                     with the main job through --runs_dir).
 """
 
-from experiments.configs.depth_sweeps import (
-    VARIANTS as DEPTH_VARIANTS,
-)
+from experiments.configs.depth_sweeps import VARIANTS as DEPTH_VARIANTS
+from experiments.configs.depth_sweeps import depo_slice
 from experiments.configs.sweep_spec import CONVERGED, make_sweep, pick_variant
 
 _RECALL = "experiments/configs/recall.py"
@@ -91,14 +93,23 @@ def capacity_map():
     return _converged(CAPACITY_LOADS, [1, 2, 4], est_run_s=200.0)
 
 
-def main():
-    """The README's main job: the capacity map's slice n = 8 pairs (window 16, half the head
-    dimension) x N in {1, 4} x 5 paired seeds, each trained to convergence under the
-    stopping rule above (its runs are capacity_map's). 10 runs, 2 at a time; the largest
-    slice whose runs fit 15 min on 2 cores (n = 16 takes ~30 min: main_converged). Prints
-    the table with 95% paired intervals and a one-line verdict.
+def main_recall():
+    """The README's main job until stop 29 (named `main` until then): the capacity map's
+    slice n = 8 pairs (window 16, half the head dimension) x N in {1, 4} x 5 paired seeds,
+    each trained to convergence under the stopping rule above (its runs are capacity_map's).
+    10 runs, 2 at a time, ~10-15 min on 2 cores. Its verdict is "no effect shown" (it flips
+    between machines: results/RESULTS.md "The main job on two machines").
     """
     return _converged([8], [1, 4], est_run_s=150.0)
+
+
+def main():
+    """The README's main job: Depo 2-hop retrieval after eviction, N in {1, 4} x seeds 0-4,
+    4000 steps (`depth_sweeps.depo_slice`: the Depo hop-frontier claim's 15-minute slice;
+    confirmed on seeds 5-9 by `depo_slice_confirm`). Prints the table with 95% paired
+    intervals and a one-line verdict; add --sweep.confirm_seeds=5,6,7,8,9 (10 more runs)
+    for the verdict over both seed sets."""
+    return depo_slice()
 
 
 def capacity_map_low():
@@ -251,6 +262,7 @@ def bounds():
 VARIANTS = {
     "tiny": tiny,
     "main": main,
+    "main_recall": main_recall,
     "main_2000": main_2000,
     "converged_pilot": converged_pilot,
     "rule110": rule110,

@@ -17,6 +17,7 @@ from experiments.sweeping.plot import plot_sweep
 from experiments.sweeping.tables import (
     DAGGER,
     UNCONVERGED_NOTE,
+    depth_family,
     eval_n_table,
     frontier_table,
     per_seed_table,
@@ -67,8 +68,11 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
     if cross is not None:
         table += "\n\n" + cross
     if s.get("frontier") is not None:  # a depth study: every seed's depths, then frontiers
-        table += "\n\n" + per_seed_table(records, metric=metric, threshold=s.frontier)
-        table += "\n\n" + frontier_table(records, s.frontier, metric=metric)
+        # over the metric's depths: a verdict read at one depth (acc/d=2) still tabulates
+        # acc at every depth, and the frontier runs through them.
+        family = depth_family(metric)
+        table += "\n\n" + per_seed_table(records, metric=family, threshold=s.frontier)
+        table += "\n\n" + frontier_table(records, s.frontier, metric=family)
     plot_sweep(records, os.path.join(workdir, PLOT_FILE), x_field=s.get("x_field", "passes"),
                metric=metric, baseline=baseline, interval=interval)  # fmt: skip
     axes, fixed = grid.axes_and_fixed(s)

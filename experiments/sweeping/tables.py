@@ -134,6 +134,11 @@ def eval_n_table(records: Sequence[dict], metric: str = "acc") -> str | None:
     return "\n".join(lines)
 
 
+def depth_family(metric: str) -> str:
+    """The metric whose per-depth keys `metric` belongs to: "acc/d=2" -> "acc"."""
+    return metric.split("/d=")[0]
+
+
 def _frontier(record: dict, keys: Sequence[str], threshold: float) -> float:
     """The largest depth d such that every depth up to d scores >= threshold (0: none)."""
     front = 0.0
