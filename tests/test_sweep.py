@@ -693,7 +693,7 @@ def test_the_convergence_sweeps_expand_and_share_their_runs():
     assert len(cmap) == 60 and len(main) == 10 and set(main) <= set(cmap)
     low, high = runs("capacity_map_low"), runs("capacity_map_high")
     assert set(low) | set(high) == set(cmap) and not set(low) & set(high) and set(main) <= set(low)
-    new_main = runs("main_recall")  # the main job until stop 29: the map's n = 8 slice
+    new_main = runs("main_recall")  # the main job until 2026-12-04: the map's n = 8 slice
     assert len(new_main) == 10 and set(new_main) <= set(low)
     assert {dict(r.point)["task.num_pairs_values"] for r in new_main.values()} == {(8,)}
     n8 = runs("capacity_map_n8")  # N = 8 at the loads below 2 d_k, the same run settings

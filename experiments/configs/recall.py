@@ -14,7 +14,7 @@ Run-book:
   python -m experiments.train --config=experiments/configs/recall.py:tiny --workdir=/tmp/recall
 
   Capacity (the README's main job until 2026-12-02, swept over N by sweeps.py:main_2000;
-  its n = 8 slice trained to convergence was the main job until stop 29, sweeps.py:main_recall):
+  its n = 8 slice trained to convergence was the main job until 2026-12-04, sweeps.py:main_recall):
   n in {4, 8, 16} pairs against a fast-weight head dimension of 16 (d=32, 2 heads,
   attn+ssm, delta rule, MLP ratio 4), window 32 (T=64), batch 64, 2000 AdamW steps at a
   constant 3e-3 without clipping, embedding re-injected into every sleep pass (without it

@@ -7,7 +7,7 @@ Variants (each function's docstring says what it asks):
   tiny              two points (passes 1, 2) x one seed of recall:tiny: the test smoke.
   main              the README's main job: Depo 2-hop retrieval, N in {1,4} x 5 seeds, 4000
                     steps (depth_sweeps.py:depo_slice).
-  main_recall       the main job until stop 29: recall, n = 8 pairs x N in {1,4} x 5 seeds,
+  main_recall       the main job until 2026-12-04: recall, n = 8 pairs x N in {1,4} x 5 seeds,
                     to convergence.
   main_2000         the main job until 2026-12-02: N in {1,2,4} x 2 seeds, 2000 steps.
   capacity_map      n in {4,8,16,32} pairs x N in {1,2,4} x 5 seeds, to convergence.
@@ -94,7 +94,7 @@ def capacity_map():
 
 
 def main_recall():
-    """The README's main job until stop 29 (named `main` until then): the capacity map's
+    """The README's main job until 2026-12-04 (named `main` until then): the capacity map's
     slice n = 8 pairs (window 16, half the head dimension) x N in {1, 4} x 5 paired seeds,
     each trained to convergence under the stopping rule above (its runs are capacity_map's).
     10 runs, 2 at a time, ~10-15 min on 2 cores. Its verdict is "no effect shown" (it flips

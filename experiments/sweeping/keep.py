@@ -1,15 +1,15 @@
 """Finished runs kept across machines: their small record files, committed, without
 checkpoints.
 
-A session's machine can be replaced by a fresh one between sessions (BUILD_NOTES.md "Stop
-29"), and with it every run directory. `keep` copies what a sweep and its report read of
-each *finished* run (config.json, summary.json, metrics.jsonl, theta.jsonl and the
-sweep's command.sh) into a folder small enough to commit; `restore` copies them back
-into a runs directory, where the sweep then finds those runs finished and skips them, and
-its report (tables, intervals, verdict) is rebuilt without training anything. Runs still
-in flight are never kept: without their checkpoints they could not resume. What needs a
-run's parameters (a warm start's `init_from`, the fast-weight probe, analyze.py) cannot
-use a kept copy: keep a study's source runs' machine, or retrain them.
+A session's machine can be replaced by a fresh one between sessions (BUILD_NOTES.md "A
+fresh machine each session"), and with it every run directory. `keep` copies what a sweep
+and its report read of each *finished* run (config.json, summary.json, metrics.jsonl,
+theta.jsonl and the sweep's command.sh) into a folder small enough to commit; `restore`
+copies them back into a runs directory, where the sweep then finds those runs finished and
+skips them, and its report (tables, intervals, verdict) is rebuilt without training
+anything. Runs still in flight are never kept: without their checkpoints they could not
+resume. What needs a run's parameters (a warm start's `init_from`, the fast-weight probe,
+analyze.py) cannot use a kept copy: keep a study's source runs' machine, or retrain them.
 
     python -m experiments.sweeping.keep --runs_dir=runs/depth/runs_sliding \
         --to=results/depth/sliding/runs            # after the sweep
@@ -90,19 +90,19 @@ def main(argv):
     from absl import app, flags
 
     f = flags.FLAGS
-    folder = f.to if f.restore else f.runs_dir
-    if not os.path.isdir(folder):  # a clear line, not a traceback
-        raise app.UsageError(f"{folder!r} is not a directory of run directories")
-    if f.restore:
-        done, left = restore(f.to, f.runs_dir)
-        print(f"restored {len(done)} finished runs into {f.runs_dir}")
-        for name in left:
-            print(f"  left alone (already in {f.runs_dir}): {name}")
-    else:
-        done, left = keep(f.runs_dir, f.to)
-        print(f"kept {len(done)} finished runs in {f.to} (no checkpoints)")
-        for name in left:
-            print(f"  not finished, not kept: {name}")
+    try:
+        if f.restore:
+            done, left = restore(f.to, f.runs_dir)
+            print(f"restored {len(done)} finished runs into {f.runs_dir}")
+            lines = [f"  left alone (already in {f.runs_dir}): {n}" for n in left]
+        else:
+            done, left = keep(f.runs_dir, f.to)
+            print(f"kept {len(done)} finished runs in {f.to} (no checkpoints)")
+            lines = [f"  not finished, not kept: {n}" for n in left]
+    except (FileNotFoundError, ValueError) as e:  # a clear line, not a traceback
+        raise app.UsageError(str(e)) from None
+    for line in lines:
+        print(line)
 
 
 def define_flags():
