@@ -34,6 +34,28 @@ def test_expand_grid_pairs_seeds_and_zips():
         grid.expand_grid({"a+b": [1]}, seeds=[0])
 
 
+def test_seed_order_launches_whole_pairs_first_and_a_bad_order_is_refused():
+    axes = {"passes": [4, 1]}
+    by_point = [(r.point, r.seed) for r in grid.expand_grid(axes, [3, 0])]
+    by_seed = [(r.point, r.seed) for r in grid.expand_grid(axes, [3, 0], order="seeds")]
+    assert [s for _, s in by_point] == [3, 0, 3, 0]
+    assert by_seed == [(by_point[0][0], 3), (by_point[2][0], 3), (by_point[1][0], 0),
+                       (by_point[3][0], 0)]  # fmt: skip
+    assert sorted(by_seed) == sorted(by_point)  # the same runs, only reordered
+    with pytest.raises(ValueError, match="sweep order 'pairs'"):
+        grid.expand_grid(axes, [0], order="pairs")
+
+
+def test_seed_order_from_the_command_line():
+    default = _sweep_from_command_line()
+    sweep = _sweep_from_command_line("--sweep.order=seeds", "--sweep.seeds=0,1")
+    assert default.order == "points" and sweep.order == "seeds"
+    assert [r.seed for r in sweep.runs()] == sorted(r.seed for r in sweep.runs())
+    assert {r.name for r in sweep.runs()} == {
+        r.name for r in _sweep_from_command_line("--sweep.seeds=0,1").runs()
+    }
+
+
 def _sweep_from_command_line(*overrides, name="tiny"):
     """The Sweep `python -m experiments.sweep --sweep=sweeps.py:<name> *overrides` runs,
     parsed by the same ml_collections flag as the entry point."""

@@ -26,6 +26,9 @@ def make_sweep(config, axes, seeds, config_arg="", fixed=None, **extra):
     # "hurts" only if the paired interval excludes 0 on `seeds` and on these alike.
     c.confirm_seeds = _tuples(extra.pop("confirm_seeds", ()))
     c.parallel = 2
+    # Launch order: "points" (every seed of one grid point, then the next) or "seeds"
+    # (every point of one seed, then the next: a sweep cut short leaves whole pairs).
+    c.order = "points"
     c.frontier = config_dict.placeholder(float)  # set: also tabulate the depth frontier
     c.est_run_s = config_dict.placeholder(float)  # seconds per run, for the first ETA
     # Set whole: ConfigDict.update would merge a given baseline into this default.

@@ -179,14 +179,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def expand_grid(axes: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> list[Run]:
-    """Cartesian product of `axes` (field -> values) times `seeds`, as `Run`s.
+ORDERS = ("points", "seeds")
+
+
+def expand_grid(
+    axes: Mapping[str, Sequence[Any]], seeds: Sequence[int], order: str = "points"
+) -> list[Run]:
+    """Cartesian product of `axes` (field -> values) times `seeds`, as `Run`s, in launch
+    order: `order="points"` runs every seed of the first point before the next point;
+    `"seeds"` runs every point of the first seed before the next seed, so that a sweep cut
+    short leaves whole paired seeds rather than one arm finished and the other not begun.
 
     A key may join several fields with "+" to vary them together, e.g.
     `{"passes+steps": [(1, 2000), (4, 500)]}` (zipped, not crossed).
     """
     if not seeds:
         raise ValueError("a sweep needs at least one seed")
+    if order not in ORDERS:
+        raise ValueError(f"sweep order {order!r} is not one of {ORDERS}")
     names = list(axes)
     for name in names:
         if not isinstance(axes[name], (list, tuple)) or not axes[name]:
@@ -206,6 +216,8 @@ def expand_grid(axes: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> list
             raise ValueError("put seeds in `seeds`, not in the axes")
         key = point_key(point)
         runs.extend(Run(key, int(s)) for s in seeds)
+    if order == "seeds":  # stable: the points keep their order within a seed
+        runs.sort(key=lambda r: list(seeds).index(r.seed))
     return runs
 
 
@@ -271,7 +283,8 @@ def baseline_of(point: Mapping[str, Any], baseline: Mapping[str, Any]) -> tuple:
 
 # The fields a sweep file's get_config() may set (experiments/configs/sweeps.py).
 SWEEP_FIELDS = ("config", "config_arg", "axes", "fixed", "seeds", "confirm_seeds", "parallel",
-                "baseline", "x_field", "metric", "frontier", "est_run_s", "interval")  # fmt: skip
+                "baseline", "x_field", "metric", "frontier", "est_run_s", "interval",
+                "order")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +297,7 @@ class Sweep:
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seeds: Sequence[int] = (0,)
     parallel: int = 2
+    order: str = "points"  # launch order: see expand_grid
     # Runs launched with only what they change in the base config; False: with their grid
     # point and every fixed override.
     name_by_changes: bool = True
@@ -306,6 +320,7 @@ class Sweep:
         return cls(config=s.config, config_arg=s.get("config_arg") or "", axes=axes,
                    fixed=fixed, seeds=tuple(int(x) for x in seeds),
                    parallel=int(s.get("parallel") or 2),
+                   order=s.get("order") or "points",
                    est_run_s=s.get("est_run_s"),
                    compared=tuple(dict.fromkeys(compared)))  # fmt: skip
 
@@ -322,7 +337,7 @@ class Sweep:
         Raises:
           ValueError: a bad axis or seed list, or a field the base config does not have.
         """
-        runs = expand_grid(self.axes, self.seeds)
+        runs = expand_grid(self.axes, self.seeds, self.order)
         base = self.base_config()
         check_fields(base, runs + [Run(point_key(self.fixed), 0)])
         shown = shown_fields([r.point for r in runs], self.compared)
