@@ -91,6 +91,9 @@ def rule110_easy():
     s = rule110_depth()
     s.axes = ConfigDict({"task.t_values+passes": (((4,), 4), ((4,), 1))}, allow_dotted_keys=True)
     s.est_run_s = 1500.0
+    # Seed by seed: a session that ends mid-sweep leaves whole pairs (first run on 2026-12-04
+    # as blocks of seeds by hand, BUILD_NOTES "rule110_easy, decided at 22:06 UTC").
+    s.order = "seeds"
     return s
 
 
