@@ -55,6 +55,9 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     with open(os.path.join(resumed, run_dir.SUMMARY_FILE)) as f:
         first = json.load(f)
     assert first["status"] == "interrupted" and first["train_s"] > 0
+    # As a kill -9 (or a machine gone between sessions) would leave it: no summary of the
+    # first process; its training time comes from the checkpoint resumed from.
+    os.remove(os.path.join(resumed, run_dir.SUMMARY_FILE))
     monkeypatch.setattr(Recall, "batch", original)
     summary = train.train_and_evaluate(config, resumed)
     assert summary["resumed_from"] == 10 and summary["step"] == 20

@@ -75,6 +75,7 @@ from sleep_consolidation.training.train_step import (
 )
 
 HISTORY_KEY = "eval_history"  # the checkpoint metadata key of the stop metric's history
+TRAIN_S_KEY = "train_s_total"  # ... and of the run's training seconds up to that checkpoint
 
 
 class Trainer:
@@ -137,6 +138,7 @@ class Trainer:
         # the rule off); [(step, value)] of every eval so far, read back on a resume.
         self.stop_metric = self.stop_rule.metric if self.stop_rule else stopping.DEFAULT_METRIC
         self.history: list[tuple[int, float | None]] = []
+        self.prior_s = 0.0  # training seconds of the run's earlier processes (set by run)
 
     def _init_state(self) -> TrainState:
         params = init_params(self.spec.model_config, jax.random.key(self.c["seed"]))
@@ -176,10 +178,15 @@ class Trainer:
         logging.info("resuming %s from step %d", self.workdir, int(state.step))
         return state, int(state.step)
 
-    def _history_metadata(self) -> dict[str, Any]:
+    def _checkpoint_metadata(self, clock: Throughput) -> dict[str, Any]:
         # The eval history is saved with each checkpoint: a damaged metrics.jsonl line
-        # must not change the stop or steps_to_90pct of a resumed run.
-        return {HISTORY_KEY: {"metric": self.stop_metric, "history": self.history}}
+        # must not change the stop or steps_to_90pct of a resumed run. So is the training
+        # time so far: a process killed outright (a machine gone between sessions) writes
+        # no summary.json, and its time would otherwise drop out of train_s_total.
+        return {
+            HISTORY_KEY: {"metric": self.stop_metric, "history": self.history},
+            TRAIN_S_KEY: self.prior_s + clock.train_s,
+        }
 
     def _saved_history(self, ckpt, start: int) -> list[tuple[int, float | None]]:
         """The eval history up to `start`: the one saved with that checkpoint (for the same
@@ -276,7 +283,7 @@ class Trainer:
             self.log.metrics(line)
             summary["final_loss"] = line["loss"]
             if is_ckpt or converged:  # a stop is saved, so that a rerun resumes at it
-                ckpt.save(state, self._history_metadata())
+                ckpt.save(state, self._checkpoint_metadata(clock))
             clock.restart(step)
             if converged:
                 logging.info("stopping at step %d: %s has not improved by more than %g "
@@ -306,13 +313,12 @@ class Trainer:
         except OSError as e:
             raise io_error(e, self.workdir) from e
         failure: BaseException | None = None  # the first error; nothing after it hides it
-        prior_s = 0.0
         try:
             state, start = self._restore(ckpt)
             summary["resumed_from"] = start if start else None
             # The training time of the earlier processes of a resumed run, so that
             # train_s_total is the whole run's (train_s is this process's).
-            prior_s = _prior_train_s(self.workdir) if start else 0.0
+            self.prior_s = _prior_train_s(ckpt, start, self.workdir)
             self.log.start(state.params, start)
             logging.info(
                 "training %s: %d params, steps %d..%d, batch %d x %d tokens, %s",
@@ -375,7 +381,7 @@ class Trainer:
             summary.update(
                 last_checkpoint=ckpt.latest_step(), startup_s=clock.startup_s,
                 train_s=clock.train_s, tokens_per_s=clock.tokens_per_s(),
-                train_s_total=prior_s + clock.train_s,
+                train_s_total=self.prior_s + clock.train_s,
                 wall_s=time.time() - self.t0,
             )  # fmt: skip
             self._finish(ckpt, summary, failure)
@@ -396,9 +402,16 @@ class Trainer:
             write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
 
 
-def _prior_train_s(workdir: str) -> float:
-    """train_s_total (else train_s) of the summary.json an earlier process of the run left;
+def _prior_train_s(ckpt: checkpointing.Checkpointer, start: int, workdir: str) -> float:
+    """The training seconds of the run up to checkpoint `start` (0 for a fresh run): the
+    ones saved with that checkpoint; for a checkpoint saved without them (before
+    2026-12-04), train_s_total (else train_s) of the summary.json an earlier process left,
     0 without one."""
+    if not start:
+        return 0.0
+    saved = ckpt.saved_metadata(start).get(TRAIN_S_KEY)
+    if isinstance(saved, int | float) and not isinstance(saved, bool):
+        return float(saved)
     try:
         with open(os.path.join(workdir, SUMMARY_FILE)) as f:
             s = json.load(f)
