@@ -152,7 +152,7 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
         "rule110_search", "depo_search", "rule110_depth", "rule110_confirm", "rule110_controls",
         "rule110_online", "rule110_attention_only", "rule110_sliding", "depo_search_long",
         "depo_frontier", "rule110_probe", "depo_frontier_confirm", "depo_compute_matched",
-        "rule110_easy", "depo_slice", "depo_slice_confirm",
+        "rule110_easy", "depo_slice", "depo_slice_confirm", "rule110_easy_warm",
     ],
 )  # fmt: skip
 def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
@@ -179,6 +179,13 @@ def test_the_search_sweeps_plan_valid_runs(name, tmp_path):
         assert {str(strip(p.config)) for p in planned} <= {str(strip(p.config)) for p in depth}
         cells = {(tuple(p.config["task"]["t_values"]), p.config["passes"]) for p in planned}
         assert cells == {((4,), 1), ((4,), 4)} and len(planned) == 10
+    elif name == "rule110_easy_warm":  # each run starts from its seed's rule110_easy N = 1
+        easy_dir = os.path.dirname(depth_sweeps.EASY_N1_RUN)  # the README's runs dir
+        easy = runner.plan(grid.Sweep.from_config(sweeps.get_config("rule110_easy")), easy_dir)
+        sources = {p.run.seed: p.run_dir for p in easy if p.config["passes"] == 1}
+        assert {p.config["init_from"] for p in planned if p.run.seed == 3} == {sources[3]}
+        assert all(p.config["init_from"] == sources[p.run.seed] for p in planned)
+        assert {(p.config["passes"], p.config["steps"]) for p in planned} == {(1, 4000), (4, 4000)}
     elif name == "rule110_confirm":
         assert sorted({p.run.seed for p in planned}) == [5, 6, 7, 8, 9]
         assert {p.config["passes"] for p in planned} == {1, 4}

@@ -158,6 +158,21 @@ def test_runs_are_named_by_their_swept_fields_and_launched_with_their_changes():
     )
 
 
+def test_seed_placeholder_in_a_fixed_override_names_each_runs_own_seed():
+    """`{seed}` in a fixed string override (a warm start's `init_from`) becomes each run's
+    seed, in what it is launched with and stored as; other values pass through."""
+    from experiments.configs import sweeps
+
+    s = sweeps.get_config("tiny")
+    s.fixed.update({"init_from": "src/passes=1,seed={seed}", "steps": 7})
+    s.seeds = (3, 4)
+    runs = grid.Sweep.from_config(s).runs()
+    got = {(r.seed, grid.launch_overrides(r)["init_from"]) for r in runs}
+    assert got == {(3, "src/passes=1,seed=3"), (4, "src/passes=1,seed=4")}
+    assert all(grid.launch_overrides(r)["steps"] == 7 for r in runs)
+    assert grid.for_seed({"init_from": None, "t": (1,)}, 2) == {"init_from": None, "t": (1,)}
+
+
 def test_launch_config_is_what_the_training_flags_build():
     """The sweep compares config.json with the config its own flags build: a tuple field
     and a None placeholder survive the round trip through the command line."""

@@ -8,6 +8,8 @@ Variants (each function's docstring says what it asks):
   rule110_search_deep  the t* search continued at t in {12, 16}.
   rule110_depth        step 2, the claim: N in {1, 4, 2} x seeds 0-4 at t* and its neighbours.
   rule110_easy         rule110_depth's t = 4 pairs (N in {1, 4}) alone, run first.
+  rule110_easy_warm    issue 18's warm start at t = 4: N in {4, 1}, each from rule110_easy's
+                       N = 1 model of the same seed.
   rule110_confirm      N = 4 vs N = 1 at t* on confirmation seeds 5-9.
   rule110_controls     compute-matched N = 1 and attention-only at t*.
   rule110_attention_only  the attention-only arm of rule110_controls alone (same run names).
@@ -95,6 +97,25 @@ def rule110_easy():
     # as blocks of seeds by hand, BUILD_NOTES "rule110_easy, decided at 22:06 UTC").
     s.order = "seeds"
     return s
+
+
+# Where rule110_easy's runs are, relative to the repository root (the README's commands);
+# elsewhere: --sweep.fixed.init_from=<runs_dir>/passes=1,task.t_values=(4),seed={seed}.
+EASY_N1_RUN = "runs/depth/runs_easy/passes=1,task.t_values=(4),seed={seed}"
+
+
+def rule110_easy_warm():
+    """Issue 18's best recipe at t = 4 (BUILD_NOTES.md "Decided at 01:35 UTC"): N = 4 and,
+    as the control for the extra training, N = 1, each started from the final parameters
+    of rule110_easy's N = 1 run of the same seed (its checkpoints, so on the machine that
+    trained it) with a fresh optimizer; the same stopping rule, cap 4000 steps. Its own
+    --runs_dir: the run names are rule110_easy's (init_from is in config.json only)."""
+    axes = {"task.t_values+passes": (((4,), 4), ((4,), 1))}
+    return make_sweep(
+        "experiments/configs/rule110.py", axes, seeds=[0, 1, 2, 3, 4], config_arg="depth",
+        fixed={**CONVERGED, "steps": 4000, "init_from": EASY_N1_RUN}, x_field="passes",
+        est_run_s=900.0, order="seeds",
+    )  # fmt: skip
 
 
 def rule110_confirm():
@@ -316,6 +337,7 @@ VARIANTS = {
     "rule110_search_deep": rule110_search_deep,
     "rule110_depth": rule110_depth,
     "rule110_easy": rule110_easy,
+    "rule110_easy_warm": rule110_easy_warm,
     "rule110_confirm": rule110_confirm,
     "rule110_controls": rule110_controls,
     "rule110_attention_only": rule110_attention_only,

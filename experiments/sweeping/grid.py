@@ -66,12 +66,22 @@ def _lookup(config, field: str):
     return node.to_dict() if hasattr(node, "to_dict") else node
 
 
+SEED_PLACEHOLDER = "{seed}"
+
+
+def for_seed(fixed: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
+    """`fixed` for one seed's run: "{seed}" in a string value becomes the seed, so that a
+    run can name another run of the same seed (a warm start's `init_from`)."""
+    return {k: v.replace(SEED_PLACEHOLDER, str(seed)) if isinstance(v, str) else v
+            for k, v in (fixed or {}).items()}  # fmt: skip
+
+
 def store_as_changes(runs: Sequence[Run], base_config, fixed: Mapping[str, Any] | None = None):
-    """Each run with `stored` set: its point plus `fixed`, without the fields whose value
-    equals `base_config`'s (call `check_fields` first)."""
+    """Each run with `stored` set: its point plus `fixed` (for its seed), without the fields
+    whose value equals `base_config`'s (call `check_fields` first)."""
     out = []
     for run in runs:
-        every = {**(fixed or {}), **dict(run.point)}
+        every = {**for_seed(fixed, run.seed), **dict(run.point)}
         changed = {k: v for k, v in every.items() if _freeze(_lookup(base_config, k)) != _freeze(v)}
         out.append(dataclasses.replace(run, stored=point_key(changed)))
     return out
@@ -247,10 +257,10 @@ def check_fields(config, runs: Sequence[Run]) -> None:
 
 
 def launch_overrides(run: Run, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The config overrides a run is launched with: `fixed` and its point (or exactly its
-    `stored` overrides, when set), and its seed."""
+    """The config overrides a run is launched with: `fixed` (for its seed) and its point
+    (or exactly its `stored` overrides, when set), and its seed."""
     if run.stored is None:
-        return {**(fixed or {}), **run.overrides()}
+        return {**for_seed(fixed, run.seed), **run.overrides()}
     return {**dict(run.stored), "seed": run.seed}
 
 
