@@ -105,8 +105,8 @@ EASY_N1_RUN = "runs/depth/runs_easy/passes=1,task.t_values=(4),seed={seed}"
 
 
 def rule110_easy_warm():
-    """Issue 18's best recipe at t = 4 (BUILD_NOTES.md "Decided at 01:35 UTC"): N = 4 and,
-    as the control for the extra training, N = 1, each started from the final parameters
+    """Issue 18's best recipe at t = 4 (BUILD_NOTES.md "Decided at 01:29 UTC", 2026-12-05):
+    N = 4 and, as the control for the extra training, N = 1, each from the final parameters
     of rule110_easy's N = 1 run of the same seed (its checkpoints, so on the machine that
     trained it) with a fresh optimizer; the same stopping rule, cap 4000 steps. Its own
     --runs_dir: the run names are rule110_easy's (init_from is in config.json only)."""
