@@ -114,6 +114,10 @@ def arm_of(c: dict) -> str:
     if c.get("eviction", LADDER_MODEL["eviction"]) != LADDER_MODEL["eviction"]:
         warmup = c.get("hard_eviction_steps") or 0
         changes.append(c["eviction"] + (f" after {warmup} hard" if warmup else ""))
+    if c.get("init_from"):  # a warm start: named by its source's arm where that is readable
+        source = os.path.join(c["init_from"], "config.json")
+        changes.append(f"warm from N = {_config(c['init_from'])['passes']}"
+                       if os.path.exists(source) else "warm start")  # fmt: skip
     return f"{c['passes']}" + (f" ({', '.join(changes)})" if changes else "")
 
 
@@ -213,6 +217,9 @@ def gains_table(records: Sequence[dict]) -> str:
     for (t, arm), runs in ordered:
         if arm != "1":
             lines.append(_pair_row(t, arm, runs, cells.get((t, "1"), {}), "1"))
+        n, _, changes = arm.partition(" ")
+        if changes and n != "1" and (t, f"1 {changes}") in cells:
+            lines.append(_pair_row(t, arm, runs, cells[(t, f"1 {changes}")], f"1 {changes}"))
     for (t, arm), runs in ordered:
         if " " in arm and (t, "4") in cells:  # a control: what N = 4 buys against it
             lines.append(_pair_row(t, "4", cells[(t, "4")], runs, arm))

@@ -72,7 +72,8 @@ def _fake_run(tmp_path, t, n, seed, acc, stop="converged", **changes):
     control's config fields, e.g. wake_passes=4)."""
     import json
 
-    run_dir = tmp_path / f"t{t}_n{n}_s{seed}{''.join(map(str, changes.values()))}"
+    suffix = "".join(map(str, changes.values())).replace(os.sep, "_")  # a path: init_from
+    run_dir = tmp_path / f"t{t}_n{n}_s{seed}{suffix}"
     run_dir.mkdir()
     task = {"name": "rule110", "num_states": 4, "width": 16, "t_values": [t],
             "boundary": "periodic"}  # fmt: skip
@@ -144,6 +145,28 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
     assert "above 0.05): the ladder does not count" in depth_ladder.report(attn)
     with pytest.raises(ValueError, match="no completed runs"):
         depth_ladder.report([])
+
+
+def test_warm_started_arms_are_named_by_their_source_and_paired_with_each_other(tmp_path):
+    """A warm start (init_from) is its own arm, named by its source's N; a warm N = 4 is
+    paired with N = 1 warm-started the same way, as well as with the plain N = 1."""
+    from experiments import depth_ladder
+
+    sources = [_fake_run(tmp_path, 4, 1, s, a) for s, a in enumerate((0.9, 0.2))]
+    fourk = {"steps": 4000}
+    warm = [
+        _fake_run(tmp_path, 4, n, s, a, init_from=sources[s]["run_dir"], **fourk)
+        for n, per_seed in ((4, (1.0, 0.6)), (1, (0.95, 0.2)))
+        for s, a in enumerate(per_seed)
+    ]
+    gone = _fake_run(tmp_path, 4, 4, 0, 0.5, init_from=str(tmp_path / "elsewhere"))
+    assert depth_ladder.depth_and_arm(warm[0]) == (4, "4 (cap 4000, warm from N = 1)")
+    assert depth_ladder.depth_and_arm(gone) == (4, "4 (warm start)")
+    text = depth_ladder.report(sources + warm)
+    # warm N = 4 - warm N = 1: +0.05 and +0.4; warm N = 4 - plain N = 1: +0.1 and +0.4.
+    same = "1 (cap 4000, warm from N = 1)"
+    assert f"| 4 | 4 (cap 4000, warm from N = 1) | {same} | 0,1 | 0.800 | 0.575 | +0.225 [" in text
+    assert "| 4 | 4 (cap 4000, warm from N = 1) | 1 | 0,1 | 0.800 | 0.550 | +0.250 [" in text
 
 
 @pytest.mark.parametrize(
