@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,10 +115,10 @@ def arm_of(c: dict) -> str:
     if c.get("eviction", LADDER_MODEL["eviction"]) != LADDER_MODEL["eviction"]:
         warmup = c.get("hard_eviction_steps") or 0
         changes.append(c["eviction"] + (f" after {warmup} hard" if warmup else ""))
-    if c.get("init_from"):  # a warm start: named by its source's arm where that is readable
-        source = os.path.join(c["init_from"], "config.json")
-        changes.append(f"warm from N = {_config(c['init_from'])['passes']}"
-                       if os.path.exists(source) else "warm start")  # fmt: skip
+    if c.get("init_from"):  # a warm start: named by its source's run, less the seed, so
+        # that the seeds of one arm share a name (and on any machine: the source may be gone)
+        source = re.sub(r"[,/]?seed=\d+", "", os.path.normpath(c["init_from"]))
+        changes.append(f"warm from {os.path.basename(source) or source}")
     return f"{c['passes']}" + (f" ({', '.join(changes)})" if changes else "")
 
 

@@ -148,25 +148,28 @@ def test_depth_ladder_report_gains_frontier_and_control(tmp_path):
 
 
 def test_warm_started_arms_are_named_by_their_source_and_paired_with_each_other(tmp_path):
-    """A warm start (init_from) is its own arm, named by its source's N; a warm N = 4 is
-    paired with N = 1 warm-started the same way, as well as with the plain N = 1."""
+    """A warm start (init_from) is its own arm, named by its source run less the seed (the
+    same on any machine, the source there or not); a warm N = 4 is paired with N = 1
+    warm-started the same way, as well as with the plain N = 1."""
     from experiments import depth_ladder
 
     sources = [_fake_run(tmp_path, 4, 1, s, a) for s, a in enumerate((0.9, 0.2))]
+    src = str(tmp_path / "easy" / "passes=1,task.t_values=(4),seed={}")
     fourk = {"steps": 4000}
     warm = [
-        _fake_run(tmp_path, 4, n, s, a, init_from=sources[s]["run_dir"], **fourk)
+        _fake_run(tmp_path, 4, n, s, a, init_from=src.format(s), **fourk)
         for n, per_seed in ((4, (1.0, 0.6)), (1, (0.95, 0.2)))
         for s, a in enumerate(per_seed)
     ]
-    gone = _fake_run(tmp_path, 4, 4, 0, 0.5, init_from=str(tmp_path / "elsewhere"))
-    assert depth_ladder.depth_and_arm(warm[0]) == (4, "4 (cap 4000, warm from N = 1)")
-    assert depth_ladder.depth_and_arm(gone) == (4, "4 (warm start)")
+    arm = "4 (cap 4000, warm from passes=1,task.t_values=(4))"
+    assert depth_ladder.depth_and_arm(warm[0]) == (4, arm)
+    recipe = _fake_run(tmp_path, 4, 4, 0, 0.5, init_from="runs/n=16/today_N1/seed=0")
+    assert depth_ladder.depth_and_arm(recipe) == (4, "4 (warm from today_N1)")
     text = depth_ladder.report(sources + warm)
     # warm N = 4 - warm N = 1: +0.05 and +0.4; warm N = 4 - plain N = 1: +0.1 and +0.4.
-    same = "1 (cap 4000, warm from N = 1)"
-    assert f"| 4 | 4 (cap 4000, warm from N = 1) | {same} | 0,1 | 0.800 | 0.575 | +0.225 [" in text
-    assert "| 4 | 4 (cap 4000, warm from N = 1) | 1 | 0,1 | 0.800 | 0.550 | +0.250 [" in text
+    same = "1 (cap 4000, warm from passes=1,task.t_values=(4))"
+    assert f"| 4 | {arm} | {same} | 0,1 | 0.800 | 0.575 | +0.225 [" in text
+    assert f"| 4 | {arm} | 1 | 0,1 | 0.800 | 0.550 | +0.250 [" in text
 
 
 @pytest.mark.parametrize(
