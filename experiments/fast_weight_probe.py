@@ -11,8 +11,10 @@ last state window's consolidation to
   * the answer Qi asks (bit 0 of state i after t steps), and
   * each raw bit j in {-t..t} of state i (what that answer depends on),
 with the same trained weights consolidating with p passes for every p in --passes. Controls:
-the untrained model of the same config and seed (at the trained N), and the raw input bits
-themselves (the answer's linear separability). Writes <out>/probe.md and <out>/probe.json.
+the weights training began from, at the trained N (the untrained model of the same config
+and seed, or a warm-started run's source, whose checkpoints must be there), and the raw
+input bits themselves (the answer's linear separability). Writes <out>/probe.md and
+<out>/probe.json.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def _check_run(run_dir, spec, saved):
         problem = f"window {spec.window} != width {task.width} (one state per window needed)"
     elif task.boundary != "periodic":
         problem = f"boundary {task.boundary!r} (the raw-bit offsets -t..t wrap: periodic only)"
-    elif saved.get("init_from"):
-        problem = "init_from set (its untrained control would not be the weights it began from)"
+    elif saved.get("init_from") and not os.path.isdir(
+        os.path.join(saved["init_from"], "checkpoints")
+    ):  # its control is the weights it began from: the source's, which must be there
+        problem = f"init_from {saved['init_from']!r} that has no checkpoints here"
     elif len(task.t_values) != 1:
         problem = f"t_values {task.t_values} (the probe needs one t per model)"
     elif task.probe_radius != 0:
@@ -126,8 +130,12 @@ def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offs
                                             schedule=spec.schedule))  # fmt: skip
         ans, bits, majority = _probe_columns(x, answers, raw, n_test)
         by_p[p] = {"answer": ans.tolist(), "raw_bits": bits.tolist()}
-    untrained = sc.init_params(spec.model_config, jax.random.key(seed))
-    x0 = np.asarray(fast_weight_features(untrained, states, spec.window, trained_n,
+    # The control: the weights training began from (a fresh init, or a warm start's source).
+    if saved.get("init_from"):
+        start = sc.load_params(saved["init_from"]).replace(config=params.config)
+    else:
+        start = sc.init_params(spec.model_config, jax.random.key(seed))
+    x0 = np.asarray(fast_weight_features(start, states, spec.window, trained_n,
                                          schedule=spec.schedule))  # fmt: skip
     ans0, bits0, _ = _probe_columns(x0, answers, raw, n_test)
     inputs = np.asarray(states, np.float64)
@@ -141,7 +149,8 @@ def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offs
         "model_acc": {q: metrics[f"acc/{q}"] for q in task.answer_position_names},
         "majority": majority.tolist(),
         "by_passes": by_p,
-        "untrained": {"answer": ans0.tolist(), "raw_bits": bits0.tolist()},
+        "untrained": {"answer": ans0.tolist(), "raw_bits": bits0.tolist()},  # the start's
+        "start": "source" if saved.get("init_from") else "untrained",
         "raw_input_answer": ans_in.tolist(),
     }
 
@@ -155,7 +164,7 @@ def table(results: list[dict], passes: list[int]) -> str:
     head = (
         "| t | N | seed | model acc Q1-Q4 | "
         + " | ".join(f"answer probe p={p}" for p in ps)
-        + " | raw-bit probe p=N | untrained: answer / raw bits | raw input: answer |"
+        + " | raw-bit probe p=N | start weights: answer / raw bits | raw input: answer |"
     )
     lines = [head, "|" + "---|" * (7 + len(ps))]
     for r in sorted(results, key=lambda r: (r["t"], r["trained_n"], r["seed"])):
@@ -170,9 +179,13 @@ def table(results: list[dict], passes: list[int]) -> str:
             f"| {r['t']} | {r['trained_n']} | {r['seed']} | {model} | "
             + " | ".join(cells)
             + f" | {raw_n:.3f} | {_mean(un['answer']):.3f} / {_mean(un['raw_bits']):.3f}"
+            + (" (source)" if r.get("start") == "source" else "")
             + f" | {_mean(r['raw_input_answer']):.3f} |"
         )
     per_state = [
+        "",
+        "Start weights: the untrained model of the same config and seed, or (source) the",
+        "parameters a warm-started run began from, probed at the run's trained N.",
         "",
         "Per state (Q1..Q4): the model's accuracy, the answer probe after the wake pass alone",
         "(p = 1) and after the trained N passes, the raw-bit probe (mean over offsets) at",

@@ -172,7 +172,7 @@ def test_probe_targets_recompute_the_tasks_answers(t):
         (lambda c: c.task.update(probe_radius=1), "probe_radius 1"),
         (lambda c: c.task.update(boundary="zero"), "boundary 'zero'"),
         (lambda c: c.update(window=4), "window 4 != width 8"),
-        (lambda c: c.update(init_from="runs/n1"), "init_from set"),
+        (lambda c: c.update(init_from="runs/n1"), "init_from 'runs/n1' that has no checkpoints"),
         (lambda c: c.update(layout=("attn",)), "no fast weights"),
     ],
 )
@@ -218,6 +218,23 @@ def test_probe_run_probes_a_trained_run_end_to_end(tiny_rule110_run):
     json.dumps(r)  # what main writes
     text = fast_weight_probe.table([r], [1, 2])
     assert "| 1 | 2 | 0 |" in text and "answer probe p=2" in text
+
+
+@pytest.mark.slow  # trains a 2-step warm start from the tiny run (~30 s); CI runs -m slow
+def test_a_warm_started_run_is_probed_against_the_weights_it_began_from(tiny_rule110_run, tmp_path):
+    """A warm start's control is its source's parameters at the run's N: the source's own
+    probe at that N, to the last digit, on the same examples."""
+    c = rule110.get_config("tiny")
+    c.update(steps=2, log_every=2, eval_every=2, checkpoint_every=2, eval_size=32,
+             eval_batch_size=32, batch_size=8, init_from=tiny_rule110_run)  # fmt: skip
+    warm = str(tmp_path / "warm")
+    train_and_evaluate(c, warm)
+    kw = dict(size=160, n_test=40, seed_offset=1000)
+    source = fast_weight_probe.probe_run(tiny_rule110_run, [1], **kw)
+    r = fast_weight_probe.probe_run(warm, [1], **kw)
+    assert (r["start"], source["start"]) == ("source", "untrained")
+    assert r["untrained"] == source["by_passes"][r["trained_n"]]
+    assert "(source)" in fast_weight_probe.table([r], [1, 2])
 
 
 def test_the_report_shows_each_states_probe_after_the_wake_pass_and_after_n():
