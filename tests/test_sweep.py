@@ -89,6 +89,7 @@ def _sweep_from_command_line(*overrides, name="tiny"):
         ("--sweep.axes.task.window=8,16", [8, 16]),  # a dotted field (a task knob)
         ("--sweep.axes.task.num_pairs_values=(2,),(4,)", [(2,), (4,)]),
         ("--sweep.axes.task.name=recall", ["recall"]),
+        ("--sweep.axes.steps+layout=((23,('attn','ssm')),)", [(23, ("attn", "ssm"))]),  # joint
     ],
 )
 def test_axes_from_the_command_line_are_the_values_typed(flag, values):

@@ -42,12 +42,13 @@ SLURM_SETUP = flags.DEFINE_multi_string(
 
 def split_dotted(argv: list[str], flag: str = "sweep") -> tuple[list[str], list[tuple]]:
     """Takes `--sweep.axes.task.window=8,16` (an axis or fixed override of a dotted config
-    field) out of `argv`: ml_collections reads every dot as nesting and would look for an
-    axis "task". Returns the other arguments and (section, field, value) triples for
+    field) and `--sweep.axes.steps+layout=...` (a joint axis) out of `argv`: ml_collections
+    reads every dot as nesting (it would look for an axis "task") and cannot parse a "+"
+    in a field's name. Returns the other arguments and (section, field, value) triples for
     `apply_dotted`."""
     rest, dotted = [], []
     for arg in argv:
-        m = re.fullmatch(rf"--{flag}\.(axes|fixed)\.([^=]+\.[^=]+)=(.*)", arg, flags=re.S)
+        m = re.fullmatch(rf"--{flag}\.(axes|fixed)\.([^=]*[.+][^=]*)=(.*)", arg, flags=re.S)
         if m:
             dotted.append(m.groups())
         else:

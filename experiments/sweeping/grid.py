@@ -155,13 +155,13 @@ def axis_values(values) -> list:
     """An axis's values as a list. ml_collections hands a new axis from the command line
     over as a string when its items are not all Python literals (--sweep.axes.eviction=
     hard,sliding, or true,false), and as a bare scalar for one value; both are parsed here
-    as the comma list the user typed, never iterated character by character."""
-    tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    as the comma list the user typed, never iterated character by character. Lists inside
+    a value become tuples, at any depth (a joint axis's (23, ('attn', 'ssm')))."""
     if isinstance(values, str):
-        return [tup(command_line_value(v)) for v in _split_top_level(values) if v.strip()]
+        return [_freeze(command_line_value(v)) for v in _split_top_level(values) if v.strip()]
     if not isinstance(values, list | tuple):
         return [values]
-    return [tup(v) for v in values]
+    return [_freeze(v) for v in values]
 
 
 def axes_and_fixed(sweep_config) -> tuple[dict, dict]:
