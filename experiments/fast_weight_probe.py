@@ -31,6 +31,8 @@ import sleep_consolidation as sc
 from experiments.configs import common
 from sleep_consolidation.analysis.probe import fast_weight_features, ridge_probe
 from sleep_consolidation.tasks.rule110 import rule110_step
+from sleep_consolidation.training import init_from
+from sleep_consolidation.training.checkpoint_files import CHECKPOINT_DIR
 
 FLAGS = flags.FLAGS
 
@@ -82,7 +84,7 @@ def _check_run(run_dir, spec, saved):
     elif task.boundary != "periodic":
         problem = f"boundary {task.boundary!r} (the raw-bit offsets -t..t wrap: periodic only)"
     elif saved.get("init_from") and not os.path.isdir(
-        os.path.join(saved["init_from"], "checkpoints")
+        os.path.join(saved["init_from"], CHECKPOINT_DIR)
     ):  # its control is the weights it began from: the source's, which must be there
         problem = f"init_from {saved['init_from']!r} that has no checkpoints here"
     elif len(task.t_values) != 1:
@@ -132,7 +134,7 @@ def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offs
         by_p[p] = {"answer": ans.tolist(), "raw_bits": bits.tolist()}
     # The control: the weights training began from (a fresh init, or a warm start's source).
     if saved.get("init_from"):
-        start = sc.load_params(saved["init_from"]).replace(config=params.config)
+        start = init_from.load_init_params(saved["init_from"], params)  # shapes checked
     else:
         start = sc.init_params(spec.model_config, jax.random.key(seed))
     x0 = np.asarray(fast_weight_features(start, states, spec.window, trained_n,
@@ -149,7 +151,9 @@ def probe_run(run_dir: str, passes: list[int], size: int, n_test: int, seed_offs
         "model_acc": {q: metrics[f"acc/{q}"] for q in task.answer_position_names},
         "majority": majority.tolist(),
         "by_passes": by_p,
-        "untrained": {"answer": ans0.tolist(), "raw_bits": bits0.tolist()},  # the start's
+        # The start weights' probe, under the key earlier probe.json files use; "start" says
+        # which weights they were.
+        "untrained": {"answer": ans0.tolist(), "raw_bits": bits0.tolist()},
         "start": "source" if saved.get("init_from") else "untrained",
         "raw_input_answer": ans_in.tolist(),
     }

@@ -8,8 +8,8 @@ Variants (each function's docstring says what it asks):
   rule110_search_deep  the t* search continued at t in {12, 16}.
   rule110_depth        step 2, the claim: N in {1, 4, 2} x seeds 0-4 at t* and its neighbours.
   rule110_easy         rule110_depth's t = 4 pairs (N in {1, 4}) alone, run first.
-  rule110_easy_warm    issue 18's warm start at t = 4: N in {4, 1}, each from rule110_easy's
-                       N = 1 model of the same seed.
+  rule110_easy_warm    the recipe study's warm start at t = 4: N in {4, 1}, each from
+                       rule110_easy's N = 1 model of the same seed.
   rule110_confirm      N = 4 vs N = 1 at t* on confirmation seeds 5-9.
   rule110_controls     compute-matched N = 1 and attention-only at t*.
   rule110_attention_only  the attention-only arm of rule110_controls alone (same run names).
@@ -105,7 +105,8 @@ EASY_N1_RUN = "runs/depth/runs_easy/passes=1,task.t_values=(4),seed={seed}"
 
 
 def rule110_easy_warm():
-    """Issue 18's best recipe at t = 4 (BUILD_NOTES.md "Decided at 01:29 UTC", 2026-12-05):
+    """The recipe study's best recipe (results/RESULTS.md "Training many passes") at t = 4
+    (BUILD_NOTES.md "Decided at 01:29 UTC", 2026-12-05):
     N = 4 and, as the control for the extra training, N = 1, each from the final parameters
     of rule110_easy's N = 1 run of the same seed (its checkpoints, so on the machine that
     trained it) with a fresh optimizer; the same stopping rule, cap 4000 steps. Its own
