@@ -22,6 +22,8 @@ from sleep_consolidation.training.run_log import tensorboard_tag
 from tests.conftest import attn_config, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The runs of one test (straight, interrupted, resumed) compile the same steps: once.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def _leaves(params):
