@@ -167,7 +167,9 @@ def report(workdir: str, loads, seeds, names, cap: int) -> tuple[str, list[dict]
             if (r := record(workdir, n, name, s)) is not None]  # fmt: skip
     by = {(r["n"], r["recipe"], r["seed"]): r for r in recs}
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; † = hit the {cap}-step cap; "
+        # "its" cap: a study can run recipes under different caps (n = 32's N = 1 sources).
+        f"Seeds {', '.join(map(str, seeds))}; † = stopped by its step cap ({cap} unless "
+        "the run was given another), not by the stopping rule; "
         f"left = final eval/acc >= {PLATEAU_FLOOR}; steps to 90% of the final accuracy; "
         "warm-started runs also count their source's steps (+src). "
         "|h| growth: mean |h| after the last pass / after the wake pass, last eval.",
