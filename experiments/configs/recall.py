@@ -6,8 +6,11 @@ Run-book:
   n in {4,8,16} key-value pairs fill window 1 and are evicted before 8 queries in window 2
   (T=64, L=32), batch 256; depth = n. Sweep --config.passes in {1,2,4}.
   Expected time: not measured on an accelerator yet; training cost grows ~linearly in N.
-  Expected result: per-query accuracy (`eval/acc/d=n`; chance 1/64) falls with n; more
-  passes should help most at large n.
+  Expected result: per-query accuracy (`eval/acc/d=n`; chance 1/64) falls with n. More
+  passes were expected to help most at large n; measured on the capacity config, they do
+  not: from scratch N = 4 often stays on the loss plateau at n >= 16, and warm-started
+  from N = 1 it ends level with N = 1 given the same steps at n = 8, 16 and 32 (results/
+  RESULTS.md "Training many passes: the recipe study").
 
   Tiny (CPU smoke test and CI, 20-30 s on a 2-core CPU; loss 3.20 -> 1.50, eval acc 0.48
   vs chance 0.125):
