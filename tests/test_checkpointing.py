@@ -494,3 +494,38 @@ def test_a_checkpoint_save_on_a_full_disk_stops_the_run_naming_the_directory(tmp
     monkeypatch.undo()  # space freed: the same command resumes
     summary = train.train_and_evaluate(attn_config(), workdir)
     assert summary["resumed_from"] == 2 and summary["status"] == "completed"
+
+
+@pytest.mark.parametrize("failures", [1, checkpointing._READER_OPEN_TRIES])
+def test_a_reader_lists_again_when_a_step_is_rotated_away_while_it_opens(
+    tmp_path, monkeypatch, failures
+):
+    """Opening Orbax's manager reads each step's metadata; a live run may delete a step in
+    between (Orbax then raises NotADirectoryError). A reader lists again; a reader that
+    keeps losing the race gets a CheckpointError naming the directory; a writer, which
+    owns the directory, is never retried."""
+    import orbax.checkpoint as ocp
+
+    ckpt_dir = tmp_path / checkpointing.CHECKPOINT_DIR
+    ckpt_dir.mkdir()
+    real, calls = ocp.CheckpointManager, []
+
+    def racing_manager(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise NotADirectoryError(f"Path is not a directory: {ckpt_dir}/2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ocp, "CheckpointManager", racing_manager)
+    if failures < checkpointing._READER_OPEN_TRIES:
+        with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+            assert ckpt.all_steps() == []
+        assert len(calls) == failures + 1
+    else:
+        with pytest.raises(checkpointing.CheckpointError, match=f"{ckpt_dir} changed"):
+            checkpointing.Checkpointer(tmp_path, read_only=True)
+        assert len(calls) == failures
+    calls.clear()
+    with pytest.raises(NotADirectoryError):
+        checkpointing.Checkpointer(tmp_path, async_save=False)
+    assert len(calls) == 1

@@ -54,6 +54,11 @@ _ERRNOS = (("No space left", errno.ENOSPC), ("Permission denied", errno.EACCES),
            ("Read-only file system", errno.EROFS), ("Disk quota", errno.EDQUOT))  # fmt: skip
 
 
+# A reader opening a live run's checkpoints lists them again after a step is rotated
+# away under it (`Checkpointer._open_manager`).
+_READER_OPEN_TRIES = 5
+
+
 class CheckpointError(ValueError):
     """No checkpoint step of a run could be restored (or the one asked for is unusable);
     the message names the directory and each step with its reason."""
@@ -112,9 +117,27 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             read_only=read_only,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("params", "opt")
-        )
+        self._manager = self._open_manager(ocp, options)
+
+    def _open_manager(self, ocp, options):
+        """The Orbax manager. Opening it reads every step's metadata; in a live run the
+        trainer may delete a step (rotation) between Orbax listing it and reading it, which
+        Orbax reports as NotADirectoryError or FileNotFoundError. A reader lists again."""
+        for attempt in range(_READER_OPEN_TRIES):
+            try:
+                return ocp.CheckpointManager(
+                    self.directory, options=options, item_names=("params", "opt")
+                )
+            except (FileNotFoundError, NotADirectoryError) as e:
+                if not self.read_only:
+                    raise
+                if attempt == _READER_OPEN_TRIES - 1:
+                    raise CheckpointError(
+                        f"the steps in {self.directory} changed while being listed, "
+                        f"{_READER_OPEN_TRIES} times in a row ({type(e).__name__}: {e}); "
+                        "is a run deleting its checkpoints very fast?"
+                    ) from e
+                time.sleep(0.01 * (attempt + 1))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
