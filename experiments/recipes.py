@@ -172,13 +172,13 @@ def report(workdir: str, loads, seeds, names, cap: int) -> tuple[str, list[dict]
         "the run was given another), not by the stopping rule; "
         f"left = final eval/acc >= {PLATEAU_FLOOR}; steps to 90% of the final accuracy; "
         "warm-started runs also count their source's steps (+src). "
-        "|h| growth: mean |h| after the last pass / after the wake pass, last eval.",
+        "‖h‖ growth: mean ‖h‖ after the last pass / after the wake pass, last eval.",
         "",
     ]
     for n in loads:
         lines += [f"### n = {n} (window {2 * n})", "",
                   "| recipe | N | " + " | ".join(f"seed {s}" for s in seeds)
-                  + " | left | steps to 90% | wall s | |h| growth | recall cos (last pass) |",
+                  + " | left | steps to 90% | wall s | ‖h‖ growth | recall cos (last pass) |",
                   "|---|---|" + "---|" * (len(seeds) + 5)]  # fmt: skip
         for name in names:
             r = RECIPES[name]
