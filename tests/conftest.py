@@ -3,6 +3,7 @@ loop (`stream(..., impl="loop")`, docs/design.md's snippet)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -74,6 +75,19 @@ def attn_config(**overrides):
     return c
 
 
+@contextlib.contextmanager
+def reaped(proc):
+    """Yields `proc`, a training subprocess, and kills it if it is still running when the
+    block ends (a failed assertion, a timeout), so that no run outlives its test and takes
+    a core from the slow test file running beside it in CI."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def read_metrics(workdir):
     """A run's metrics.jsonl as a list of dicts."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -96,7 +110,15 @@ def compilation_cache(tmp_path_factory):
     """A persistent XLA cache shared by one test session's modules that use it: identical
     programs (the same tiny config in several tests, and in CLI subprocesses) compile once;
     XLA's CPU compile of the fast-weight gradients dominates those tests."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    # JAX keeps the cache it opened for the rest of the process: restoring the directory
+    # alone left later modules writing to this one (measured: compiles after the teardown
+    # still added entries), serializing executables where a long process once aborted
+    # (BUILD_NOTES, "CI runs the slow tests one pytest process per file"). Reset both ways.
     old = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax"))
+    compilation_cache.reset_cache()
     yield
     jax.config.update("jax_compilation_cache_dir", old)
+    compilation_cache.reset_cache()

@@ -133,7 +133,9 @@ def test_rule_remat_gives_the_same_gradients():
 
     want = grads(False)
     assert _tree_max_abs(want) > 1e-3  # a gradient that can differ
-    chex.assert_trees_all_close(grads(True), want, rtol=1e-5, atol=1e-6)
+    # atol as in the test below: entries that cancel to ~0 carry the rounding of the O(1)
+    # gradients, and the summation order of two fusions differs between CPU models.
+    chex.assert_trees_all_close(grads(True), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow  # three compiled gradients through sleep (~30 s idle); CI runs -m slow

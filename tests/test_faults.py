@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import reaped
 
 from sleep_consolidation.training import checkpointing
 
@@ -55,8 +56,8 @@ def _tail(path, n=3000):
 
 
 def _run_to_completion(workdir, log_path):
-    proc = _launch(workdir, log_path)
-    rc = proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    with reaped(_launch(workdir, log_path)) as proc:
+        rc = proc.wait(timeout=LAUNCH_TIMEOUT_S)
     assert rc == 0, f"exit {rc}:\n{_tail(log_path)}"
 
 
@@ -122,28 +123,30 @@ def test_sigkill_at_random_points_then_rerun_gives_bit_identical_parameters(
         # A random point: the first kill may land anywhere in startup (restore, compile);
         # the others once a random step past the last checkpoint is logged by this launch,
         # plus a random delay, so they fall mid-step, mid-append or mid-checkpoint-save
-        # (Orbax saves in the background) or in the final eval.
-        if (attempt == 0 and rng.random() < 0.5) or ckpt >= STEPS:
+        # (Orbax saves in the background) or in the final eval. Never after the last step's
+        # line: the run may then exit within the delay, before its kill. From checkpoint
+        # STEPS - 1 on, a launch compiles before its last step, so a startup kill lands.
+        if (attempt == 0 and rng.random() < 0.5) or ckpt >= STEPS - 1:
             plan = ("startup", rng.uniform(0.5, 8.0))
         else:
-            plan = ("step", rng.randint(ckpt + 1, STEPS), rng.uniform(0, 0.3))
-        proc = _launch(workdir, log_path)
-        t0 = time.monotonic()
-        # Lines of the previous launch past the checkpoint are dropped on resume: only a
-        # step logged after the log went below the target counts.
-        armed = False
-        while proc.poll() is None and time.monotonic() - t0 < LAUNCH_TIMEOUT_S:
-            if plan[0] == "startup" and time.monotonic() - t0 >= plan[1]:
-                break
-            if plan[0] == "step":
-                last = _last_logged_step(workdir)
-                armed = armed or last < plan[1]
-                if armed and last >= plan[1]:
-                    time.sleep(plan[2])
+            plan = ("step", rng.randint(ckpt + 1, STEPS - 1), rng.uniform(0, 0.3))
+        with reaped(_launch(workdir, log_path)) as proc:
+            t0 = time.monotonic()
+            # Lines of the previous launch past the checkpoint are dropped on resume: only a
+            # step logged after the log went below the target counts.
+            armed = False
+            while proc.poll() is None and time.monotonic() - t0 < LAUNCH_TIMEOUT_S:
+                if plan[0] == "startup" and time.monotonic() - t0 >= plan[1]:
                     break
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        rc = proc.wait(timeout=60)
+                if plan[0] == "step":
+                    last = _last_logged_step(workdir)
+                    armed = armed or last < plan[1]
+                    if armed and last >= plan[1]:
+                        time.sleep(plan[2])
+                        break
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            rc = proc.wait(timeout=60)
         history.append((plan, rc, _latest_checkpoint(workdir), _last_logged_step(workdir)))
         why = f"seed {SEED}, history (plan, rc, checkpoint, logged step): {history}"
         assert rc == -signal.SIGKILL, f"the run ended before its kill: {why}\n{_tail(log_path)}"
@@ -181,15 +184,16 @@ def test_reading_a_live_run_never_breaks_it(tmp_path):
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     reads, errors, t0 = 0, [], time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < LAUNCH_TIMEOUT_S:
-        try:
-            checkpointing.load_params(workdir)
-            reads += 1
-        except FileNotFoundError:  # not started yet: no config.json or checkpoint
-            time.sleep(0.05)
-        except checkpointing.CheckpointError as e:  # its steps rotated away mid-read
-            errors.append(str(e)[:200])
-    rc = proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    with reaped(proc):
+        while proc.poll() is None and time.monotonic() - t0 < LAUNCH_TIMEOUT_S:
+            try:
+                checkpointing.load_params(workdir)
+                reads += 1
+            except FileNotFoundError:  # not started yet: no config.json or checkpoint
+                time.sleep(0.05)
+            except checkpointing.CheckpointError as e:  # its steps rotated away mid-read
+                errors.append(str(e)[:200])
+        rc = proc.wait(timeout=LAUNCH_TIMEOUT_S)
     assert rc == 0, f"exit {rc} after {reads} reads:\n{_tail(log_path)}"
     assert _summary(workdir)["status"] == "completed"
     assert reads > 0, f"no read succeeded: {errors[:3]}"

@@ -19,7 +19,7 @@ from sleep_consolidation.tasks.recall import Recall
 from sleep_consolidation.training import checkpointing, curriculum, run_config, train
 from sleep_consolidation.training.losses import masked_cross_entropy
 from sleep_consolidation.training.run_log import tensorboard_tag
-from tests.conftest import attn_config, read_metrics
+from tests.conftest import attn_config, read_metrics, reaped
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The runs of one test (straight, interrupted, resumed) compile the same steps: once.
@@ -301,18 +301,20 @@ def test_a_killed_warm_started_run_resumes_bit_exactly(source_run, tmp_path):
         "--config.eval_batch_size=16", f"--config.init_from={source_run}",
     ]  # fmt: skip
     straight = str(tmp_path / "straight")
-    assert _launch([*args, f"--workdir={straight}"], straight + ".log").wait(600) == 0
+    with reaped(_launch([*args, f"--workdir={straight}"], straight + ".log")) as proc:
+        assert proc.wait(600) == 0
     killed = str(tmp_path / "killed")
-    proc = _launch([*args, f"--workdir={killed}"], killed + ".log")
     metrics = os.path.join(killed, "metrics.jsonl")
-    t0 = time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < 600:
-        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 5:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(60) == -signal.SIGKILL, "the run ended before its kill"
-    assert _launch([*args, f"--workdir={killed}"], killed + ".log").wait(600) == 0
+    with reaped(_launch([*args, f"--workdir={killed}"], killed + ".log")) as proc:
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 600:
+            if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 5:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL, "the run ended before its kill"
+    with reaped(_launch([*args, f"--workdir={killed}"], killed + ".log")) as proc:
+        assert proc.wait(600) == 0
     with open(os.path.join(killed, "summary.json")) as f:
         assert json.load(f)["resumed_from"] >= 2  # its own checkpoint, not the source
     _assert_bit_identical(checkpointing.load_params(straight), checkpointing.load_params(killed))

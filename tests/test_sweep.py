@@ -15,6 +15,7 @@ from rich.console import Console
 
 from experiments.sweeping import cli, grid, launch, lock, progress, report, runner
 from experiments.sweeping.rundir import RunDir
+from sleep_consolidation.training import run_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_TRAIN = (sys.executable, os.path.join(REPO, "tests", "fake_train.py"))
@@ -315,6 +316,20 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         with pytest.raises(lock.LockedError):  # held by a live process (this one)
             lock.DirLock(str(tmp_path)).acquire()
     assert not (tmp_path / lock.LOCK_FILE).exists()
+
+
+def test_an_empty_lock_is_being_written_when_young_and_taken_over_when_old(tmp_path):
+    """An empty lock file is another process between creating and writing it: taking it
+    over then would let both run. Left empty long enough, its writer died: taken over."""
+    path = tmp_path / lock.LOCK_FILE
+    path.write_text("")
+    with pytest.raises(lock.LockedError, match="empty or partly written.*is starting"):
+        lock.DirLock(str(tmp_path)).acquire()
+    assert path.read_text() == ""  # left alone for its writer
+    old = time.time() - 2 * run_lock._UNWRITTEN_GRACE_S
+    os.utime(path, (old, old))
+    with lock.DirLock(str(tmp_path)) as held:
+        assert held.holder()["pid"] == os.getpid()
 
 
 # --- the progress display -------------------------------------------------------------

@@ -15,6 +15,10 @@ LOCK_FILE = "sweep.lock"
 TRAIN_LOCK_FILE = "train.lock"
 
 
+# How long an empty or torn lock file counts as being written by its creator (a holder
+# writes it within microseconds of creating it); older, it was left by a crash.
+_UNWRITTEN_GRACE_S = 10.0
+
 # The lock files this process holds (absolute paths): `hold_run` nests within them.
 _HELD: set[str] = set()
 
@@ -79,7 +83,20 @@ class DirLock:
         raise LockedError(f"could not take the lock {self.path} (another {self.what} is starting)")
 
     def _check_stale(self, holder: dict | None) -> None:
-        if holder is None:  # torn or empty: its writer died mid-write (or is writing now)
+        if holder is None:  # torn or empty: its writer is writing now, or died mid-write
+            try:
+                age = time.time() - os.path.getmtime(self.path)
+            except FileNotFoundError:
+                return  # gone meanwhile: the next try creates it
+            # Taken over at once, a lock just created and not yet written would be deleted
+            # after its owner had checked it holds it: both would run.
+            if age < _UNWRITTEN_GRACE_S:
+                raise LockedError(
+                    f"{self.path} is empty or partly written ({age:.1f} s old): another "
+                    f"{self.what} is starting on this directory; try again in a few seconds "
+                    "(a lock left empty by a crash is taken over after "
+                    f"{_UNWRITTEN_GRACE_S:.0f} s)"
+                )
             return
         pid, host = int(holder.get("pid", -1)), holder.get("host")
         if host not in (None, socket.gethostname()):
