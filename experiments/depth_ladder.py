@@ -33,6 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.sweeping import stats
+from experiments.sweeping.report import machines_line
 
 FRONTIER = 0.5  # exact-match accuracy a t must reach to count as learned (fixed in advance)
 CONTROL_MIN = 0.95  # the t = 0 control must reach this at N = 1 for the ladder to count
@@ -331,6 +332,7 @@ def report(records: Sequence[dict], threshold: float = FRONTIER) -> str:
         "\n\n".join(
             [
                 "# Rule 110 depth ladder",
+                machines_line(records),
                 control_line(records),
                 *probe_lines(records),
                 *filter(None, [leak_line(records)]),

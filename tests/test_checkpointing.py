@@ -529,3 +529,39 @@ def test_a_reader_lists_again_when_a_step_is_rotated_away_while_it_opens(
     with pytest.raises(NotADirectoryError):
         checkpointing.Checkpointer(tmp_path, async_save=False)
     assert len(calls) == 1
+
+
+def test_the_summary_names_each_machine_and_flags_a_resume_on_another(tmp_path, monkeypatch):
+    """Results differ between CPU models: summary.json names this process's machine and,
+    carried through the checkpoints, every machine the run was trained on; a resume on a
+    machine that computes differently is flagged, one that computes alike is not."""
+    from sleep_consolidation.training import machine
+
+    workdir, original = str(tmp_path / "run"), Recall.batch
+
+    def crash_at_4(self, seed, step, batch_size):
+        if step == 4:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(attn_config(), workdir)
+    here = machine.describe()
+    assert here["cpu"] and here["backend"] == jax.default_backend() and here["jax"]
+    first = json.load(open(os.path.join(workdir, run_dir.SUMMARY_FILE)))
+    assert first["machine"] == here
+    monkeypatch.setattr(Recall, "batch", original)
+    # The same machine under another host name computes alike: one machine, no flag.
+    renamed = {**here, "host": "another-host", "cores": 64}
+    monkeypatch.setattr(machine, "describe", lambda: renamed)
+    summary = train.train_and_evaluate(attn_config(steps=8), workdir, allow_config_change=True)
+    assert summary["resumed_from"] == 4 and summary["machines"] == [here]
+    assert "machine_changed" not in summary
+    # Another CPU model: both named, in order, and the run flagged.
+    other = {**here, "cpu": "Another CPU", "isa": "avx2"}
+    monkeypatch.setattr(machine, "describe", lambda: other)
+    summary = train.train_and_evaluate(attn_config(steps=10), workdir, allow_config_change=True)
+    assert summary["resumed_from"] == 8
+    assert summary["machine"] == other and summary["machines"] == [here, other]
+    assert summary["machine_changed"] is True

@@ -820,3 +820,19 @@ def test_kept_runs_restored_on_a_fresh_machine_are_skipped_and_report_the_same(t
     bad = subprocess.run([*cmd, "--restore", f"--to={tmp_path / 'nowhere'}"], cwd=REPO,
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "is not a directory of run directories" in bad.stderr
+
+
+def test_the_report_names_the_machines_and_the_runs_trained_on_several():
+    amd = {"cpu": "AMD EPYC", "cpu_id": "AuthenticAMD/25/17", "isa": "avx512f", "backend": "cpu"}
+    intel = {**amd, "cpu": "Intel Xeon", "cpu_id": "GenuineIntel/6/85"}
+    records = [
+        {"run_dir": "/r/passes=1,seed=0", "machines": [amd]},
+        {"run_dir": "/r/passes=4,seed=0", "machines": [amd]},
+        {"run_dir": "/r/passes=4,seed=1", "machines": [amd, intel]},
+        {"run_dir": "/r/passes=1,seed=1", "machines": None},  # a run from before machines
+    ]
+    line = report.machines_line(records)
+    assert line.startswith("machines: AMD EPYC (AuthenticAMD/25/17, avx512f, cpu): 3 run(s); ")
+    assert "Intel Xeon (GenuineIntel/6/85, avx512f, cpu): 1 run(s)" in line
+    assert "unrecorded: 1 run(s)" in line
+    assert line.endswith("(resumed elsewhere): passes=4,seed=1")

@@ -32,6 +32,7 @@ __all__ = [
     "UNCONVERGED_NOTE",
     "eval_n_table",
     "frontier_table",
+    "machines_line",
     "paired_diffs",
     "per_seed_table",
     "plot_sweep",
@@ -79,6 +80,30 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
     with open(os.path.join(workdir, SUMMARY_MD), "w") as f:
         f.write(
             f"# Sweep {s.config}:{s.get('config_arg', '')}\n\naxes: {axes}\nfixed: {fixed}\n"
-            f"seeds: {list(grid.plain(s.seeds))}\n\n{table}\n\n![sweep]({PLOT_FILE})\n"
+            f"seeds: {list(grid.plain(s.seeds))}\n{machines_line(records)}\n\n{table}\n\n"
+            f"![sweep]({PLOT_FILE})\n"
         )
     return table
+
+
+def machines_line(records: Sequence[dict]) -> str:
+    """`machines: ...`: each machine the runs were trained on (CPU, its id and vector
+    extension, backend) with its number of runs; a run trained on several (resumed
+    elsewhere) is named, since its numbers are those of no single machine."""
+    counts: dict[str, int] = {}
+    mixed = []
+    for r in records:
+        ms = r.get("machines") or [None]
+        names = [
+            "unrecorded" if m is None else
+            f"{m.get('cpu')} ({m.get('cpu_id')}, {m.get('isa')}, {m.get('backend')})"
+            for m in ms
+        ]  # fmt: skip
+        for name in dict.fromkeys(names):
+            counts[name] = counts.get(name, 0) + 1
+        if len(ms) > 1:
+            mixed.append(os.path.basename(r.get("run_dir") or "?"))
+    line = "machines: " + "; ".join(f"{k}: {v} run(s)" for k, v in counts.items())
+    if mixed:
+        line += f". Trained on more than one machine (resumed elsewhere): {', '.join(mixed)}"
+    return line

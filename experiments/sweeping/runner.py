@@ -340,7 +340,9 @@ def run_record(run_dir: str, seed: int, point: str = "", overrides=None) -> dict
             "wall_s": s.get("wall_s"), "run_dir": run_dir,
             # The stopping rule's outcome (train.py); None for older runs.
             **{k: s.get(k) for k in ("converged", "stop_reason", "stopped_at",
-                                     "steps_to_90pct")}}  # fmt: skip
+                                     "steps_to_90pct")},
+            # Each machine that trained the run (machine.py); None for older runs.
+            "machines": s.get("machines")}  # fmt: skip
 
 
 def collect_results(workdir: str, planned: Sequence[PlannedRun]) -> list[dict]:

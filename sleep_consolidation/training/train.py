@@ -35,6 +35,7 @@ from sleep_consolidation.training import (
     checkpointing,
     curriculum,
     init_from,
+    machine,
     run_dir,
     run_lock,
     sharding,
@@ -76,6 +77,7 @@ from sleep_consolidation.training.train_step import (
 
 HISTORY_KEY = "eval_history"  # the checkpoint metadata key of the stop metric's history
 TRAIN_S_KEY = "train_s_total"  # ... and of the run's training seconds up to that checkpoint
+MACHINES_KEY = "machines"  # ... and of the machines that trained it so far (`machine.py`)
 
 
 class Trainer:
@@ -139,6 +141,8 @@ class Trainer:
         self.stop_metric = self.stop_rule.metric if self.stop_rule else stopping.DEFAULT_METRIC
         self.history: list[tuple[int, float | None]] = []
         self.prior_s = 0.0  # training seconds of the run's earlier processes (set by run)
+        self.machine = machine.describe()
+        self.machines = [self.machine]  # with the earlier processes' (set by run)
 
     def _init_state(self) -> TrainState:
         params = init_params(self.spec.model_config, jax.random.key(self.c["seed"]))
@@ -186,6 +190,7 @@ class Trainer:
         return {
             HISTORY_KEY: {"metric": self.stop_metric, "history": self.history},
             TRAIN_S_KEY: self.prior_s + clock.train_s,
+            MACHINES_KEY: self.machines,
         }
 
     def _saved_history(self, ckpt, start: int) -> list[tuple[int, float | None]]:
@@ -305,6 +310,7 @@ class Trainer:
         c, spec = self.c, self.spec
         clock = Throughput(self.t0, c["batch_size"] * spec.task.seq_len)
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
+        summary["machine"] = self.machine  # this process's; `machines`: the whole run's
         summary["config_digest"] = run_dir.config_digest(c)  # what "completed" refers to
         try:
             ckpt = checkpointing.Checkpointer(
@@ -319,6 +325,16 @@ class Trainer:
             # The training time of the earlier processes of a resumed run, so that
             # train_s_total is the whole run's (train_s is this process's).
             self.prior_s = _prior_train_s(ckpt, start, self.workdir)
+            self.machines = machine.add_machine(_prior_machines(ckpt, start), self.machine)
+            summary["machines"] = self.machines
+            if len(self.machines) > 1:
+                summary["machine_changed"] = True
+                logging.warning(
+                    "%s was trained up to step %d on another machine (%s) than this one (%s): "
+                    "its numbers are those of neither machine alone (summary.json "
+                    "`machines`)", self.workdir, start, self.machines[-2].get("cpu"),
+                    self.machine.get("cpu"),
+                )  # fmt: skip
             self.log.start(state.params, start)
             logging.info(
                 "training %s: %d params, steps %d..%d, batch %d x %d tokens, %s",
@@ -420,6 +436,17 @@ def _prior_train_s(ckpt: checkpointing.Checkpointer, start: int, workdir: str) -
         return 0.0
 
 
+def _prior_machines(ckpt: checkpointing.Checkpointer, start: int) -> list[dict[str, Any]]:
+    """The machines that trained the run up to checkpoint `start` ([] for a fresh run);
+    one marked unknown for a checkpoint saved without them (before 2026-12-05)."""
+    if not start:
+        return []
+    saved = ckpt.saved_metadata(start).get(MACHINES_KEY)
+    if isinstance(saved, list) and saved and all(isinstance(m, dict) for m in saved):
+        return saved
+    return [{"cpu": "unknown (a checkpoint saved before machines were recorded)"}]
+
+
 def _check_before_the_workdir(config) -> None:
     """What `Trainer` refuses before it touches the workdir (the config, the devices),
     checked before the run's lock creates the workdir."""
@@ -441,7 +468,9 @@ def train_and_evaluate(
     M in `eval_passes`), the same numbers as TensorBoard events, checkpoints, `theta.jsonl`
     with a rule that has a theta (`theta_record`, at step 0 and every eval), and `summary.json`
     (`eval`: the last eval without the `eval/` prefix; the convergence fields of
-    `stopping.summary_fields`). With `config.data_parallel` it trains over a data mesh
+    `stopping.summary_fields`; `machine`, this process's machine, `machines`, each machine that
+    trained the run, and `machine_changed` where a resume changed the arithmetic:
+    `machine.py`). With `config.data_parallel` it trains over a data mesh
     (`sharding.py`); in a multi-process run every process calls this and process 0 writes.
 
     Args:
