@@ -15,7 +15,7 @@ from rich.console import Console
 
 from experiments.sweeping import cli, grid, launch, lock, progress, report, runner
 from experiments.sweeping.rundir import RunDir
-from sleep_consolidation.training import run_lock
+from sleep_consolidation.training import machine, run_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_TRAIN = (sys.executable, os.path.join(REPO, "tests", "fake_train.py"))
@@ -823,16 +823,20 @@ def test_kept_runs_restored_on_a_fresh_machine_are_skipped_and_report_the_same(t
 
 
 def test_the_report_names_the_machines_and_the_runs_trained_on_several():
-    amd = {"cpu": "AMD EPYC", "cpu_id": "AuthenticAMD/25/17", "isa": "avx512f", "backend": "cpu"}
+    amd = {"cpu": "AMD EPYC", "cpu_id": "AuthenticAMD/25/17", "isa": "avx512f", "cores": 2,
+           "backend": "cpu", "device": "cpu", "jax": "0.10.2"}  # fmt: skip
     intel = {**amd, "cpu": "Intel Xeon", "cpu_id": "GenuineIntel/6/85"}
     records = [
         {"run_dir": "/r/passes=1,seed=0", "machines": [amd]},
         {"run_dir": "/r/passes=4,seed=0", "machines": [amd]},
         {"run_dir": "/r/passes=4,seed=1", "machines": [amd, intel]},
         {"run_dir": "/r/passes=1,seed=1", "machines": None},  # a run from before machines
-    ]
+        # resumed from a checkpoint saved before machines were recorded: not "mixed"
+        {"run_dir": "/r/passes=2,seed=0", "machines": [dict(machine.UNRECORDED), amd]},
+    ]  # fmt: skip
     line = report.machines_line(records)
-    assert line.startswith("machines: AMD EPYC (AuthenticAMD/25/17, avx512f, cpu): 3 run(s); ")
-    assert "Intel Xeon (GenuineIntel/6/85, avx512f, cpu): 1 run(s)" in line
-    assert "unrecorded: 1 run(s)" in line
+    amd_name = "AMD EPYC (AuthenticAMD/25/17, avx512f, 2 cores), cpu cpu, jax 0.10.2"
+    assert line.startswith(f"machines: {amd_name}: 4 run(s); ")
+    assert "Intel Xeon (GenuineIntel/6/85, avx512f, 2 cores), cpu cpu, jax 0.10.2: 1 run(s)" in line
+    assert "unrecorded: 2 run(s)" in line
     assert line.endswith("(resumed elsewhere): passes=4,seed=1")

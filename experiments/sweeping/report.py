@@ -24,6 +24,7 @@ from experiments.sweeping.tables import (
     summary_table,
 )
 from experiments.sweeping.verdict import paired_diffs, verdict_lines
+from sleep_consolidation.training import machine
 
 __all__ = [
     "DAGGER",
@@ -87,21 +88,16 @@ def write_report(workdir: str, sweep_config, records: Sequence[dict]) -> str:
 
 
 def machines_line(records: Sequence[dict]) -> str:
-    """`machines: ...`: each machine the runs were trained on (CPU, its id and vector
-    extension, backend) with its number of runs; a run trained on several (resumed
+    """`machines: ...`: each machine the runs were trained on (`machine.name`) with its
+    number of runs; a run trained on machines that may compute differently (resumed
     elsewhere) is named, since its numbers are those of no single machine."""
     counts: dict[str, int] = {}
     mixed = []
     for r in records:
         ms = r.get("machines") or [None]
-        names = [
-            "unrecorded" if m is None else
-            f"{m.get('cpu')} ({m.get('cpu_id')}, {m.get('isa')}, {m.get('backend')})"
-            for m in ms
-        ]  # fmt: skip
-        for name in dict.fromkeys(names):
+        for name in dict.fromkeys(machine.name(m) for m in ms):
             counts[name] = counts.get(name, 0) + 1
-        if len(ms) > 1:
+        if machine.changed([m for m in ms if m]):
             mixed.append(os.path.basename(r.get("run_dir") or "?"))
     line = "machines: " + "; ".join(f"{k}: {v} run(s)" for k, v in counts.items())
     if mixed:

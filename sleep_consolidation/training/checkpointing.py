@@ -134,8 +134,8 @@ class Checkpointer:
                 if attempt == _READER_OPEN_TRIES - 1:
                     raise CheckpointError(
                         f"the steps in {self.directory} changed while being listed, "
-                        f"{_READER_OPEN_TRIES} times in a row ({type(e).__name__}: {e}); "
-                        "is a run deleting its checkpoints very fast?"
+                        f"{_READER_OPEN_TRIES} times in a row, or an entry named like a step "
+                        f"is not a checkpoint directory ({type(e).__name__}: {e})"
                     ) from e
                 time.sleep(0.01 * (attempt + 1))
 

@@ -1,7 +1,8 @@
-"""The machine a run computes on. Results differ between CPU models (another instruction
-set rounds differently, and the trajectory drifts), so every run's summary.json names the
-machine of each process that trained it (`machine`, `machines`), and a run resumed on a
-machine that computes differently is flagged: its numbers are those of no single machine.
+"""The machine a run computes on. Results differ between machines (another CPU model or
+core count can order a sum differently, and the trajectory drifts), so every run's
+summary.json names the machine that trained it, and each one it was resumed on (`machine`,
+`machines`; in a multi-process run, process 0's, which writes the summary); a run resumed
+on a machine that may compute differently is flagged: its numbers are no single machine's.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Any
 
 import jax
 
-# The fields that decide a run's arithmetic; `host` and `cores` do not.
-NUMERICS_FIELDS = ("cpu", "cpu_id", "isa", "backend", "device", "jax", "jaxlib")
-# The instruction-set extensions XLA's CPU backend picks its kernels by, widest first.
-_ISA = ("avx512f", "avx2", "avx", "neon", "asimd")
+# The fields that may decide a run's arithmetic (cores: the CPU backend's thread pool may
+# split a sum by thread count); the host name does not.
+NUMERICS_FIELDS = ("cpu", "cpu_id", "isa", "cores", "backend", "device", "jax", "jaxlib")
+# The vector extensions XLA's CPU backend picks its kernels by, widest first (x86, ARM).
+_ISA = ("avx512f", "avx2", "avx", "sve2", "sve", "asimd")
+# What stands for the machines of a run's processes that predate these records.
+UNRECORDED = {"cpu": "unrecorded", "unrecorded": True}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -41,14 +45,17 @@ def describe() -> dict[str, Any]:
 
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
-    cpu_id = "/".join(info[k] for k in ("vendor_id", "cpu family", "model") if k in info)
+    # x86: vendor/family/model; ARM (Linux): implementer/part, which name the core design.
+    keys = ("vendor_id", "cpu family", "model") if "vendor_id" in info else (
+        "CPU implementer", "CPU part")  # fmt: skip
+    cpu_id = "/".join(info[k] for k in keys if k in info)
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_id": cpu_id or None,
         "isa": next((x for x in _ISA if x in flags), None),
         "cores": os.cpu_count(),
         "backend": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
+        "device": jax.local_devices()[0].device_kind,
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "host": socket.gethostname(),
@@ -67,3 +74,20 @@ def add_machine(machines: list[dict[str, Any]], machine: dict[str, Any]) -> list
     if machines and numerics(machines[-1]) == numerics(machine):
         return list(machines)
     return [*machines, machine]
+
+
+def changed(machines: list[dict[str, Any]]) -> list[str]:
+    """The fields that differ between the recorded machines of one run ([] if one machine,
+    or only one recorded: an unrecorded one cannot be compared)."""
+    known = [m for m in machines if not m.get("unrecorded")]
+    return [k for k in NUMERICS_FIELDS if len({repr(m.get(k)) for m in known}) > 1]
+
+
+def name(machine: dict[str, Any] | None) -> str:
+    """A machine in one line, for reports: CPU (its id, vector extension, cores), backend
+    and device, JAX version."""
+    if not machine or machine.get("unrecorded"):
+        return "unrecorded"
+    m = machine
+    return (f"{m.get('cpu')} ({m.get('cpu_id')}, {m.get('isa')}, {m.get('cores')} cores), "
+            f"{m.get('backend')} {m.get('device')}, jax {m.get('jax')}")  # fmt: skip

@@ -310,7 +310,8 @@ class Trainer:
         c, spec = self.c, self.spec
         clock = Throughput(self.t0, c["batch_size"] * spec.task.seq_len)
         summary: dict[str, Any] = {"status": "running", "steps": c["steps"]}
-        summary["machine"] = self.machine  # this process's; `machines`: the whole run's
+        # This process's machine, and the whole run's (with the earlier processes', below).
+        summary.update(machine=self.machine, machines=self.machines)
         summary["config_digest"] = run_dir.config_digest(c)  # what "completed" refers to
         try:
             ckpt = checkpointing.Checkpointer(
@@ -327,13 +328,14 @@ class Trainer:
             self.prior_s = _prior_train_s(ckpt, start, self.workdir)
             self.machines = machine.add_machine(_prior_machines(ckpt, start), self.machine)
             summary["machines"] = self.machines
-            if len(self.machines) > 1:
-                summary["machine_changed"] = True
+            differ = machine.changed(self.machines)
+            if differ:
+                summary["machine_changed"] = differ
                 logging.warning(
-                    "%s was trained up to step %d on another machine (%s) than this one (%s): "
-                    "its numbers are those of neither machine alone (summary.json "
-                    "`machines`)", self.workdir, start, self.machines[-2].get("cpu"),
-                    self.machine.get("cpu"),
+                    "%s was trained up to step %d on a machine that differs from this one in "
+                    "%s (%s; this one: %s): its numbers are those of no single machine "
+                    "(summary.json `machines`)", self.workdir, start, ", ".join(differ),
+                    machine.name(self.machines[-2]), machine.name(self.machine),
                 )  # fmt: skip
             self.log.start(state.params, start)
             logging.info(
@@ -438,13 +440,13 @@ def _prior_train_s(ckpt: checkpointing.Checkpointer, start: int, workdir: str) -
 
 def _prior_machines(ckpt: checkpointing.Checkpointer, start: int) -> list[dict[str, Any]]:
     """The machines that trained the run up to checkpoint `start` ([] for a fresh run);
-    one marked unknown for a checkpoint saved without them (before 2026-12-05)."""
+    `machine.UNRECORDED` for a checkpoint saved without them (before 2026-12-05)."""
     if not start:
         return []
     saved = ckpt.saved_metadata(start).get(MACHINES_KEY)
     if isinstance(saved, list) and saved and all(isinstance(m, dict) for m in saved):
         return saved
-    return [{"cpu": "unknown (a checkpoint saved before machines were recorded)"}]
+    return [dict(machine.UNRECORDED)]
 
 
 def _check_before_the_workdir(config) -> None:
@@ -469,8 +471,8 @@ def train_and_evaluate(
     with a rule that has a theta (`theta_record`, at step 0 and every eval), and `summary.json`
     (`eval`: the last eval without the `eval/` prefix; the convergence fields of
     `stopping.summary_fields`; `machine`, this process's machine, `machines`, each machine that
-    trained the run, and `machine_changed` where a resume changed the arithmetic:
-    `machine.py`). With `config.data_parallel` it trains over a data mesh
+    trained the run, and `machine_changed`, the fields that differ, where a resume may have
+    changed the arithmetic: `machine.py`). With `config.data_parallel` it trains over a data mesh
     (`sharding.py`); in a multi-process run every process calls this and process 0 writes.
 
     Args:
