@@ -714,6 +714,10 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path):
     assert len(lines) == 2 and all(r["status"] == "completed" for r in lines)
     assert any(k.startswith("acc/d=") for k in lines[0]["eval"])
     assert "passes=2" in (wd / "summary.md").read_text()
+    # Each run's summary.json names its machine, and the report names it once for both.
+    here = machine.name(lines[0]["machines"][0])
+    assert here.startswith(machine.describe()["cpu"])
+    assert f"machines: {here}: 2 run(s)\n" in (wd / "summary.md").read_text()
     assert (wd / "sweep.png").stat().st_size > 1000
     assert "2/2 done" in out.stdout
     again = _sweep_cli(wd)
