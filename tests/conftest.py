@@ -14,6 +14,7 @@ import pytest
 
 import sleep_consolidation as sc
 from experiments.configs import common, recall
+from sleep_consolidation.tasks import Recall
 
 _init_jit = jax.jit(sc.init_params, static_argnums=0)
 
@@ -73,6 +74,24 @@ def attn_config(**overrides):
                   eval_size=16, eval_batch_size=16))  # fmt: skip
     c.update(overrides)
     return c
+
+
+@contextlib.contextmanager
+def interrupted_at_batch(monkeypatch, at_batch: int):
+    """Within the block, drawing Recall batch `at_batch` (0-based: it makes step at_batch
+    + 1) raises KeyboardInterrupt, as a Ctrl-C mid-run would; the task is restored after."""
+    original = Recall.batch
+
+    def interrupted(self, seed, step, batch_size):
+        if step == at_batch:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(Recall, "batch", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Recall, "batch", original)
 
 
 @contextlib.contextmanager

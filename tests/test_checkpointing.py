@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import attn_config, read_metrics
+from conftest import attn_config, interrupted_at_batch, read_metrics
 
 import sleep_consolidation as sc
-from sleep_consolidation.tasks import Recall
 from sleep_consolidation.training import (
     checkpointing,
     optimizers,
@@ -42,15 +41,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     train.train_and_evaluate(config, straight)
 
     resumed = str(tmp_path / "resumed")
-    original = Recall.batch
-
-    def crash_at_10(self, seed, step, batch_size):
-        if step == 10:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
-    monkeypatch.setattr(Recall, "batch", crash_at_10)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_batch(monkeypatch, 10), pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, resumed)
     with open(os.path.join(resumed, run_dir.SUMMARY_FILE)) as f:
         first = json.load(f)
@@ -58,7 +49,6 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     # As a kill -9 (or a machine gone between sessions) would leave it: no summary of the
     # first process; its training time comes from the checkpoint resumed from.
     os.remove(os.path.join(resumed, run_dir.SUMMARY_FILE))
-    monkeypatch.setattr(Recall, "batch", original)
     summary = train.train_and_evaluate(config, resumed)
     assert summary["resumed_from"] == 10 and summary["step"] == 20
     # The run's training time counts both processes; train_s is the last one's.
@@ -432,17 +422,9 @@ def test_damaged_metrics_lines_in_the_middle_are_dropped_and_the_history_survive
     config = attn_config(eval_every=1, log_every=1)
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
     workdir = str(tmp_path / "run")
-    original = Recall.batch
-
-    def crash_at_5(self, seed, step, batch_size):
-        if step == 4:  # the fifth step, after checkpoint 4
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
-    monkeypatch.setattr(Recall, "batch", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
+    # the fifth step, after checkpoint 4
+    with interrupted_at_batch(monkeypatch, 4), pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, workdir)
-    monkeypatch.setattr(Recall, "batch", original)
     path = os.path.join(workdir, run_dir.METRICS_FILE)
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
@@ -537,21 +519,13 @@ def test_the_summary_names_each_machine_and_flags_a_resume_on_another(tmp_path, 
     machine that computes differently is flagged, one that computes alike is not."""
     from sleep_consolidation.training import machine
 
-    workdir, original = str(tmp_path / "run"), Recall.batch
-
-    def crash_at_4(self, seed, step, batch_size):
-        if step == 4:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
-    monkeypatch.setattr(Recall, "batch", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
+    workdir = str(tmp_path / "run")
+    with interrupted_at_batch(monkeypatch, 4), pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(attn_config(), workdir)
     here = machine.describe()
     assert here["cpu"] and here["backend"] == jax.default_backend() and here["jax"]
     first = json.load(open(os.path.join(workdir, run_dir.SUMMARY_FILE)))
     assert first["machine"] == here
-    monkeypatch.setattr(Recall, "batch", original)
     # The same machine under another host name computes alike: one machine, no flag.
     renamed = {**here, "host": "another-host"}
     monkeypatch.setattr(machine, "describe", lambda: renamed)

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 import sleep_consolidation as sc
-from sleep_consolidation.tasks.recall import Recall
 from sleep_consolidation.training import checkpointing, curriculum, run_config, train
 from sleep_consolidation.training.losses import masked_cross_entropy
 from sleep_consolidation.training.run_log import tensorboard_tag
-from tests.conftest import attn_config, read_metrics, reaped
+from tests.conftest import attn_config, interrupted_at_batch, read_metrics, reaped
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The runs of one test (straight, interrupted, resumed) compile the same steps: once.
@@ -137,17 +136,8 @@ def test_init_from_refuses_a_directory_without_a_run_or_checkpoint(source_run, t
 def _interrupt_then_resume(monkeypatch, make_config, workdir, at_batch):
     """Train `make_config()` in `workdir`, interrupted when batch `at_batch` (0-based) is
     drawn, then rerun it to the end: the rerun's summary."""
-    original = Recall.batch
-
-    def interrupted(self, seed, step, batch_size):
-        if step == at_batch:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
-    monkeypatch.setattr(Recall, "batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_batch(monkeypatch, at_batch), pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(make_config(), workdir)
-    monkeypatch.setattr(Recall, "batch", original)
     return train.train_and_evaluate(make_config(), workdir)
 
 

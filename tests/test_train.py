@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import attn_config, read_metrics, tiny_config
+from conftest import attn_config, interrupted_at_batch, read_metrics, tiny_config
 
 import sleep_consolidation as sc
 from experiments.configs import depo, gsm, recall, rule110
@@ -315,17 +315,9 @@ def _tensorboard_scalars(workdir):
 def test_tensorboard_events_match_the_metrics_and_survive_a_resume(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     config = attn_config(log_every=1, checkpoint_every=2)
-    original = Recall.batch
-
-    def crash_before_step_4(self, seed, step, batch_size):
-        if step == 3:  # batch i makes step i + 1: steps 1-3 logged, step 2 checkpointed
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, seed, step, batch_size)
-
-    monkeypatch.setattr(Recall, "batch", crash_before_step_4)
-    with pytest.raises(KeyboardInterrupt):
+    # batch 3 makes step 4: steps 1-3 logged, step 2 checkpointed
+    with interrupted_at_batch(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, workdir)
-    monkeypatch.setattr(Recall, "batch", original)
     train.train_and_evaluate(config, workdir)  # resumes from step 2; steps 3-6 again
     events = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
     assert len(events) == 2, events  # one file per start
